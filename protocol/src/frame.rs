@@ -1,0 +1,329 @@
+//! Signed frames: `Frame` (what the device builds) -> wire bytes ->
+//! `SignedFrame` (parsed, not trusted) -> `VerifiedFrame` (only `verify`
+//! makes one). Also the collector's only message, `Ack`. Takes bytes, keys
+//! and times as arguments; never reads a clock or touches I/O.
+
+use core::fmt;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey, SIGNATURE_LENGTH};
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::body::{Body, BodyKind};
+use crate::cobs;
+
+/// Wire-format version carried in every frame and ack.
+pub const VERSION: u8 = 1;
+/// Largest frame (header, body and signature, before COBS) anyone sends or accepts.
+pub const MAX_FRAME_LEN: usize = 4096;
+/// Largest frame on the wire: COBS overhead and the delimiter included.
+pub const MAX_WIRE_LEN: usize = cobs::encoded_max(MAX_FRAME_LEN);
+/// Prefix of the signed message; keeps frame signatures from being valid
+/// for anything else signed with the same key.
+pub const SIGNING_DOMAIN: &[u8] = b"vigil/frame/v1\0";
+
+/// Short fingerprint of a device's ed25519 public key: the first 8 bytes
+/// of SHA-256 over the 32 key bytes. Shown as 16 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceId(pub [u8; 8]);
+
+impl DeviceId {
+    pub fn of(key: &VerifyingKey) -> Self {
+        let digest = Sha256::digest(key.as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+        DeviceId(id)
+    }
+
+    /// Parses the 16-hex-digit form.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut id = [0u8; 8];
+        crate::hex::decode_into(s, &mut id)?;
+        Some(DeviceId(id))
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::hex::write(f, &self.0)
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceId({self})")
+    }
+}
+
+/// Everything about a frame except its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub version: u8,
+    pub device: DeviceId,
+    /// The agent's boot counter: persisted and incremented each time the
+    /// agent starts, so sequence spaces are ordered.
+    pub boot: u32,
+    /// Starts at 0 in every boot and only grows.
+    pub seq: u64,
+    /// Device wall clock when the frame was made, ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// A frame before signing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub header: Header,
+    pub body: Body,
+}
+
+/// Why bytes could not be read as a frame or ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Shorter than a header and a signature.
+    Truncated,
+    /// Longer than `MAX_FRAME_LEN`.
+    Oversize,
+    /// A protocol version this build does not speak.
+    Version,
+    /// The bytes do not follow the layout in SPEC.md.
+    Malformed,
+    /// A body variant newer than this build: the frame still verifies and
+    /// can be archived, but not interpreted.
+    UnknownBody,
+}
+
+/// Why a frame could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded frame would exceed `MAX_FRAME_LEN`: split the body.
+    TooLarge,
+    /// The body breaks an invariant (e.g. an empty sample batch).
+    Invalid,
+}
+
+/// A failed signature check. Deliberately says nothing about why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyError {
+    Invalid,
+}
+
+impl Frame {
+    pub fn new(header: Header, body: Body) -> Self {
+        Self { header, body }
+    }
+
+    /// Encodes and signs the frame: `postcard(header) || postcard(body) || signature`,
+    /// the signature covering `SIGNING_DOMAIN || postcard(header) || postcard(body)`.
+    pub fn sign(&self, key: &SigningKey) -> Result<Vec<u8, MAX_FRAME_LEN>, EncodeError> {
+        let mut msg = Vec::<u8, { SIGNING_DOMAIN.len() + MAX_FRAME_LEN }>::new();
+        msg.extend_from_slice(SIGNING_DOMAIN)
+            .map_err(|()| EncodeError::TooLarge)?;
+        let used = msg.len();
+        let mut scratch = [0u8; MAX_FRAME_LEN];
+        let head_len = postcard::to_slice(&self.header, &mut scratch)
+            .map_err(map_enc)?
+            .len();
+        let tail = scratch.get_mut(head_len..).ok_or(EncodeError::TooLarge)?;
+        let body_len = match &self.body {
+            Body::Samples(s) => {
+                // Sample times travel as ages before the header's time.
+                let mut aged = Body::Samples(s.clone());
+                if let Body::Samples(a) = &mut aged {
+                    a.mirror_times(self.header.time_ms);
+                }
+                postcard::to_slice(&aged, tail)
+            }
+            body => postcard::to_slice(body, tail),
+        }
+        .map_err(map_enc)?
+        .len();
+        let unsigned = scratch
+            .get(..head_len + body_len)
+            .ok_or(EncodeError::TooLarge)?;
+        if unsigned.len() + SIGNATURE_LENGTH > MAX_FRAME_LEN {
+            return Err(EncodeError::TooLarge);
+        }
+        msg.extend_from_slice(unsigned)
+            .map_err(|()| EncodeError::TooLarge)?;
+        let sig = key.sign(&msg);
+        let mut out = Vec::new();
+        out.extend_from_slice(msg.get(used..).unwrap_or(&[]))
+            .map_err(|()| EncodeError::TooLarge)?;
+        out.extend_from_slice(&sig.to_bytes())
+            .map_err(|()| EncodeError::TooLarge)?;
+        Ok(out)
+    }
+}
+
+fn map_enc(e: postcard::Error) -> EncodeError {
+    match e {
+        postcard::Error::SerializeBufferFull => EncodeError::TooLarge,
+        _ => EncodeError::Invalid,
+    }
+}
+
+/// COBS-encodes signed frame bytes (or an ack) for the wire, delimiter included.
+pub fn to_wire(frame: &[u8]) -> Option<Vec<u8, MAX_WIRE_LEN>> {
+    let mut out = Vec::new();
+    cobs::encode_into(frame, &mut out)?;
+    Some(out)
+}
+
+/// A frame as received: header parsed, signature not yet checked.
+#[derive(Clone, Copy)]
+pub struct SignedFrame<'a> {
+    header: Header,
+    bytes: &'a [u8],
+    body_at: usize,
+}
+
+impl<'a> SignedFrame<'a> {
+    /// Parses the header and locates body and signature. Does not decode the
+    /// body (an unknown body can still be verified and archived).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_FRAME_LEN {
+            return Err(DecodeError::Oversize);
+        }
+        if bytes.first().is_some_and(|&v| v != VERSION) {
+            return Err(DecodeError::Version);
+        }
+        let (header, rest) =
+            postcard::take_from_bytes::<Header>(bytes).map_err(|_| DecodeError::Truncated)?;
+        if rest.len() < SIGNATURE_LENGTH + 1 {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(Self {
+            header,
+            bytes,
+            body_at: bytes.len() - rest.len(),
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Checks the signature with `verify_strict` (no small-order keys, no
+    /// non-canonical signatures) and that `key` is the device's key.
+    pub fn verify(self, key: &VerifyingKey) -> Result<VerifiedFrame<'a>, VerifyError> {
+        if DeviceId::of(key) != self.header.device {
+            return Err(VerifyError::Invalid);
+        }
+        let split = self.bytes.len() - SIGNATURE_LENGTH;
+        let (signed, sig) = self
+            .bytes
+            .split_at_checked(split)
+            .ok_or(VerifyError::Invalid)?;
+        let sig = Signature::from_slice(sig).map_err(|_| VerifyError::Invalid)?;
+        let mut msg = Vec::<u8, { SIGNING_DOMAIN.len() + MAX_FRAME_LEN }>::new();
+        msg.extend_from_slice(SIGNING_DOMAIN)
+            .map_err(|()| VerifyError::Invalid)?;
+        msg.extend_from_slice(signed)
+            .map_err(|()| VerifyError::Invalid)?;
+        key.verify_strict(&msg, &sig)
+            .map_err(|_| VerifyError::Invalid)?;
+        Ok(VerifiedFrame { inner: self })
+    }
+}
+
+/// A frame whose signature checked out against its device's key.
+#[derive(Clone, Copy)]
+pub struct VerifiedFrame<'a> {
+    inner: SignedFrame<'a>,
+}
+
+impl<'a> VerifiedFrame<'a> {
+    pub fn header(&self) -> &Header {
+        &self.inner.header
+    }
+
+    /// The exact signed bytes, for the archive (re-verifiable later).
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.inner.bytes
+    }
+
+    /// The body's kind, read from its tag, `None` for a body newer than this build.
+    pub fn kind(&self) -> Option<BodyKind> {
+        let tag = self.body_bytes().first()?;
+        Some(match tag {
+            0 => BodyKind::Hello,
+            1 => BodyKind::Samples,
+            2 => BodyKind::Sockets,
+            3 => BodyKind::Integrity,
+            4 => BodyKind::Posture,
+            5 => BodyKind::Gap,
+            6 => BodyKind::Heartbeat,
+            _ => return None,
+        })
+    }
+
+    /// Decodes the body; every body byte must be consumed.
+    pub fn body(&self) -> Result<Body, DecodeError> {
+        if self.kind().is_none() {
+            return Err(DecodeError::UnknownBody);
+        }
+        match postcard::take_from_bytes::<Body>(self.body_bytes()) {
+            Ok((Body::Samples(mut s), [])) => {
+                s.mirror_times(self.inner.header.time_ms);
+                Ok(Body::Samples(s))
+            }
+            Ok((body, [])) => Ok(body),
+            _ => Err(DecodeError::Malformed),
+        }
+    }
+
+    fn body_bytes(&self) -> &'a [u8] {
+        let end = self.inner.bytes.len() - SIGNATURE_LENGTH;
+        self.inner.bytes.get(self.inner.body_at..end).unwrap_or(&[])
+    }
+}
+
+/// The collector's acknowledgement: every frame of `boot` up to and
+/// including `seq` is durably stored (or explained by a `Gap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub device: DeviceId,
+    pub boot: u32,
+    pub seq: u64,
+}
+
+/// Everything the collector can ever say to a device: an ack, nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Downlink {
+    Ack(Ack),
+}
+
+/// Largest encoded downlink message.
+pub const MAX_DOWNLINK_LEN: usize = 32;
+
+impl Ack {
+    /// `VERSION || postcard(Downlink::Ack(self))`, before COBS.
+    pub fn encode(&self) -> Vec<u8, MAX_DOWNLINK_LEN> {
+        let mut buf = [0u8; MAX_DOWNLINK_LEN];
+        let mut out = Vec::new();
+        // Version byte, then at most 1 + 8 + 5 + 10 bytes: always fits.
+        let _ = out.push(VERSION);
+        if let Ok(b) = postcard::to_slice(&Downlink::Ack(*self), &mut buf) {
+            let _ = out.extend_from_slice(b);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Ack, DecodeError> {
+        if bytes.len() > MAX_DOWNLINK_LEN {
+            return Err(DecodeError::Oversize);
+        }
+        let (&version, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        if version != VERSION {
+            return Err(DecodeError::Version);
+        }
+        match postcard::take_from_bytes::<Downlink>(rest) {
+            Ok((Downlink::Ack(ack), [])) => Ok(ack),
+            _ => Err(DecodeError::Malformed),
+        }
+    }
+}
