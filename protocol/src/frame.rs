@@ -161,7 +161,11 @@ impl Frame {
 
 fn map_enc(e: postcard::Error) -> EncodeError {
     match e {
-        postcard::Error::SerializeBufferFull => EncodeError::TooLarge,
+        // The only custom error our types raise is a sample batch whose
+        // packed form does not fit a frame.
+        postcard::Error::SerializeBufferFull | postcard::Error::SerdeSerCustom => {
+            EncodeError::TooLarge
+        }
         _ => EncodeError::Invalid,
     }
 }

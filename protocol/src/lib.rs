@@ -15,6 +15,8 @@ extern crate std;
 pub mod body;
 pub mod cobs;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hex;
 #[cfg(feature = "alloc")]
 pub mod manifest;
