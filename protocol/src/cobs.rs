@@ -125,7 +125,8 @@ impl<const N: usize> Decoder<N> {
 ///
 /// Feed it whatever the transport delivered; it yields each complete frame
 /// as a borrowed slice. Empty frames (consecutive delimiters) are ignored, so
-/// a sender may emit a lone `0x00` to resynchronise the receiver.
+/// a sender may emit a lone `0x00` to resynchronise the receiver; so are
+/// frames that decode to no bytes.
 pub struct FrameDecoder<const N: usize> {
     dec: Decoder<N>,
     /// Set after an error: discard until the next delimiter.
@@ -187,6 +188,11 @@ impl<const N: usize> FrameDecoder<N> {
                     self.drop_frame(err, bytes);
                     self.dec.reset();
                     return Some(Err(err));
+                }
+                if self.dec.buf.is_empty() {
+                    // `01 00` encodes nothing: a keep-alive, like a lone delimiter.
+                    self.dec.reset();
+                    continue;
                 }
                 self.stats.frames += 1;
                 // The decoded bytes stay in the buffer until the next call.

@@ -42,7 +42,8 @@ pub fn frame_decoder(data: &[u8]) {
 }
 
 /// Parses `data` as a frame and its body; a body that decodes must encode
-/// back to the same bytes (one encoding per value).
+/// to bytes that decode to the same value. (Not necessarily the same bytes:
+/// postcard accepts overlong varints, which our encoders never write.)
 pub fn frame_bytes(data: &[u8]) {
     if let Ok(f) = SignedFrame::parse(data) {
         let _ = f.header();
@@ -52,11 +53,11 @@ pub fn frame_bytes(data: &[u8]) {
         let Some(tail) = data.get(start..) else { break };
         if let Ok((body, [])) = postcard::take_from_bytes::<Body>(tail) {
             let mut buf = [0u8; MAX_FRAME_LEN];
-            let again = postcard::to_slice(&body, &mut buf);
-            assert_eq!(
-                again.ok().map(|b| &b[..]),
-                Some(tail),
-                "body re-encodes differently"
+            let again =
+                postcard::to_slice(&body, &mut buf).map(|b| postcard::from_bytes::<Body>(b));
+            assert!(
+                matches!(again, Ok(Ok(ref b)) if *b == body),
+                "body does not survive re-encoding"
             );
         }
     }

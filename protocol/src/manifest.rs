@@ -347,8 +347,8 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
                     let pair = [h, l];
                     crate::hex::decode_into(core::str::from_utf8(&pair).ok()?, &mut v)?;
                     let [v] = v;
-                    if (0x21..=0x7e).contains(&v) && v != b'\\' {
-                        return None; // must be written as itself: one spelling per path
+                    if (0x21..=0x7e).contains(&v) {
+                        return None; // written as itself (or `\\`): one spelling per path
                     }
                     out.push(v);
                 }

@@ -27,7 +27,8 @@ pub(crate) fn take_u64(input: &mut &[u8]) -> Option<u64> {
         }
         value |= part << (7 * i);
         if byte & 0x80 == 0 {
-            return Some(value);
+            // A zero final byte after the first is an overlong encoding.
+            return (i == 0 || byte != 0).then_some(value);
         }
     }
     None
@@ -76,5 +77,7 @@ mod tests {
         assert_eq!(take_u64(&mut s), None);
         let mut s: &[u8] = &[0x80];
         assert_eq!(take_u64(&mut s), None);
+        let mut s: &[u8] = &[0xce, 0x00];
+        assert_eq!(take_u64(&mut s), None, "overlong");
     }
 }

@@ -7,7 +7,9 @@ mod common;
 use common::testdata;
 use proptest::prelude::*;
 use vigil_protocol::body::Class;
-use vigil_protocol::manifest::{parse_time, write_time, Entry, EntryKind, Manifest, ManifestErrorKind as K};
+use vigil_protocol::manifest::{
+    parse_time, write_time, Entry, EntryKind, Manifest, ManifestErrorKind as K,
+};
 
 fn example() -> Vec<u8> {
     std::fs::read(testdata("manifests/example.manifest")).unwrap()
@@ -20,14 +22,28 @@ fn example_parses_and_writes_back_identically() {
     assert_eq!(m.issuer, "Acme Medical Imaging GmbH");
     assert_eq!(m.version, 42);
     assert_eq!(m.created, 1_795_946_400);
-    assert_eq!(m.exclusive, vec![b"/etc/systemd/system".to_vec(), b"/usr/bin".to_vec()]);
+    assert_eq!(
+        m.exclusive,
+        vec![b"/etc/systemd/system".to_vec(), b"/usr/bin".to_vec()]
+    );
     assert_eq!(m.entries.len(), 5);
     let model = &m.entries[4];
     assert_eq!(model.path, b"/usr/share/ct9000/model v3.onnx");
     assert_eq!(model.class, Class::Model);
     assert_eq!((model.mode, model.uid, model.gid), (0o640, 0, 998));
-    assert!(matches!(model.kind, EntryKind::File { size: 52_428_800, .. }));
-    assert_eq!(m.entries[3].kind, EntryKind::Symlink { target: b"scanner".to_vec() });
+    assert!(matches!(
+        model.kind,
+        EntryKind::File {
+            size: 52_428_800,
+            ..
+        }
+    ));
+    assert_eq!(
+        m.entries[3].kind,
+        EntryKind::Symlink {
+            target: b"scanner".to_vec()
+        }
+    );
     assert_eq!(m.to_text().as_bytes(), &text[..]);
 }
 
@@ -51,26 +67,139 @@ fn every_malformation_is_named_with_its_line() {
         (with_line(5, "created 2026-11-29 10:00:00"), 6, K::Time),
         (with_line(7, "exclusive /etc"), 8, K::Order),
         (with_line(7, "exclusive usr/bin"), 8, K::Path),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin/../sbin/x")), 11, K::Path),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin/")), 11, K::Path),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin//x")), 11, K::Path),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin/\\x41")), 11, K::Path),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin/\\q")), 11, K::Path),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {} /usr/bin/scanner", hash.to_uppercase())), 11, K::Hash),
-        (with_line(10, "file firmware 0755 0 0 10 abcd /usr/bin/scanner"), 11, K::Hash),
-        (with_line(10, &format!("file firmware 755 0 0 10 {hash} /usr/bin/scanner")), 11, K::Mode),
-        (with_line(10, &format!("file firmware 0855 0 0 10 {hash} /usr/bin/scanner")), 11, K::Mode),
-        (with_line(10, &format!("file firmware 0755 0 4294967296 10 {hash} /usr/bin/scanner")), 11, K::Number),
-        (with_line(10, &format!("file kernel 0755 0 0 10 {hash} /usr/bin/scanner")), 11, K::UnknownClass),
-        (with_line(10, &format!("fifo firmware 0755 0 0 10 {hash} /usr/bin/scanner")), 11, K::Entry),
-        (with_line(10, "file firmware 0755 0 0 /usr/bin/scanner"), 11, K::Entry),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash} /aaa")), 11, K::Order),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin/scanner-legacy")), 12, K::Order),
-        (with_line(10, &format!("file firmware 0755 0 0 10 {hash}\t/usr/bin/scanner")), 11, K::Text),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0755 0 0 10 {hash} /usr/bin/../sbin/x"),
+            ),
+            11,
+            K::Path,
+        ),
+        (
+            with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin/")),
+            11,
+            K::Path,
+        ),
+        (
+            with_line(10, &format!("file firmware 0755 0 0 10 {hash} /usr/bin//x")),
+            11,
+            K::Path,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0755 0 0 10 {hash} /usr/bin/\\x41"),
+            ),
+            11,
+            K::Path,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0755 0 0 10 {hash} /usr/bin/\\q"),
+            ),
+            11,
+            K::Path,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0755 0 0 10 {hash} /usr/bin/\\x5c"),
+            ),
+            11,
+            K::Path,
+        ),
+        (
+            with_line(
+                10,
+                &format!(
+                    "file firmware 0755 0 0 10 {} /usr/bin/scanner",
+                    hash.to_uppercase()
+                ),
+            ),
+            11,
+            K::Hash,
+        ),
+        (
+            with_line(10, "file firmware 0755 0 0 10 abcd /usr/bin/scanner"),
+            11,
+            K::Hash,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 755 0 0 10 {hash} /usr/bin/scanner"),
+            ),
+            11,
+            K::Mode,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0855 0 0 10 {hash} /usr/bin/scanner"),
+            ),
+            11,
+            K::Mode,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0755 0 4294967296 10 {hash} /usr/bin/scanner"),
+            ),
+            11,
+            K::Number,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file kernel 0755 0 0 10 {hash} /usr/bin/scanner"),
+            ),
+            11,
+            K::UnknownClass,
+        ),
+        (
+            with_line(
+                10,
+                &format!("fifo firmware 0755 0 0 10 {hash} /usr/bin/scanner"),
+            ),
+            11,
+            K::Entry,
+        ),
+        (
+            with_line(10, "file firmware 0755 0 0 /usr/bin/scanner"),
+            11,
+            K::Entry,
+        ),
+        (
+            with_line(10, &format!("file firmware 0755 0 0 10 {hash} /aaa")),
+            11,
+            K::Order,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0755 0 0 10 {hash} /usr/bin/scanner-legacy"),
+            ),
+            12,
+            K::Order,
+        ),
+        (
+            with_line(
+                10,
+                &format!("file firmware 0755 0 0 10 {hash}\t/usr/bin/scanner"),
+            ),
+            11,
+            K::Text,
+        ),
     ];
     for (text, line, kind) in cases {
         let err = Manifest::parse(&text).unwrap_err();
-        assert_eq!((err.line, err.kind), (line, kind), "{}", String::from_utf8_lossy(&text));
+        assert_eq!(
+            (err.line, err.kind),
+            (line, kind),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
         assert!(err.to_string().starts_with(&format!("line {line}: ")));
     }
     let mut no_newline = example();
@@ -87,7 +216,13 @@ fn every_malformation_is_named_with_its_line() {
 
 #[test]
 fn times_round_trip_over_the_calendar() {
-    for t in [0i64, 951_782_400, 1_795_946_400, 4_102_444_800, 253_402_300_799] {
+    for t in [
+        0i64,
+        951_782_400,
+        1_795_946_400,
+        4_102_444_800,
+        253_402_300_799,
+    ] {
         let mut s = String::new();
         write_time(&mut s, t).unwrap();
         assert_eq!(parse_time(&s), Some(t), "{s}");

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::testdata;
-use vigil_protocol::minisign::{public_key_file, sign, Algorithm, MinisignError, PublicKey, SignatureFile};
+use vigil_protocol::minisign::{
+    public_key_file, sign, Algorithm, MinisignError, PublicKey, SignatureFile,
+};
 use vigil_protocol::SigningKey;
 
 fn minisign(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -34,7 +36,11 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 fn minisign_keypair(dir: &Path, stem: &str) -> PublicKey {
     let (p, s) = (format!("{stem}.pub"), format!("{stem}.key"));
     let out = minisign(dir, &["-G", "-W", "-p", &p, "-s", &s]);
-    assert!(out.status.success(), "minisign -G: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "minisign -G: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PublicKey::parse(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap()
 }
 
@@ -45,27 +51,56 @@ fn manifests_signed_by_minisign_verify_with_both_algorithms() {
     std::fs::write(dir.join("m"), &manifest).unwrap();
     let pk = minisign_keypair(&dir, "vendor");
     let other = minisign_keypair(&dir, "other");
-    for (flag, alg) in [(None, Algorithm::Prehashed), (Some("-l"), Algorithm::Legacy)] {
-        let mut args = vec!["-S", "-s", "vendor.key", "-m", "m", "-t", "manifest ct9000-firmware v42"];
+    for (flag, alg) in [
+        (None, Algorithm::Prehashed),
+        (Some("-l"), Algorithm::Legacy),
+    ] {
+        let mut args = vec![
+            "-S",
+            "-s",
+            "vendor.key",
+            "-m",
+            "m",
+            "-t",
+            "manifest ct9000-firmware v42",
+        ];
         args.extend(flag);
         let out = minisign(&dir, &args);
-        assert!(out.status.success(), "minisign -S: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "minisign -S: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let sig_text = std::fs::read_to_string(dir.join("m.minisig")).unwrap();
         let sig = SignatureFile::parse(&sig_text).unwrap();
         assert_eq!(sig.algorithm, alg);
-        assert_eq!(sig.verify(&pk, &manifest), Ok("manifest ct9000-firmware v42"));
+        assert_eq!(
+            sig.verify(&pk, &manifest),
+            Ok("manifest ct9000-firmware v42")
+        );
         // A changed byte fails.
         let mut changed = manifest.clone();
         changed[40] ^= 1;
         assert_eq!(sig.verify(&pk, &changed), Err(MinisignError::BadSignature));
         // A key it was not signed with fails.
-        assert_eq!(sig.verify(&other, &manifest), Err(MinisignError::KeyMismatch));
+        assert_eq!(
+            sig.verify(&other, &manifest),
+            Err(MinisignError::KeyMismatch)
+        );
         let mut same_id = other.clone();
         same_id.key_id = pk.key_id;
-        assert_eq!(sig.verify(&same_id, &manifest), Err(MinisignError::BadSignature));
+        assert_eq!(
+            sig.verify(&same_id, &manifest),
+            Err(MinisignError::BadSignature)
+        );
         // An edited trusted comment fails.
         let edited = sig_text.replace("v42", "v43");
-        assert_eq!(SignatureFile::parse(&edited).unwrap().verify(&pk, &manifest), Err(MinisignError::BadTrustedComment));
+        assert_eq!(
+            SignatureFile::parse(&edited)
+                .unwrap()
+                .verify(&pk, &manifest),
+            Err(MinisignError::BadTrustedComment)
+        );
     }
 }
 
@@ -75,45 +110,97 @@ fn minisign_accepts_our_signatures_and_keys() {
     let manifest = std::fs::read(testdata("manifests/example.manifest")).unwrap();
     std::fs::write(dir.join("m"), &manifest).unwrap();
     let sk = SigningKey::from_bytes(&[42; 32]);
-    let pk = PublicKey { key_id: *b"vigil-01", key: sk.verifying_key() };
+    let pk = PublicKey {
+        key_id: *b"vigil-01",
+        key: sk.verifying_key(),
+    };
     std::fs::write(dir.join("ours.pub"), public_key_file(&pk).unwrap()).unwrap();
-    assert_eq!(PublicKey::parse(&public_key_file(&pk).unwrap()).unwrap(), pk);
+    assert_eq!(
+        PublicKey::parse(&public_key_file(&pk).unwrap()).unwrap(),
+        pk
+    );
     for alg in [Algorithm::Prehashed, Algorithm::Legacy] {
-        let sig = sign(&sk, pk.key_id, alg, &manifest, "timestamp:1795946400\tfile:m").unwrap();
+        let sig = sign(
+            &sk,
+            pk.key_id,
+            alg,
+            &manifest,
+            "timestamp:1795946400\tfile:m",
+        )
+        .unwrap();
         std::fs::write(dir.join("m.minisig"), &sig).unwrap();
         let out = minisign(&dir, &["-V", "-p", "ours.pub", "-m", "m"]);
-        assert!(out.status.success(), "minisign -V ({alg:?}): {}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Trusted comment: timestamp:1795946400\tfile:m"));
+        assert!(
+            out.status.success(),
+            "minisign -V ({alg:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout)
+            .contains("Trusted comment: timestamp:1795946400\tfile:m"));
         // And minisign rejects a changed byte, as we do.
         let mut changed = manifest.clone();
         changed[40] ^= 1;
         std::fs::write(dir.join("m2"), &changed).unwrap();
         std::fs::write(dir.join("m2.minisig"), &sig).unwrap();
-        assert!(!minisign(&dir, &["-V", "-p", "ours.pub", "-m", "m2"]).status.success());
-        assert!(SignatureFile::parse(&sig).unwrap().verify(&pk, &changed).is_err());
+        assert!(!minisign(&dir, &["-V", "-p", "ours.pub", "-m", "m2"])
+            .status
+            .success());
+        assert!(SignatureFile::parse(&sig)
+            .unwrap()
+            .verify(&pk, &changed)
+            .is_err());
     }
     // The bare base64 line (`minisign -P`) parses too.
-    let line = public_key_file(&pk).unwrap().lines().nth(1).unwrap().to_string();
+    let line = public_key_file(&pk)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
     assert_eq!(PublicKey::parse(&line).unwrap(), pk);
 }
 
 #[test]
 fn malformed_keys_and_signatures_are_rejected() {
     assert_eq!(PublicKey::parse("").err(), Some(MinisignError::Malformed));
-    assert_eq!(PublicKey::parse("untrusted comment: x\nnot base64!").err(), Some(MinisignError::Encoding));
-    assert_eq!(PublicKey::parse("untrusted comment: x\nRWQ=").err(), Some(MinisignError::Encoding));
+    assert_eq!(
+        PublicKey::parse("untrusted comment: x\nnot base64!").err(),
+        Some(MinisignError::Encoding)
+    );
+    assert_eq!(
+        PublicKey::parse("untrusted comment: x\nRWQ=").err(),
+        Some(MinisignError::Encoding)
+    );
     let sk = SigningKey::from_bytes(&[42; 32]);
-    let pk = PublicKey { key_id: [1; 8], key: sk.verifying_key() };
+    let pk = PublicKey {
+        key_id: [1; 8],
+        key: sk.verifying_key(),
+    };
     let sig = sign(&sk, pk.key_id, Algorithm::Prehashed, b"x", "c").unwrap();
     let lines: Vec<&str> = sig.lines().collect();
-    assert_eq!(SignatureFile::parse(&lines[..3].join("\n")).err(), Some(MinisignError::Malformed));
-    assert_eq!(SignatureFile::parse(&sig.replacen("untrusted", "trusted", 1)).err(), Some(MinisignError::Malformed));
-    assert_eq!(SignatureFile::parse(&(sig.clone() + "extra\n")).err(), Some(MinisignError::Malformed));
+    assert_eq!(
+        SignatureFile::parse(&lines[..3].join("\n")).err(),
+        Some(MinisignError::Malformed)
+    );
+    assert_eq!(
+        SignatureFile::parse(&sig.replacen("untrusted", "trusted", 1)).err(),
+        Some(MinisignError::Malformed)
+    );
+    assert_eq!(
+        SignatureFile::parse(&(sig.clone() + "extra\n")).err(),
+        Some(MinisignError::Malformed)
+    );
     // An unknown algorithm tag ("Ex").
     use base64ct::{Base64, Encoding};
     let mut raw = Base64::decode_vec(lines[1]).unwrap();
     raw[1] = b'x';
     let bad = sig.replace(lines[1], &Base64::encode_string(&raw));
-    assert_eq!(SignatureFile::parse(&bad).err(), Some(MinisignError::Algorithm));
-    assert_eq!(sign(&sk, pk.key_id, Algorithm::Legacy, b"x", "two\nlines").err(), Some(MinisignError::Malformed));
+    assert_eq!(
+        SignatureFile::parse(&bad).err(),
+        Some(MinisignError::Algorithm)
+    );
+    assert_eq!(
+        sign(&sk, pk.key_id, Algorithm::Legacy, b"x", "two\nlines").err(),
+        Some(MinisignError::Malformed)
+    );
 }
