@@ -3,6 +3,8 @@
 //! (collector). Used to choose the release profile's opt-level (README,
 //! "Release profile"). Run: `cargo run --release -p vigil-protocol --example frame_throughput`.
 
+#![allow(clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::Instant;
 
 use vigil_protocol::cobs::FrameDecoder;
