@@ -1,0 +1,5 @@
+//! `vigil-agent` as a library: the binary's modules, exposed so their pure
+//! parts (parsers, queue, config) are tested directly. Synchronous, no async
+//! runtime; never depends on the collector.
+
+pub mod sample;
