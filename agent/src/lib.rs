@@ -2,4 +2,7 @@
 //! parts (parsers, queue, config) are tested directly. Synchronous, no async
 //! runtime; never depends on the collector.
 
+pub mod identity;
+pub mod inventory;
+pub mod queue;
 pub mod sample;

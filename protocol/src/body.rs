@@ -23,7 +23,7 @@ pub const MAX_CHECKS: usize = 24;
 /// Longest path a finding carries, in bytes.
 pub const MAX_PATH: usize = 256;
 /// Most dropped-sequence ranges one `Gap` names.
-pub const MAX_GAP_RANGES: usize = 8;
+pub const MAX_GAP_RANGES: usize = 32;
 
 /// Everything a device can send. The variant index is the wire tag.
 // Bounded inline storage (no allocator on a microcontroller) makes `Samples`

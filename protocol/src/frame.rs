@@ -56,6 +56,29 @@ impl fmt::Debug for DeviceId {
     }
 }
 
+/// Prefix of a device public key in text form (`vigil-agent id`,
+/// `vigil-collector enroll --key`): `ed25519:` then the 32 key bytes in
+/// standard base64.
+pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
+
+/// Writes `key` in its text form (`ed25519:<base64>`, 52 characters).
+pub fn write_public_key(f: &mut impl fmt::Write, key: &VerifyingKey) -> fmt::Result {
+    let mut buf = [0u8; 44];
+    let b64 = <base64ct::Base64 as base64ct::Encoding>::encode(key.as_bytes(), &mut buf)
+        .map_err(|_| fmt::Error)?;
+    write!(f, "{PUBLIC_KEY_PREFIX}{b64}")
+}
+
+/// Parses the text form written by `write_public_key`.
+pub fn parse_public_key(s: &str) -> Option<VerifyingKey> {
+    let b64 = s.trim().strip_prefix(PUBLIC_KEY_PREFIX)?;
+    let mut key = [0u8; 32];
+    match <base64ct::Base64 as base64ct::Encoding>::decode(b64, &mut key) {
+        Ok(d) if d.len() == 32 => VerifyingKey::from_bytes(&key).ok(),
+        _ => None,
+    }
+}
+
 /// Everything about a frame except its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {

@@ -59,6 +59,18 @@ fn wire_form_and_ack_match_golden() {
 fn device_id_is_the_key_fingerprint() {
     let id = DeviceId::of(&key(7).verifying_key());
     assert_eq!(DeviceId::from_hex(&id.to_string()), Some(id));
+    let mut text = String::new();
+    vigil_protocol::frame::write_public_key(&mut text, &key(7).verifying_key()).unwrap();
+    assert!(text.starts_with("ed25519:") && text.len() == 52, "{text}");
+    assert_eq!(
+        vigil_protocol::frame::parse_public_key(&text),
+        Some(key(7).verifying_key())
+    );
+    assert_eq!(vigil_protocol::frame::parse_public_key(&text[..50]), None);
+    assert_eq!(
+        vigil_protocol::frame::parse_public_key(&text.replace("ed25519:", "rsa:")),
+        None
+    );
     let pinned = std::fs::read_to_string(testdata("golden/device-id.txt")).unwrap_or_default();
     if std::env::var_os("VIGIL_BLESS").is_some() {
         std::fs::create_dir_all(testdata("golden")).unwrap();
