@@ -2,7 +2,13 @@
 //! parts (parsers, queue, config) are tested directly. Synchronous, no async
 //! runtime; never depends on the collector.
 
+pub mod config;
 pub mod identity;
 pub mod inventory;
+pub mod link;
+pub mod logger;
+pub mod privilege;
 pub mod queue;
+pub mod report;
 pub mod sample;
+pub mod stream;

@@ -1,49 +1,217 @@
-//! `vigil-agent`: the on-device agent. This build carries the wire format
-//! (`vigil-protocol`) and the command-line shape; samplers, the signed stream
-//! and manifest checks arrive with their issues (see README, "Status").
-//! Must never depend on the collector.
+//! `vigil-agent`: the on-device agent's command line. Exit codes: 0 ok,
+//! 2 usage or runtime error, 78 bad configuration. Never depends on the
+//! collector.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use vigil_agent::config::{Collector, Config, Serial};
+use vigil_agent::sample::reading;
+use vigil_agent::{identity, logger, stream};
 
 const USAGE: &str = "\
 vigil-agent: Vigil's on-device security agent
 
-usage: vigil-agent <command>
+usage:
+  vigil-agent keygen --state-dir DIR     create this device's key (once, on the device)
+  vigil-agent id --state-dir DIR         print the device id and public key for enrollment
+  vigil-agent sample [--root DIR] [--json]
+                                         print one reading of this machine's counters
+  vigil-agent run [--config FILE] [options]
+                                         sample, sign and stream to the collector
+  vigil-agent --version | --help
 
-commands:
-  --version    print the agent and wire-format versions
-  --help       print this help
+run options (each overrides the same setting in --config):
+  --state-dir DIR          key and boot counter (default /var/lib/vigil-agent)
+  --root DIR               filesystem root to observe (default /)
+  --interval-ms N          sampling interval (default 1000)
+  --batch N                samples per frame, 1..16 (default 10)
+  --collector HOST:PORT    stream over TCP + TLS 1.3 to the collector
+  --pin SHA256             pin the collector's certificate (hex SHA-256 of its DER)
+  --ca-file FILE           or verify it against these CA certificates (PEM)
+  --server-name NAME       name to verify with --ca-file (default: the host)
+  --insecure-plaintext     plain TCP, no TLS (lab use only)
+  --serial DEVICE          stream over a serial port instead
+  --baud N                 serial speed (default 115200)
 
-Samplers, keys, the signed stream and manifest checks are not in this
-build yet (README, \"Status\").";
+exit codes: 0 ok, 2 usage or runtime error, 78 bad configuration";
+
+const EX_CONFIG: u8 = 78;
+
+enum Failure {
+    Usage(String),
+    Config(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<lexopt::Error> for Failure {
+    fn from(e: lexopt::Error) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["--version" | "-V"] => {
+    logger::init();
+    match cli() {
+        Ok(code) => code,
+        Err(Failure::Usage(m)) => {
+            eprintln!("vigil-agent: {m}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Config(m)) => {
+            eprintln!("vigil-agent: bad configuration: {m}");
+            ExitCode::from(EX_CONFIG)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("vigil-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn cli() -> Result<ExitCode, Failure> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let cmd = match p.next()? {
+        Some(Long("version") | Short('V')) => {
             println!(
                 "vigil-agent {} (wire format {})",
                 env!("CARGO_PKG_VERSION"),
                 vigil_protocol::VERSION
             );
-            ExitCode::SUCCESS
+            return Ok(ExitCode::SUCCESS);
         }
-        ["--help" | "-h"] => {
+        Some(Long("help") | Short('h')) => {
             println!("{USAGE}");
-            ExitCode::SUCCESS
+            return Ok(ExitCode::SUCCESS);
         }
-        [] => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
+        Some(Value(v)) => v.string()?,
+        Some(other) => return Err(Failure::Usage(other.unexpected().to_string())),
+        None => return Err(Failure::Usage("a command is needed".into())),
+    };
+    match cmd.as_str() {
+        "keygen" | "id" => {
+            let mut dir = None;
+            while let Some(a) = p.next()? {
+                match a {
+                    Long("state-dir") => dir = Some(PathBuf::from(p.value()?)),
+                    other => return Err(Failure::Usage(other.unexpected().to_string())),
+                }
+            }
+            let dir = dir.ok_or_else(|| Failure::Usage("--state-dir is required".into()))?;
+            let key = if cmd == "keygen" {
+                identity::keygen(&dir).map_err(anyhow::Error::from)?
+            } else {
+                identity::load(&dir)
+                    .map_err(anyhow::Error::from)?
+                    .verifying_key()
+            };
+            print!("{}", identity::describe(&key));
+            Ok(ExitCode::SUCCESS)
         }
-        [other, ..] => {
-            eprintln!("vigil-agent: unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
+        "sample" => {
+            let (mut root, mut json) = (PathBuf::from("/"), false);
+            while let Some(a) = p.next()? {
+                match a {
+                    Long("root") => root = PathBuf::from(p.value()?),
+                    Long("json") => json = true,
+                    other => return Err(Failure::Usage(other.unexpected().to_string())),
+                }
+            }
+            let mut issues = Vec::new();
+            let r = reading::read(&root, stream::now_ms(), &mut issues);
+            for i in &issues {
+                log::warn!("partial sample: {i}");
+            }
+            if json {
+                println!("{}", vigil_agent::report::json(&r, &issues));
+            } else {
+                print!("{}", vigil_agent::report::text(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "run" => {
+            let (cfg, path) = run_config(&mut p)?;
+            stream::run(cfg, path.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(Failure::Usage(format!("unknown command `{other}`"))),
+    }
+}
+
+fn collector(cfg: &mut Config) -> &mut Collector {
+    cfg.collector.get_or_insert_with(|| Collector {
+        address: String::new(),
+        server_name: None,
+        pin_sha256: None,
+        ca_file: None,
+        insecure_plaintext: false,
+    })
+}
+
+fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failure> {
+    use lexopt::prelude::*;
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    let mut path = None;
+    while let Some(a) = p.next()? {
+        match a {
+            Long("config") => path = Some(PathBuf::from(p.value()?)),
+            Long("insecure-plaintext") => flags.push(("insecure-plaintext".into(), None)),
+            Long(name) => {
+                let name = name.to_string();
+                let v = p.value()?.string()?;
+                flags.push((name, Some(v)));
+            }
+            other => return Err(Failure::Usage(other.unexpected().to_string())),
         }
     }
+    let mut cfg = match &path {
+        Some(f) => Config::from_file(f).map_err(|e| Failure::Config(e.to_string()))?,
+        None => Config::default(),
+    };
+    let num = |name: &str, v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| Failure::Usage(format!("--{name}: not a number: {v}")))
+    };
+    for (name, v) in flags {
+        let v = v.unwrap_or_default();
+        match name.as_str() {
+            "state-dir" => cfg.state_dir = v.into(),
+            "root" => cfg.root = v.into(),
+            "interval-ms" => cfg.interval_ms = num(&name, &v)?,
+            "batch" => cfg.batch = usize::try_from(num(&name, &v)?).unwrap_or(usize::MAX),
+            "collector" => collector(&mut cfg).address = v,
+            "pin" => collector(&mut cfg).pin_sha256 = Some(v),
+            "ca-file" => collector(&mut cfg).ca_file = Some(v.into()),
+            "server-name" => collector(&mut cfg).server_name = Some(v),
+            "insecure-plaintext" => collector(&mut cfg).insecure_plaintext = true,
+            "serial" => {
+                cfg.serial
+                    .get_or_insert(Serial {
+                        device: PathBuf::new(),
+                        baud: 115_200,
+                    })
+                    .device = v.into()
+            }
+            "baud" => {
+                let baud = u32::try_from(num(&name, &v)?)
+                    .map_err(|_| Failure::Usage("--baud: too large".into()))?;
+                cfg.serial
+                    .get_or_insert(Serial {
+                        device: PathBuf::new(),
+                        baud,
+                    })
+                    .baud = baud;
+            }
+            other => return Err(Failure::Usage(format!("unknown option --{other}"))),
+        }
+    }
+    cfg.validate().map_err(|e| Failure::Config(e.to_string()))?;
+    Ok((cfg, path))
 }

@@ -1,0 +1,244 @@
+//! The agent's configuration: a TOML file (unknown fields rejected) whose
+//! every option can also be given, or overridden, as a flag. Validation
+//! names the offending field; a bad configuration exits 78.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Root of the filesystem to observe (`/proc` etc. under it).
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Sampling interval.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Samples per frame (1..=16). Latency is at most `batch * interval_ms`.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    pub collector: Option<Collector>,
+    pub serial: Option<Serial>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collector {
+    /// `host:port`.
+    pub address: String,
+    /// Name expected in the collector's certificate (with `ca_file`); defaults to the host.
+    pub server_name: Option<String>,
+    /// SHA-256 of the collector's certificate (DER), hex: the certificate is pinned.
+    pub pin_sha256: Option<String>,
+    /// PEM file of CA certificates to verify the collector against instead of a pin.
+    pub ca_file: Option<PathBuf>,
+    /// Plain TCP without TLS. For lab use only; warned about at every connect.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serial {
+    pub device: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vigil-agent")
+}
+fn default_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_batch() -> usize {
+    10
+}
+fn default_baud() -> u32 {
+    115_200
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            root: default_root(),
+            interval_ms: default_interval_ms(),
+            batch: default_batch(),
+            collector: None,
+            serial: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        basic_toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks everything a running agent relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(10..=3_600_000).contains(&self.interval_ms) {
+            return Err(invalid("interval_ms", "must be between 10 and 3600000"));
+        }
+        if !(1..=vigil_protocol::sample::MAX_SAMPLES).contains(&self.batch) {
+            return Err(invalid(
+                "batch",
+                format!(
+                    "must be between 1 and {}",
+                    vigil_protocol::sample::MAX_SAMPLES
+                ),
+            ));
+        }
+        match (&self.collector, &self.serial) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "collector",
+                    "set either [collector] or [serial], not both",
+                ))
+            }
+            (None, None) => return Err(invalid("collector", "set [collector] (TCP) or [serial]")),
+            _ => {}
+        }
+        if let Some(c) = &self.collector {
+            if c.address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid("collector.address", "must be host:port"));
+            }
+            let pinned = c.pin_sha256.is_some();
+            let ca = c.ca_file.is_some();
+            match (c.insecure_plaintext, pinned, ca) {
+                (true, false, false) => {}
+                (true, _, _) => {
+                    return Err(invalid(
+                        "collector.insecure_plaintext",
+                        "cannot be combined with a pin or CA file",
+                    ))
+                }
+                (false, true, true) => {
+                    return Err(invalid(
+                        "collector.pin_sha256",
+                        "set pin_sha256 or ca_file, not both",
+                    ))
+                }
+                (false, false, false) => {
+                    return Err(invalid(
+                        "collector.pin_sha256",
+                        "set pin_sha256 or ca_file (or insecure_plaintext for a lab)",
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(p) = &c.pin_sha256 {
+                if parse_pin(p).is_none() {
+                    return Err(invalid(
+                        "collector.pin_sha256",
+                        "must be 64 hex digits (colons allowed)",
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.serial {
+            if s.baud == 0 {
+                return Err(invalid("serial.baud", "must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A SHA-256 fingerprint as 64 hex digits, optionally colon-separated.
+pub fn parse_pin(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.chars().filter(|&c| c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, String> {
+        let c: Config = basic_toml::from_str(t).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn good_configs_parse_and_bad_ones_name_the_field() {
+        let pin = "ab".repeat(32);
+        let c = parse(&format!(
+            "[collector]\naddress = \"c:7443\"\npin_sha256 = \"{pin}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.interval_ms, 1000);
+        assert!(parse("[serial]\ndevice = \"/dev/ttyS0\"\n").is_ok());
+        for (text, field) in [
+            ("bogus = 1\n[serial]\ndevice = \"/dev/x\"\n", "bogus"),
+            ("[serial]\ndevice = \"/dev/x\"\nspeed = 9600\n", "speed"),
+            (
+                "interval_ms = 5\n[serial]\ndevice = \"/dev/x\"\n",
+                "interval_ms",
+            ),
+            ("batch = 17\n[serial]\ndevice = \"/dev/x\"\n", "batch"),
+            (
+                "[collector]\naddress = \"nohost\"\ninsecure_plaintext = true\n",
+                "collector.address",
+            ),
+            ("[collector]\naddress = \"c:1\"\n", "collector.pin_sha256"),
+            (
+                "[collector]\naddress = \"c:1\"\npin_sha256 = \"abc\"\n",
+                "collector.pin_sha256",
+            ),
+            ("", "collector"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(field), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The running agent: a sampling loop (this thread) that batches samples
+//! into signed frames, a link thread that sends queued frames and applies
+//! acks, reconnecting with exponential backoff and jitter, and a signal
+//! thread (SIGTERM/SIGINT: flush and exit 0; SIGHUP: reload the config).
+//! Synchronous threads, no async runtime.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vigil_protocol::body::Body;
+use vigil_protocol::cobs::FrameDecoder;
+use vigil_protocol::{to_wire, Ack, DeviceId, Frame, Header, Sample, Samples, SigningKey, VERSION};
+
+use crate::config::Config;
+use crate::inventory;
+use crate::link::Link;
+use crate::queue::{PushError, Queue};
+use crate::sample::reading::{self, Differ, Layout};
+use crate::sample::Issue;
+
+/// How long SIGTERM waits for the collector to ack what is queued.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Signs frames: owns the device key, the boot counter and the next sequence.
+struct Signer {
+    key: SigningKey,
+    device: DeviceId,
+    boot: u32,
+    next_seq: u64,
+}
+
+struct State {
+    queue: Queue,
+    signer: Signer,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    config: Mutex<Config>,
+    wake: Condvar,
+    stop: AtomicBool,
+    reconnect: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn config(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sleeps up to `d`, returning early when stopping.
+    fn sleep(&self, d: Duration) {
+        let guard = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.stop.load(Ordering::SeqCst) {
+            let _ = self.wake.wait_timeout(guard, d);
+        }
+    }
+}
+
+impl State {
+    /// Signs `body` as the next frame and queues it. Routine frames may
+    /// evict older routine frames (counted for the next `Gap`).
+    fn enqueue(&mut self, body: Body, samples: u16) {
+        let kind = body.kind();
+        let s = &mut self.signer;
+        let header = Header {
+            version: VERSION,
+            device: s.device,
+            boot: s.boot,
+            seq: s.next_seq,
+            time_ms: now_ms(),
+        };
+        let bytes = match Frame::new(header, body).sign(&s.key) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!(
+                    "a {} frame could not be encoded ({e:?}); it is lost",
+                    kind.name()
+                );
+                return;
+            }
+        };
+        s.next_seq += 1;
+        loop {
+            match self.queue.push(header.seq, kind, samples, &bytes) {
+                Ok(()) => return,
+                Err(PushError::GapFull) => {
+                    if let Some(gap) = self.queue.take_gap() {
+                        log::warn!(
+                            "queue overflow: {} frames ({} samples) dropped so far",
+                            gap.frames(),
+                            gap.samples
+                        );
+                        self.enqueue(Body::Gap(gap), 0);
+                    }
+                }
+                Err(e) => {
+                    log::error!(
+                        "{} frame {} not queued ({e:?}): the security queue is full",
+                        kind.name(),
+                        header.seq
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs until SIGTERM/SIGINT. Returns after flushing what it can.
+pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
+    let key = crate::identity::load(&cfg.state_dir)?;
+    let boot = crate::identity::next_boot(&cfg.state_dir)?;
+    let device = DeviceId::of(&key.verifying_key());
+    log::info!(
+        "device {device} starting, boot {boot}, sampling every {} ms, {} samples per frame",
+        cfg.interval_ms,
+        cfg.batch
+    );
+    crate::privilege::no_new_privs();
+
+    let signals = crate::privilege::block_signals()?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: Queue::new(),
+            signer: Signer {
+                key,
+                device,
+                boot,
+                next_seq: 0,
+            },
+        }),
+        config: Mutex::new(cfg),
+        wake: Condvar::new(),
+        stop: AtomicBool::new(false),
+        reconnect: AtomicBool::new(false),
+    });
+    let reload_path = config_path.map(Path::to_path_buf);
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                match signals.wait() {
+                    Ok(nix::sys::signal::Signal::SIGHUP) => reload(&shared, reload_path.as_deref()),
+                    Ok(_) => {
+                        log::info!("stopping: flushing queued frames");
+                        shared.stop.store(true, Ordering::SeqCst);
+                        shared.wake.notify_all();
+                        return;
+                    }
+                    Err(e) => log::warn!("waiting for signals: {e}"),
+                }
+            })?;
+    }
+    let link = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("link".into())
+            .spawn(move || link_loop(&shared))?
+    };
+    sample_loop(&shared);
+    let _ = link.join();
+    let st = shared.lock().queue.stats();
+    log::info!("stopped; {} frames left unacknowledged", st.frames);
+    Ok(())
+}
+
+fn reload(shared: &Shared, path: Option<&Path>) {
+    let Some(path) = path else {
+        log::warn!("SIGHUP: started without --config, nothing to reload");
+        return;
+    };
+    let old = shared.config();
+    let new = Config::from_file(path).and_then(|c| c.validate().map(|()| c));
+    match new {
+        Ok(mut c) => {
+            // The state directory holds the key and boot counter: not reloadable.
+            c.state_dir = old.state_dir.clone();
+            let relink = c.collector != old.collector || c.serial != old.serial;
+            *shared
+                .config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = c;
+            shared.reconnect.store(relink, Ordering::SeqCst);
+            log::info!("SIGHUP: configuration reloaded from {}", path.display());
+        }
+        Err(e) => log::error!("SIGHUP: keeping the running configuration: {e}"),
+    }
+}
+
+/// Logs each distinct issue once (they repeat every tick).
+#[derive(Default)]
+struct IssueLog(std::collections::HashSet<String>);
+
+impl IssueLog {
+    fn report(&mut self, issues: &[Issue]) {
+        for i in issues {
+            if self.0.len() < 256 && self.0.insert(i.to_string()) {
+                log::warn!("partial sample: {i}");
+            }
+        }
+    }
+}
+
+fn sample_loop(shared: &Shared) {
+    let mut cfg = shared.config();
+    let mut issues = Vec::new();
+    let mut seen = IssueLog::default();
+    let first = reading::read(&cfg.root, now_ms(), &mut issues);
+    seen.report(&issues);
+    let mut layout = Layout::of(&first);
+    let root = cfg.root.clone();
+    let hello = |r: &reading::Reading, layout: &Layout, issues: &mut Vec<Issue>| {
+        inventory::hello(
+            &inventory::Inputs {
+                root: &root,
+                layout,
+                boot_time_s: r.boot_time_s,
+                cpus: r.cpus,
+                manifests: &[],
+            },
+            issues,
+        )
+    };
+    let h = hello(&first, &layout, &mut issues);
+    shared.lock().enqueue(Body::Hello(h), 0);
+    shared.wake.notify_all();
+    let mut differ = Differ::default();
+    let _ = differ.next(first, 0, &layout);
+    let mut batch: Option<Samples> = None;
+    let mut last = Instant::now();
+    let mut next = last + Duration::from_millis(cfg.interval_ms);
+    while !shared.stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now < next {
+            shared.sleep(next - now);
+            continue;
+        }
+        cfg = shared.config();
+        next += Duration::from_millis(cfg.interval_ms);
+        if next < now {
+            next = now + Duration::from_millis(cfg.interval_ms); // fell behind (suspend): skip, do not burst
+        }
+        issues.clear();
+        let r = reading::read(&root, now_ms(), &mut issues);
+        seen.report(&issues);
+        let interval = u64::try_from(now.duration_since(last).as_millis()).unwrap_or(u64::MAX);
+        last = now;
+        let l = Layout::of(&r);
+        if l != layout {
+            flush(shared, &mut batch);
+            layout = l;
+            log::info!("interfaces or disks changed: sending a new inventory");
+            let h = hello(&r, &layout, &mut issues);
+            shared.lock().enqueue(Body::Hello(h), 0);
+        }
+        if let Some(s) = differ.next(r, interval, &layout) {
+            add(shared, &mut batch, s, cfg.batch);
+        }
+    }
+    flush(shared, &mut batch);
+}
+
+fn add(shared: &Shared, batch: &mut Option<Samples>, s: Sample, size: usize) {
+    let s = match batch {
+        None => {
+            *batch = Some(Samples::new(s));
+            None
+        }
+        Some(b) => match b.push(s) {
+            Ok(()) => None,
+            Err(
+                vigil_protocol::sample::BatchError::Full(s)
+                | vigil_protocol::sample::BatchError::ShapeChanged(s),
+            ) => Some(s),
+            Err(_) => None,
+        },
+    };
+    if let Some(s) = s {
+        flush(shared, batch);
+        *batch = Some(Samples::new(s));
+    }
+    if batch.as_ref().is_some_and(|b| b.len() >= size) {
+        flush(shared, batch);
+    }
+}
+
+fn flush(shared: &Shared, batch: &mut Option<Samples>) {
+    if let Some(b) = batch.take() {
+        let n = u16::try_from(b.len()).unwrap_or(u16::MAX);
+        shared.lock().enqueue(Body::Samples(b), n);
+        shared.wake.notify_all();
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::getrandom(&mut b);
+    // 50 % .. 150 % of d
+    d.mul_f64(0.5 + f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))
+}
+
+fn link_loop(shared: &Shared) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u32;
+    let mut flush_deadline: Option<Instant> = None;
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_TIMEOUT);
+            if shared.lock().queue.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+        }
+        let cfg = shared.config();
+        shared.reconnect.store(false, Ordering::SeqCst);
+        let opened = Link::open(&cfg).and_then(|mut l| {
+            l.handshake()
+                .map_err(|e| crate::link::LinkError::Tls(e.to_string()))?;
+            Ok(l)
+        });
+        match opened {
+            Ok(mut link) => {
+                if failures > 0 {
+                    log::info!("connected after {failures} failed attempts");
+                } else {
+                    log::info!("connected");
+                }
+                failures = 0;
+                backoff = BACKOFF_MIN;
+                match session(shared, &mut link, &mut flush_deadline) {
+                    Ok(()) => return,
+                    Err(e) => log::warn!("link lost: {e}"),
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                // The first failure, then once per ten: a down collector must not flood the log.
+                if failures == 1 || failures % 10 == 0 {
+                    log::warn!("cannot reach the collector ({failures} attempts): {e}");
+                }
+                shared.sleep(jitter(backoff));
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One connection: resend everything unacked, then send new frames as they
+/// come and apply acks. `Ok` means stopped cleanly; `Err` means reconnect.
+fn session(
+    shared: &Shared,
+    link: &mut Link,
+    flush_deadline: &mut Option<Instant>,
+) -> std::io::Result<()> {
+    let (device, boot) = {
+        let mut st = shared.lock();
+        st.queue.rewind();
+        if let Some(gap) = st.queue.take_gap() {
+            log::warn!(
+                "reporting {} frames ({} samples) dropped while disconnected",
+                gap.frames(),
+                gap.samples
+            );
+            st.enqueue(Body::Gap(gap), 0);
+        }
+        (st.signer.device, st.signer.boot)
+    };
+    link.write_all(&[0])?; // end whatever garbage preceded us on the line
+    let mut out = Vec::with_capacity(vigil_protocol::MAX_FRAME_LEN);
+    let mut rbuf = [0u8; 512];
+    let mut acks = FrameDecoder::<{ vigil_protocol::frame::MAX_DOWNLINK_LEN }>::new();
+    loop {
+        loop {
+            let seq = shared.lock().queue.next_to_send(&mut out);
+            let Some(seq) = seq else { break };
+            let wire = to_wire(&out).ok_or_else(|| std::io::Error::other("frame too large"))?;
+            link.write_all(&wire)?;
+            log::trace!("sent frame {seq}");
+        }
+        let n = link.poll_read(&mut rbuf)?;
+        let mut input = rbuf.get(..n).unwrap_or(&[]);
+        while let Some(r) = acks.feed(&mut input) {
+            match r.ok().map(Ack::decode) {
+                Some(Ok(a)) if a.device == device && a.boot == boot => {
+                    let released = shared.lock().queue.ack(a.seq);
+                    log::debug!("ack {}: {released} frames released", a.seq);
+                }
+                Some(Ok(a)) => log::warn!("ignored an ack for device {} boot {}", a.device, a.boot),
+                _ => log::warn!("ignored an unreadable message from the collector"),
+            }
+        }
+        if shared.reconnect.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::other("configuration changed"));
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_TIMEOUT);
+            if shared.lock().queue.is_empty() || Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+    }
+}
