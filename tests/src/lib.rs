@@ -1,6 +1,10 @@
 //! Helpers for the end-to-end tests: build and locate the real binaries of
-//! the workspace. Tests run the binaries as a user would; nothing here
+//! the workspace, and a test-side receiver that stands in for the collector
+//! until it exists. Tests run the binaries as a user would; nothing here
 //! reaches into their internals.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+
+pub mod receiver;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,4 +36,33 @@ pub fn binary(name: &str) -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("debug").join(name)
+}
+
+/// A fresh temporary directory for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vigil-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("tempdir");
+    d
+}
+
+/// Makes a device key in `dir` with the real agent and returns its public key.
+pub fn keygen(dir: &std::path::Path) -> vigil_protocol::VerifyingKey {
+    let out = Command::new(binary("vigil-agent"))
+        .arg("keygen")
+        .arg("--state-dir")
+        .arg(dir)
+        .output()
+        .expect("run keygen");
+    assert!(
+        out.status.success(),
+        "keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key "))
+        .expect("key line");
+    vigil_protocol::frame::parse_public_key(key).expect("public key")
 }

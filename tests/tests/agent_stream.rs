@@ -1,0 +1,344 @@
+//! The real `vigil-agent` streaming to a test receiver: over TLS 1.3 with a
+//! pinned certificate, over plain TCP when explicitly allowed, and over a
+//! serial pty pair made by `socat`; with acks, resend after a cut
+//! connection, a refused wrong pin, and its identity and configuration
+//! checks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vigil_protocol::Body;
+use vigil_tests::receiver::{listen, serve, Log, Policy, Received};
+use vigil_tests::{binary, keygen, tempdir};
+
+struct Agent(Child);
+
+impl Agent {
+    fn start(args: &[&str]) -> Agent {
+        let child = Command::new(binary("vigil-agent"))
+            .arg("run")
+            .args(args)
+            .env("VIGIL_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        Agent(child)
+    }
+
+    /// SIGTERM, then the exit code and what it logged.
+    fn stop(mut self) -> (Option<i32>, String) {
+        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn samples_in(frames: &[Received]) -> usize {
+    frames
+        .iter()
+        .map(|f| {
+            if let Body::Samples(s) = &f.body {
+                s.len()
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+fn assert_contiguous(frames: &[Received]) {
+    let mut seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "every sequence number once, none missing"
+    );
+}
+
+#[test]
+fn streams_signed_samples_over_pinned_tls_and_stops_cleanly() {
+    let dir = tempdir("tls");
+    let key = keygen(&dir);
+    let server = listen(key, Policy::default(), true);
+    let state = dir.to_str().unwrap();
+    let agent = Agent::start(&[
+        "--state-dir",
+        state,
+        "--collector",
+        &server.address,
+        "--pin",
+        &server.pin,
+        "--interval-ms",
+        "50",
+        "--batch",
+        "4",
+    ]);
+    let got = server
+        .log
+        .wait_for(Duration::from_secs(20), |f| samples_in(f) >= 12);
+    let (code, stderr) = agent.stop();
+    assert!(got, "samples did not arrive: {stderr}");
+    assert_eq!(code, Some(0), "SIGTERM must exit 0: {stderr}");
+    let frames = server.log.frames();
+    assert!(
+        matches!(frames[0].body, Body::Hello(_)),
+        "first frame is Hello"
+    );
+    assert_eq!(frames[0].seq, 0);
+    let Body::Hello(h) = &frames[0].body else {
+        unreachable!()
+    };
+    assert!(!h.kernel_release.is_empty() && h.cpus > 0 && !h.interfaces.is_empty());
+    assert_contiguous(&frames);
+    for f in &frames {
+        if let Body::Samples(s) = &f.body {
+            assert!(s.len() <= 4);
+            for x in s.as_slice() {
+                assert!(x.memory.total_kib > 0 && x.interval_ms > 0);
+            }
+        }
+    }
+    assert_eq!(
+        server
+            .log
+            .rejected
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(stderr.contains("ack"), "acks were applied: {stderr}");
+}
+
+#[test]
+fn resends_everything_unacked_after_the_connection_is_cut() {
+    let dir = tempdir("resend");
+    let key = keygen(&dir);
+    let server = listen(
+        key,
+        Policy {
+            cut_first_after: Some(3),
+            no_acks: false,
+        },
+        true,
+    );
+    let agent = Agent::start(&[
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--collector",
+        &server.address,
+        "--pin",
+        &server.pin,
+        "--interval-ms",
+        "40",
+        "--batch",
+        "2",
+    ]);
+    let got = server.log.wait_for(Duration::from_secs(30), |f| {
+        f.len() >= 12
+            && server
+                .log
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 2
+    });
+    let (code, stderr) = agent.stop();
+    assert!(got, "no reconnect and resend: {stderr}");
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("link lost"), "{stderr}");
+    assert_contiguous(&server.log.frames());
+}
+
+#[test]
+fn a_certificate_that_does_not_match_the_pin_is_refused() {
+    let dir = tempdir("pin");
+    let key = keygen(&dir);
+    let server = listen(key, Policy::default(), true);
+    let wrong = "00".repeat(32);
+    let agent = Agent::start(&[
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--collector",
+        &server.address,
+        "--pin",
+        &wrong,
+        "--interval-ms",
+        "50",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0));
+    assert!(
+        server.log.frames().is_empty(),
+        "nothing may be sent to an unpinned collector"
+    );
+    assert!(stderr.contains("does not match the pinned"), "{stderr}");
+}
+
+#[test]
+fn plain_tcp_only_when_asked_and_with_a_warning() {
+    let dir = tempdir("plain");
+    let key = keygen(&dir);
+    let server = listen(key, Policy::default(), false);
+    let agent = Agent::start(&[
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--collector",
+        &server.address,
+        "--insecure-plaintext",
+        "--interval-ms",
+        "50",
+        "--batch",
+        "2",
+    ]);
+    let got = server
+        .log
+        .wait_for(Duration::from_secs(20), |f| samples_in(f) >= 4);
+    let (_, stderr) = agent.stop();
+    assert!(got, "{stderr}");
+    assert!(stderr.contains("plain TCP without TLS"), "{stderr}");
+}
+
+#[test]
+fn streams_over_a_serial_pty_pair() {
+    let dir = tempdir("serial");
+    let key = keygen(&dir);
+    let (a, b) = (dir.join("ttyA"), dir.join("ttyB"));
+    let mut socat = Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat is needed (apt-get install -y socat)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(a.exists() && b.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::sync::Arc::new(Log::default());
+    {
+        let (log, b) = (std::sync::Arc::clone(&log), b.clone());
+        std::thread::spawn(move || {
+            let port = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&b)
+                .expect("open pty");
+            serve(port, &key, &log, Policy::default(), false);
+        });
+    }
+    let agent = Agent::start(&[
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--serial",
+        a.to_str().unwrap(),
+        "--baud",
+        "115200",
+        "--interval-ms",
+        "50",
+        "--batch",
+        "3",
+    ]);
+    let got = log.wait_for(Duration::from_secs(20), |f| samples_in(f) >= 9);
+    let (code, stderr) = agent.stop();
+    let _ = socat.kill();
+    assert!(got, "{stderr}");
+    assert_eq!(code, Some(0));
+    assert_contiguous(&log.frames());
+    assert!(
+        stderr.contains("ack"),
+        "acks came back over the pty: {stderr}"
+    );
+}
+
+#[test]
+fn keys_are_private_and_never_overwritten() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("keys");
+    let key = keygen(&dir);
+    let path = dir.join("device.key");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = Command::new(binary("vigil-agent"))
+        .arg("keygen")
+        .arg("--state-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    let id = Command::new(binary("vigil-agent"))
+        .arg("id")
+        .arg("--state-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&id.stdout).to_string();
+    assert!(
+        text.contains(&vigil_protocol::DeviceId::of(&key).to_string()),
+        "{text}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let run = Command::new(binary("vigil-agent"))
+        .args([
+            "run",
+            "--state-dir",
+            dir.to_str().unwrap(),
+            "--collector",
+            "127.0.0.1:9",
+            "--insecure-plaintext",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("readable by group or others"));
+}
+
+#[test]
+fn bad_configuration_exits_78_naming_the_field() {
+    let dir = tempdir("config");
+    let cfg = dir.join("agent.toml");
+    for (text, field) in [
+        (
+            "interval_ms = 1000\ncolour = \"blue\"\n[serial]\ndevice = \"/dev/null\"\n",
+            "colour",
+        ),
+        ("batch = 99\n[serial]\ndevice = \"/dev/null\"\n", "batch"),
+        ("[collector]\naddress = \"127.0.0.1:9\"\n", "pin_sha256"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(binary("vigil-agent"))
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{text}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(field),
+            "{text}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
