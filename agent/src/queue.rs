@@ -259,7 +259,7 @@ impl Queue {
     /// Copies the next frame to send (lowest sequence above the last one
     /// sent) into `out`, marks it sent and returns its sequence.
     pub fn next_to_send(&mut self, out: &mut Vec<u8>) -> Option<u64> {
-        let after = |s: &u64| self.sent.is_none_or(|sent| *s > sent);
+        let after = |s: &u64| self.sent.map_or(true, |sent| *s > sent);
         let r = self.routine.seqs().find(after);
         let s = self.security.seqs().find(after);
         let seq = match (r, s) {
@@ -364,13 +364,12 @@ mod tests {
     #[test]
     fn a_full_gap_asks_for_a_gap_frame_first() {
         let mut q = Queue::new();
-        let mut seq = 0;
         let mut dropped = 0;
         let mut gaps = 0;
         // A security frame after every four sample frames, then samples only:
         // the evicted samples form more ranges than one Gap can hold.
-        for i in 0..1200u64 {
-            let security = i < 300 && i % 5 == 4;
+        for seq in 0..1200u64 {
+            let security = seq < 300 && seq % 5 == 4;
             let (kind, len) = if security {
                 (BodyKind::Posture, 60)
             } else {
@@ -382,7 +381,6 @@ mod tests {
                 gaps += 1;
                 q.push(seq, kind, 10, &frame(seq, len)).unwrap();
             }
-            seq += 1;
         }
         dropped += q.take_gap().map_or(0, |g| g.frames());
         assert!(gaps >= 1);

@@ -52,22 +52,13 @@ impl Log {
 }
 
 /// What the receiver does on a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Policy {
     /// Drop the connection (without acking) after this many frames on the
     /// first connection; later connections behave.
     pub cut_first_after: Option<usize>,
     /// Never ack (the agent must keep everything queued).
     pub no_acks: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            cut_first_after: None,
-            no_acks: false,
-        }
-    }
 }
 
 /// Serves one byte stream until it closes.

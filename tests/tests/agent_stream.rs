@@ -263,6 +263,7 @@ fn streams_over_a_serial_pty_pair() {
     let got = log.wait_for(Duration::from_secs(20), |f| samples_in(f) >= 9);
     let (code, stderr) = agent.stop();
     let _ = socat.kill();
+    let _ = socat.wait();
     assert!(got, "{stderr}");
     assert_eq!(code, Some(0));
     assert_contiguous(&log.frames());

@@ -181,9 +181,7 @@ impl Differ {
     /// reading (there is no interval yet). `interval_ms` comes from a
     /// monotonic clock, not from wall-clock times.
     pub fn next(&mut self, r: Reading, interval_ms: u64, layout: &Layout) -> Option<wire::Sample> {
-        let Some(p) = self.prev.replace(r) else {
-            return None;
-        };
+        let p = self.prev.replace(r)?;
         let r = self.prev.as_ref()?;
         let mut s = wire::Sample {
             time_ms: r.time_ms,
