@@ -20,6 +20,9 @@ pub struct Config {
     /// Samples per frame (1..=16). Latency is at most `batch * interval_ms`.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// How often the socket table is read (it changes slowly and costs more).
+    #[serde(default = "default_sockets_interval_s")]
+    pub sockets_interval_s: u64,
     pub collector: Option<Collector>,
     pub serial: Option<Serial>,
 }
@@ -60,6 +63,9 @@ fn default_interval_ms() -> u64 {
 fn default_batch() -> usize {
     10
 }
+fn default_sockets_interval_s() -> u64 {
+    10
+}
 fn default_baud() -> u32 {
     115_200
 }
@@ -71,6 +77,7 @@ impl Default for Config {
             root: default_root(),
             interval_ms: default_interval_ms(),
             batch: default_batch(),
+            sockets_interval_s: default_sockets_interval_s(),
             collector: None,
             serial: None,
         }
@@ -125,6 +132,9 @@ impl Config {
                     vigil_protocol::sample::MAX_SAMPLES
                 ),
             ));
+        }
+        if !(1..=86_400).contains(&self.sockets_interval_s) {
+            return Err(invalid("sockets_interval_s", "must be between 1 and 86400"));
         }
         match (&self.collector, &self.serial) {
             (Some(_), Some(_)) => {

@@ -26,6 +26,7 @@ run options (each overrides the same setting in --config):
   --root DIR               filesystem root to observe (default /)
   --interval-ms N          sampling interval (default 1000)
   --batch N                samples per frame, 1..16 (default 10)
+  --sockets-interval-s N   socket table cadence (default 10)
   --collector HOST:PORT    stream over TCP + TLS 1.3 to the collector
   --pin SHA256             pin the collector's certificate (hex SHA-256 of its DER)
   --ca-file FILE           or verify it against these CA certificates (PEM)
@@ -186,6 +187,7 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
             "root" => cfg.root = v.into(),
             "interval-ms" => cfg.interval_ms = num(&name, &v)?,
             "batch" => cfg.batch = usize::try_from(num(&name, &v)?).unwrap_or(usize::MAX),
+            "sockets-interval-s" => cfg.sockets_interval_s = num(&name, &v)?,
             "collector" => collector(&mut cfg).address = v,
             "pin" => collector(&mut cfg).pin_sha256 = Some(v),
             "ca-file" => collector(&mut cfg).ca_file = Some(v.into()),

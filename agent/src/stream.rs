@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use vigil_protocol::body::Body;
+use std::collections::BTreeSet;
+
+use vigil_protocol::body::{Body, Sockets, MAX_SOCKET_CHANGES};
 use vigil_protocol::cobs::FrameDecoder;
 use vigil_protocol::{to_wire, Ack, DeviceId, Frame, Header, Sample, Samples, SigningKey, VERSION};
 
@@ -18,7 +20,7 @@ use crate::inventory;
 use crate::link::Link;
 use crate::queue::{PushError, Queue};
 use crate::sample::reading::{self, Differ, Layout};
-use crate::sample::Issue;
+use crate::sample::{sockets, Issue};
 
 /// How long SIGTERM waits for the collector to ack what is queued.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -249,6 +251,8 @@ fn sample_loop(shared: &Shared) {
     shared.wake.notify_all();
     let mut differ = Differ::default();
     let _ = differ.next(first, 0, &layout);
+    let mut sockets: Option<BTreeSet<sockets::Entry>> = None;
+    let mut next_sockets = Instant::now();
     let mut batch: Option<Samples> = None;
     let mut last = Instant::now();
     let mut next = last + Duration::from_millis(cfg.interval_ms);
@@ -278,6 +282,36 @@ fn sample_loop(shared: &Shared) {
         }
         if let Some(s) = differ.next(r, interval, &layout) {
             add(shared, &mut batch, s, cfg.batch);
+        }
+        if now >= next_sockets {
+            next_sockets = now + Duration::from_secs(cfg.sockets_interval_s);
+            issues.clear();
+            let table = sockets::read(&root, &mut issues);
+            seen.report(&issues);
+            let (snapshot, list) = match &sockets {
+                None => (true, sockets::snapshot(&table)),
+                Some(old) => (false, sockets::changes(old, &table)),
+            };
+            sockets = Some(table);
+            if snapshot || !list.is_empty() {
+                let mut st = shared.lock();
+                let chunks: Vec<_> = list.chunks(MAX_SOCKET_CHANGES).collect();
+                if chunks.is_empty() {
+                    st.enqueue(
+                        Body::Sockets(Sockets {
+                            snapshot,
+                            changes: heapless::Vec::new(),
+                        }),
+                        0,
+                    );
+                }
+                for chunk in chunks {
+                    let changes = chunk.iter().cloned().collect();
+                    st.enqueue(Body::Sockets(Sockets { snapshot, changes }), 0);
+                }
+                drop(st);
+                shared.wake.notify_all();
+            }
         }
     }
     flush(shared, &mut batch);

@@ -233,3 +233,109 @@ fn differ_makes_interval_samples_and_survives_counter_resets() {
     );
     assert_eq!(s.interval_ms, 1000);
 }
+
+#[test]
+fn socket_tables_from_real_files() {
+    use std::collections::HashMap;
+    use vigil_agent::sample::sockets::{self, parse_row};
+    use vigil_protocol::body::{Addr, Proto, SocketKind};
+    let t = text("prometheus-procfs-x86_64/proc/net/tcp");
+    let rows: Vec<_> = t
+        .lines()
+        .filter_map(parse_row)
+        .map(|r| (Proto::Tcp, r))
+        .collect();
+    assert_eq!(rows.len(), t.lines().count() - 1, "every data line parses");
+    let first = rows[0].1;
+    assert_eq!(first.local.addr, Addr::V4([10, 0, 0, 5]));
+    assert_eq!(first.local.port, 22);
+    assert_eq!(first.state, 0x0a);
+    let t6 = text("prometheus-procfs-x86_64/proc/net/tcp6");
+    let rows6: Vec<_> = t6.lines().filter_map(parse_row).collect();
+    assert_eq!(rows6[0].local.port, 0x14eb);
+    assert!(matches!(rows6[1].local.addr, Addr::V6(b) if b[0] == 0xfe && b[1] == 0x80));
+    // The old 32-bit Xen guest's tables parse too.
+    for f in ["tcp", "tcp6", "udp", "udp6"] {
+        let t = text(&format!("ubuntu1204-i686-xen-3.x/proc/3323/net/{f}"));
+        let n = t.lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+        assert_eq!(t.lines().filter_map(parse_row).count(), n, "{f}");
+    }
+    let mut names = HashMap::new();
+    names.insert(2740, "sshd".to_string());
+    let entries = sockets::entries(&rows, &names);
+    let snap = sockets::snapshot(&entries);
+    assert!(snap
+        .iter()
+        .any(|c| c.kind == SocketKind::Listen && c.local.port == 22 && c.process == "sshd"));
+    assert!(sockets::changes(&entries, &entries).is_empty());
+    let mut fewer = entries.clone();
+    let gone = fewer.pop_first().unwrap();
+    let ch = sockets::changes(&entries, &fewer);
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].local.port, gone.local.1);
+}
+
+#[test]
+fn odd_process_names_keep_their_parentheses_and_spaces() {
+    use vigil_agent::sample::sockets::comm_from_stat;
+    let names: Vec<String> = ["4854", "68927", "884"]
+        .iter()
+        .map(|p| {
+            comm_from_stat(&text(&format!("misc/odd-process-names/proc/{p}/stat")))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["(sd-pam)", "test(cmd).sh", "rs:main Q:Reg"]);
+    assert_eq!(comm_from_stat("1 (a) b) S 0"), Some("a) b"));
+    assert_eq!(comm_from_stat("garbage"), None);
+}
+
+#[test]
+fn inbound_and_outbound_drop_ephemeral_ports() {
+    use std::collections::HashMap;
+    use vigil_agent::sample::sockets::{entries, parse_row, snapshot};
+    use vigil_protocol::body::{Proto, SocketKind};
+    // A listener on :443, a client connected to it, and an outbound connection to 10.0.0.9:445.
+    let lines = [
+        "   0: 00000000:01BB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0",
+        "   1: 0100000A:01BB 0900000A:D431 01 00000000:00000000 00:00000000 00000000     0        0 101 1 0 100 0 0 10 0",
+        "   2: 0100000A:C350 0900000A:01BD 01 00000000:00000000 00:00000000 00000000  1000        0 102 1 0 100 0 0 10 0",
+        "   3: 0100000A:C351 0900000A:01BD 01 00000000:00000000 00:00000000 00000000  1000        0 103 1 0 100 0 0 10 0",
+    ];
+    let rows: Vec<_> = lines
+        .iter()
+        .filter_map(|l| parse_row(l))
+        .map(|r| (Proto::Tcp, r))
+        .collect();
+    assert_eq!(rows.len(), 4);
+    let names: HashMap<u64, String> = [
+        (100, "nginx"),
+        (101, "nginx"),
+        (102, "smbclient"),
+        (103, "smbclient"),
+    ]
+    .into_iter()
+    .map(|(i, n)| (i, n.to_string()))
+    .collect();
+    let snap = snapshot(&entries(&rows, &names));
+    assert_eq!(
+        snap.len(),
+        3,
+        "two connections to one endpoint are one entry: {snap:?}"
+    );
+    let inbound = snap.iter().find(|c| c.kind == SocketKind::Inbound).unwrap();
+    assert_eq!((inbound.local.port, inbound.remote.unwrap().port), (443, 0));
+    let outbound = snap
+        .iter()
+        .find(|c| c.kind == SocketKind::Outbound)
+        .unwrap();
+    assert_eq!(
+        (
+            outbound.local.port,
+            outbound.remote.unwrap().port,
+            outbound.process.as_str()
+        ),
+        (0, 445, "smbclient")
+    );
+}

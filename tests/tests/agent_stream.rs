@@ -343,3 +343,76 @@ fn bad_configuration_exits_78_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn a_new_listener_is_reported_as_a_socket_change_with_its_process() {
+    use vigil_protocol::body::{Change, SocketKind};
+    let dir = tempdir("sockets");
+    let key = keygen(&dir);
+    let server = listen(key, Policy::default(), true);
+    let agent = Agent::start(&[
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--collector",
+        &server.address,
+        "--pin",
+        &server.pin,
+        "--interval-ms",
+        "100",
+        "--batch",
+        "1",
+        "--sockets-interval-s",
+        "1",
+    ]);
+    let snapshot = server.log.wait_for(Duration::from_secs(20), |f| {
+        f.iter()
+            .any(|r| matches!(&r.body, Body::Sockets(s) if s.snapshot))
+    });
+    assert!(snapshot, "no socket snapshot");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let me = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_string();
+    let seen = |change: Change| {
+        move |f: &[Received]| {
+            f.iter().any(|r| match &r.body {
+                Body::Sockets(s) => s.changes.iter().any(|c| {
+                    !s.snapshot
+                        && c.change == change
+                        && c.kind == SocketKind::Listen
+                        && c.local.port == port
+                }),
+                _ => false,
+            })
+        }
+    };
+    let added = server
+        .log
+        .wait_for(Duration::from_secs(20), seen(Change::Added));
+    drop(listener);
+    let removed = server
+        .log
+        .wait_for(Duration::from_secs(20), seen(Change::Removed));
+    let (_, stderr) = agent.stop();
+    assert!(added, "new listener on {port} not reported: {stderr}");
+    assert!(removed, "closed listener on {port} not reported");
+    let frames = server.log.frames();
+    let c = frames
+        .iter()
+        .find_map(|r| match &r.body {
+            Body::Sockets(s) => s
+                .changes
+                .iter()
+                .find(|c| c.local.port == port && c.change == Change::Added)
+                .cloned(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        c.process.as_str(),
+        me,
+        "owning process resolved from /proc/<pid>/fd"
+    );
+}

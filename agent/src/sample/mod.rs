@@ -10,6 +10,7 @@ pub mod net_dev;
 pub mod pressure;
 pub mod proc_stat;
 pub mod reading;
+pub mod sockets;
 pub mod uptime;
 
 use std::fmt;
