@@ -16,8 +16,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{self, Collector, Config};
 
-/// How long `read` waits before reporting no data.
-pub const POLL: Duration = Duration::from_millis(50);
+/// How long `read` waits before reporting no data: also the longest a new
+/// frame waits before it is sent (far inside the 10 s latency budget), and
+/// what keeps an idle link thread to one wake-up a second.
+pub const POLL: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +154,87 @@ fn server_name(c: &Collector) -> Result<ServerName<'static>, LinkError> {
     ServerName::try_from(host).map_err(|e| LinkError::Tls(format!("server name: {e}")))
 }
 
+/// The agent's TLS crypto: TLS 1.3 suites, X25519 key exchange, and
+/// certificate signatures by Ed25519 or RSA. ECDSA and the NIST curves are
+/// left out on purpose: their precomputed tables alone are ~150 KB of a
+/// binary that must stay under 1.5 MiB (README, "Binary size"). The agent
+/// has no client key, so it loads none.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::{cipher_suite, kx_group};
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use webpki::ring as alg;
+    static ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
+        all: &[
+            alg::ED25519,
+            alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            alg::RSA_PKCS1_2048_8192_SHA256,
+            alg::RSA_PKCS1_2048_8192_SHA384,
+            alg::RSA_PKCS1_2048_8192_SHA512,
+        ],
+        mapping: &[
+            (SignatureScheme::ED25519, &[alg::ED25519]),
+            (
+                SignatureScheme::RSA_PSS_SHA256,
+                &[alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PSS_SHA384,
+                &[alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PSS_SHA512,
+                &[alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],
+            ),
+            (
+                SignatureScheme::RSA_PKCS1_SHA256,
+                &[alg::RSA_PKCS1_2048_8192_SHA256],
+            ),
+            (
+                SignatureScheme::RSA_PKCS1_SHA384,
+                &[alg::RSA_PKCS1_2048_8192_SHA384],
+            ),
+            (
+                SignatureScheme::RSA_PKCS1_SHA512,
+                &[alg::RSA_PKCS1_2048_8192_SHA512],
+            ),
+        ],
+    };
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ],
+        kx_groups: vec![kx_group::X25519],
+        signature_verification_algorithms: ALGORITHMS,
+        secure_random: &OsRandom,
+        key_provider: &NoKeys,
+    })
+}
+
+#[derive(Debug)]
+struct OsRandom;
+
+impl rustls::crypto::SecureRandom for OsRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        getrandom::getrandom(buf).map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+#[derive(Debug)]
+struct NoKeys;
+
+impl rustls::crypto::KeyProvider for NoKeys {
+    fn load_private_key(
+        &self,
+        _key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        Err(rustls::Error::General(
+            "the agent has no TLS client key".into(),
+        ))
+    }
 }
 
 /// TLS 1.3 only, verifying the collector by pin or by CA file.

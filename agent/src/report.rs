@@ -1,8 +1,6 @@
 //! `vigil-agent sample` output: one reading as readable text or as JSON.
 //! Counters are cumulative, as the kernel (and node_exporter) report them.
 
-use serde_json::json;
-
 use crate::sample::reading::Reading;
 use crate::sample::Issue;
 
@@ -14,38 +12,135 @@ fn ticks_per_second() -> f64 {
     }
 }
 
+/// A JSON string literal.
+fn string(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// `{"k": v, ...}` from already-encoded values.
+fn object(fields: &[(&str, String)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", string(k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// The reading as one JSON object (keys documented in the README).
 pub fn json(r: &Reading, issues: &[Issue]) -> String {
     let hz = ticks_per_second();
-    let cpu = r.cpu.map(|c| {
-        json!({
-            "user_seconds": c.user as f64 / hz, "nice_seconds": c.nice as f64 / hz,
-            "system_seconds": c.system as f64 / hz, "idle_seconds": c.idle as f64 / hz,
-            "iowait_seconds": c.iowait as f64 / hz, "irq_seconds": c.irq as f64 / hz,
-            "softirq_seconds": c.softirq as f64 / hz, "steal_seconds": c.steal as f64 / hz,
-            "cpus": r.cpus,
+    let secs = |t: u64| format!("{}", t as f64 / hz);
+    let cpu = r.cpu.map_or_else(
+        || "null".to_string(),
+        |c| {
+            object(&[
+                ("user_seconds", secs(c.user)),
+                ("nice_seconds", secs(c.nice)),
+                ("system_seconds", secs(c.system)),
+                ("idle_seconds", secs(c.idle)),
+                ("iowait_seconds", secs(c.iowait)),
+                ("irq_seconds", secs(c.irq)),
+                ("softirq_seconds", secs(c.softirq)),
+                ("steal_seconds", secs(c.steal)),
+                ("cpus", r.cpus.to_string()),
+            ])
+        },
+    );
+    let m = &r.memory;
+    let b = |v: Option<u64>| opt(v.map(|k| k * 1024));
+    let swap_used = m
+        .swap_total_kib
+        .zip(m.swap_free_kib)
+        .map(|(t, f)| t.saturating_sub(f));
+    let memory = object(&[
+        ("total_bytes", b(m.total_kib)),
+        ("available_bytes", b(m.available_kib)),
+        ("swap_total_bytes", b(m.swap_total_kib)),
+        ("swap_used_bytes", b(swap_used)),
+    ]);
+    let pressure = r.pressure.map_or_else(
+        || "null".to_string(),
+        |[c, mem, io]| {
+            object(&[
+                ("cpu_some_us", c.some_us.to_string()),
+                ("memory_some_us", mem.some_us.to_string()),
+                ("memory_full_us", opt(mem.full_us)),
+                ("io_some_us", io.some_us.to_string()),
+                ("io_full_us", opt(io.full_us)),
+            ])
+        },
+    );
+    let network: Vec<String> = r
+        .network
+        .iter()
+        .map(|n| {
+            object(&[
+                ("name", string(&n.name)),
+                ("rx_bytes", n.rx_bytes.to_string()),
+                ("rx_packets", n.rx_packets.to_string()),
+                ("rx_errors", n.rx_errors.to_string()),
+                ("rx_dropped", n.rx_dropped.to_string()),
+                ("tx_bytes", n.tx_bytes.to_string()),
+                ("tx_packets", n.tx_packets.to_string()),
+                ("tx_errors", n.tx_errors.to_string()),
+                ("tx_dropped", n.tx_dropped.to_string()),
+            ])
         })
-    });
-    let load = r.load_centi.map(|l| l.map(|v| v as f64 / 100.0));
-    let pressure = r.pressure.map(|[c, m, i]| {
-        json!({
-            "cpu_some_us": c.some_us, "memory_some_us": m.some_us, "memory_full_us": m.full_us,
-            "io_some_us": i.some_us, "io_full_us": i.full_us,
+        .collect();
+    let disk: Vec<String> = r
+        .disk
+        .iter()
+        .map(|d| {
+            object(&[
+                ("name", string(&d.name)),
+                ("reads", d.reads.to_string()),
+                ("read_sectors", d.read_sectors.to_string()),
+                ("writes", d.writes.to_string()),
+                ("write_sectors", d.write_sectors.to_string()),
+                ("io_ms", d.io_ms.to_string()),
+            ])
         })
-    });
-    let v = json!({
-        "time_ms": r.time_ms,
-        "cpu": cpu,
-        "memory": r.memory,
-        "pressure": pressure,
-        "network": r.network,
-        "disk": r.disk,
-        "load": load,
-        "processes": r.processes,
-        "uptime_s": r.uptime_s,
-        "boot_time_s": r.boot_time_s,
-        "issues": issues.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    });
-    v.to_string()
+        .collect();
+    let load = r.load_centi.map_or_else(
+        || "null".to_string(),
+        |l| {
+            format!(
+                "[{},{},{}]",
+                l[0] as f64 / 100.0,
+                l[1] as f64 / 100.0,
+                l[2] as f64 / 100.0
+            )
+        },
+    );
+    let issues: Vec<String> = issues.iter().map(|i| string(&i.to_string())).collect();
+    object(&[
+        ("time_ms", r.time_ms.to_string()),
+        ("cpu", cpu),
+        ("memory", memory),
+        ("pressure", pressure),
+        ("network", format!("[{}]", network.join(","))),
+        ("disk", format!("[{}]", disk.join(","))),
+        ("load", load),
+        ("processes", opt(r.processes)),
+        ("uptime_s", opt(r.uptime_s)),
+        ("boot_time_s", opt(r.boot_time_s)),
+        ("issues", format!("[{}]", issues.join(","))),
+    ])
 }
 
 pub fn text(r: &Reading) -> String {

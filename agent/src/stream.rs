@@ -252,6 +252,7 @@ fn sample_loop(shared: &Shared) {
     let mut differ = Differ::default();
     let _ = differ.next(first, 0, &layout);
     let mut sockets: Option<BTreeSet<sockets::Entry>> = None;
+    let mut owners = sockets::Owners::new();
     let mut next_sockets = Instant::now();
     let mut batch: Option<Samples> = None;
     let mut last = Instant::now();
@@ -286,7 +287,7 @@ fn sample_loop(shared: &Shared) {
         if now >= next_sockets {
             next_sockets = now + Duration::from_secs(cfg.sockets_interval_s);
             issues.clear();
-            let table = sockets::read(&root, &mut issues);
+            let table = sockets::read(&root, &mut owners, &mut issues);
             seen.report(&issues);
             let (snapshot, list) = match &sockets {
                 None => (true, sockets::snapshot(&table)),

@@ -163,20 +163,23 @@ pub fn serve<S: Read + Write>(
     }
 }
 
-/// A self-signed certificate for `localhost`/127.0.0.1 and its SHA-256 pin.
+/// A self-signed Ed25519 certificate for `localhost`/127.0.0.1 and its
+/// SHA-256 pin (the agent verifies Ed25519 or RSA certificates, not ECDSA).
 pub fn certificate() -> (
     rustls::pki_types::CertificateDer<'static>,
     rustls::pki_types::PrivateKeyDer<'static>,
     String,
 ) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .expect("certificate");
-    let der = ck.cert.der().clone();
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("params");
+    let cert = params.self_signed(&key_pair).expect("certificate");
+    let der = cert.der().clone();
     let pin: String = Sha256::digest(&der)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).expect("key");
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key_pair.serialize_der()).expect("key");
     (der, key, pin)
 }
 

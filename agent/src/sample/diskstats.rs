@@ -3,7 +3,7 @@
 
 use super::{num, Issue};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskCounters {
     pub name: String,
     pub reads: u64,

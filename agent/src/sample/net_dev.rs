@@ -4,7 +4,7 @@
 
 use super::{num, Issue};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IfCounters {
     pub name: String,
     pub rx_bytes: u64,

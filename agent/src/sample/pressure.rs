@@ -5,7 +5,7 @@
 use super::Issue;
 
 /// Cumulative stall microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stall {
     pub some_us: u64,
     /// `None` for CPU on kernels that only report `some`.

@@ -5,7 +5,7 @@
 use super::{num, Issue};
 
 /// Cumulative CPU ticks (USER_HZ) summed over all CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTotals {
     pub user: u64,
     pub nice: u64,

@@ -5,7 +5,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use vigil_protocol::body::{MAX_DISKS, MAX_IFACES};
 use vigil_protocol::sample::{self as wire, CpuTicks, Memory, Pressure};
 
@@ -19,7 +18,7 @@ use super::{diskstats, loadavg, meminfo, net_dev, pressure, proc_stat, uptime, I
 const MAX_FILE: u64 = 4 << 20;
 
 /// Cumulative counters and gauges as the kernel reports them.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Reading {
     pub time_ms: u64,
     pub uptime_s: Option<u64>,
@@ -33,23 +32,6 @@ pub struct Reading {
     pub disk: Vec<DiskCounters>,
     pub load_centi: Option<[u64; 3]>,
     pub processes: Option<u64>,
-}
-
-impl Serialize for meminfo::Meminfo {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let b = |v: Option<u64>| v.map(|k| k * 1024);
-        let mut st = s.serialize_struct("memory", 4)?;
-        st.serialize_field("total_bytes", &b(self.total_kib))?;
-        st.serialize_field("available_bytes", &b(self.available_kib))?;
-        st.serialize_field("swap_total_bytes", &b(self.swap_total_kib))?;
-        let used = self
-            .swap_total_kib
-            .zip(self.swap_free_kib)
-            .map(|(t, f)| t.saturating_sub(f));
-        st.serialize_field("swap_used_bytes", &b(used))?;
-        st.end()
-    }
 }
 
 /// Reads a file under `root`, at most `MAX_FILE` bytes.

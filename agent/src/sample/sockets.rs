@@ -225,8 +225,13 @@ fn record(change: Change, e: &Entry) -> SocketChange {
     }
 }
 
+/// Socket inode -> process name, kept between reads: the costly walk over
+/// every process's file descriptors runs only when a socket appears whose
+/// owner is not known yet.
+pub type Owners = HashMap<u64, String>;
+
 /// Reads the four tables and the inode owners under `root`.
-pub fn read(root: &Path, issues: &mut Vec<Issue>) -> BTreeSet<Entry> {
+pub fn read(root: &Path, owners_cache: &mut Owners, issues: &mut Vec<Issue>) -> BTreeSet<Entry> {
     let mut rows = Vec::new();
     for (rel, proto) in [
         ("proc/net/tcp", Proto::Tcp),
@@ -266,8 +271,13 @@ pub fn read(root: &Path, issues: &mut Vec<Issue>) -> BTreeSet<Entry> {
             ));
         }
     }
-    let names = owners(root, &rows, issues);
-    entries(&rows, &names)
+    let unknown = rows
+        .iter()
+        .any(|(_, r)| r.inode != 0 && !owners_cache.contains_key(&r.inode));
+    if unknown {
+        *owners_cache = owners(root, &rows, issues);
+    }
+    entries(&rows, owners_cache)
 }
 
 /// Maps socket inodes to process names by reading /proc/<pid>/fd. Without
@@ -315,7 +325,13 @@ fn owners(root: &Path, rows: &[(Proto, Row)], issues: &mut Vec<Issue>) -> HashMa
             }
         }
     }
-    if denied > 0 && names.len() < wanted.len() {
+    // Sockets nobody could be found for are remembered as unnamed, so they
+    // do not trigger a new walk at every read.
+    for inode in wanted {
+        names.entry(inode).or_default();
+    }
+    let unnamed = names.values().filter(|n| n.is_empty()).count();
+    if denied > 0 && unnamed > 0 {
         issues.push(Issue::new(
             "/proc/<pid>/fd",
             format!("{denied} processes not readable: their sockets have no process name (needs CAP_DAC_READ_SEARCH or CAP_SYS_PTRACE)"),
