@@ -350,6 +350,16 @@ fn flush(shared: &Shared, batch: &mut Option<Samples>) {
     }
 }
 
+trait Elapsed {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool;
+}
+
+impl Elapsed for Option<Instant> {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool {
+        self.map_or(true, |t| t.elapsed() >= d)
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
     let _ = getrandom::getrandom(&mut b);
@@ -361,6 +371,7 @@ fn link_loop(shared: &Shared) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
     let mut flush_deadline: Option<Instant> = None;
+    let mut last_warn: Option<Instant> = None;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_TIMEOUT);
@@ -383,6 +394,7 @@ fn link_loop(shared: &Shared) {
                     log::info!("connected");
                 }
                 failures = 0;
+                last_warn = None;
                 backoff = BACKOFF_MIN;
                 match session(shared, &mut link, &mut flush_deadline) {
                     Ok(()) => return,
@@ -391,9 +403,15 @@ fn link_loop(shared: &Shared) {
             }
             Err(e) => {
                 failures += 1;
-                // The first failure, then once per ten: a down collector must not flood the log.
-                if failures == 1 || failures % 10 == 0 {
+                if shared.stop.load(Ordering::SeqCst) {
+                    log::warn!("stopping without a collector to flush to: {e}");
+                    return;
+                }
+                // The first failure, then at most once a minute: a down
+                // collector must not flood the log.
+                if last_warn.is_none_or_elapsed(Duration::from_secs(60)) {
                     log::warn!("cannot reach the collector ({failures} attempts): {e}");
+                    last_warn = Some(Instant::now());
                 }
                 shared.sleep(jitter(backoff));
                 backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -16,8 +16,12 @@ cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/vigil-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 
-cargo build --release --locked -q -p vigil-agent -p vigil-tests --bin vigil-agent --bin vigil-bench-receiver
-AGENT=target/release/vigil-agent
+# The agent as it ships: static, musl, linked with rust-lld (ring's C part built by gcc).
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+CC_x86_64_unknown_linux_musl=gcc CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+  cargo build --release --locked -q -p vigil-agent --target x86_64-unknown-linux-musl
+cargo build --release --locked -q -p vigil-tests --bin vigil-bench-receiver
+AGENT=target/x86_64-unknown-linux-musl/release/vigil-agent
 HZ=$(getconf CLK_TCK)
 
 # --- vigil-agent -> receiver over TLS 1.3
