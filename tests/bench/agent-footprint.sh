@@ -12,6 +12,7 @@
 # Needs: prometheus-node-exporter collectd-core socat curl (apt-get install -y ...).
 set -euo pipefail
 DURATION=${DURATION:-120}
+WARMUP=${WARMUP:-20}   # start-up (key load, TLS handshake, first socket walk) is excluded from CPU
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/vigil-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT
@@ -60,22 +61,26 @@ CONF
 collectd -f -C "$work/collectd.conf" >/dev/null 2>&1 &
 CD_PID=$!
 
+ticks() { awk '{print $14+$15}' /proc/"$1"/stat; }
+sleep "$WARMUP"
+T0_AGENT=$(ticks "$AGENT_PID"); T0_NE=$(ticks "$NE_PID"); T0_CD=$(ticks "$CD_PID")
+B0_AGENT=$(cat "$work/agent.bytes"); B0_NE=$(awk '{s+=$1} END {print s+0}' "$work/ne.bytes"); B0_CD=$(stat -c %s "$work/cd.bytes")
 sleep "$DURATION"
 
-row() { # name pid bytes binary
-  local name=$1 pid=$2 bytes=$3 bin=$4
+row() { # name pid bytes binary ticks-at-start
+  local name=$1 pid=$2 bytes=$3 bin=$4 t0=$5
   local rss hwm ticks
   rss=$(awk '/^VmRSS/{print $2}' /proc/"$pid"/status)
   hwm=$(awk '/^VmHWM/{print $2}' /proc/"$pid"/status)
-  ticks=$(awk '{print $14+$15}' /proc/"$pid"/stat)
+  ticks=$(( $(ticks "$pid") - t0 ))
   awk -v n="$name" -v r="$rss" -v h="$hwm" -v t="$ticks" -v hz="$HZ" -v d="$DURATION" -v b="$bytes" -v s="$(stat -Lc %s "$bin")" \
     'BEGIN { printf "| %s | %.1f MiB | %.1f MiB | %.2f s | %.3f %% | %.0f B/s | %.2f MiB |\n", n, r/1024, h/1024, t/hz, 100*t/hz/d, b/d, s/1048576 }'
 }
 echo
-echo "duration ${DURATION} s, $(nproc) cores, $(uname -r)"
+echo "measured over ${DURATION} s after ${WARMUP} s of warm-up, $(nproc) cores, $(uname -r)"
 echo
 echo "| process | VmRSS | VmHWM | CPU | of one core | on the wire | binary |"
 echo "|---|---|---|---|---|---|---|"
-row "vigil-agent (signed, TLS 1.3)" "$AGENT_PID" "$(cat "$work/agent.bytes")" "$AGENT"
-row "node_exporter (4 collectors, scraped 1/s)" "$NE_PID" "$(awk '{s+=$1} END {print s+0}' "$work/ne.bytes")" "$(command -v prometheus-node-exporter)"
-row "collectd (cpu, memory, interface; network)" "$CD_PID" "$(stat -c %s "$work/cd.bytes")" "$(command -v collectd)"
+row "vigil-agent (signed, TLS 1.3)" "$AGENT_PID" "$(( $(cat "$work/agent.bytes") - B0_AGENT ))" "$AGENT" "$T0_AGENT"
+row "node_exporter (4 collectors, scraped 1/s)" "$NE_PID" "$(( $(awk '{s+=$1} END {print s+0}' "$work/ne.bytes") - B0_NE ))" "$(command -v prometheus-node-exporter)" "$T0_NE"
+row "collectd (cpu, memory, interface; network)" "$CD_PID" "$(( $(stat -c %s "$work/cd.bytes") - B0_CD ))" "$(command -v collectd)" "$T0_CD"

@@ -416,3 +416,52 @@ fn a_new_listener_is_reported_as_a_socket_change_with_its_process() {
         "owning process resolved from /proc/<pid>/fd"
     );
 }
+
+#[test]
+fn sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
+    let dir = tempdir("sighup");
+    let key = keygen(&dir);
+    let server = listen(key, Policy::default(), true);
+    let cfg = dir.join("agent.toml");
+    let good = |batch: u32| {
+        format!(
+            "state_dir = \"{}\"\ninterval_ms = 50\nbatch = {batch}\n[collector]\naddress = \"{}\"\npin_sha256 = \"{}\"\n",
+            dir.display(),
+            server.address,
+            server.pin
+        )
+    };
+    std::fs::write(&cfg, good(2)).unwrap();
+    let agent = Agent::start(&["--config", cfg.to_str().unwrap()]);
+    let pid = Pid::from_raw(agent.0.id() as i32);
+    assert!(server
+        .log
+        .wait_for(Duration::from_secs(20), |f| samples_in(f) >= 4));
+    // A broken file: the agent keeps streaming with what it has.
+    std::fs::write(&cfg, "batch = \"many\"\n").unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let before = samples_in(&server.log.frames());
+    assert!(
+        server
+            .log
+            .wait_for(Duration::from_secs(20), |f| samples_in(f) >= before + 6),
+        "stopped after a bad reload"
+    );
+    // A good file with a larger batch takes effect.
+    std::fs::write(&cfg, good(5)).unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let n = server.log.frames().len();
+    let five = server.log.wait_for(Duration::from_secs(20), |f| {
+        f[n..]
+            .iter()
+            .any(|r| matches!(&r.body, Body::Samples(s) if s.len() == 5))
+    });
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, Some(0));
+    assert!(
+        stderr.contains("keeping the running configuration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("configuration reloaded"), "{stderr}");
+    assert!(five, "the reloaded batch size was not applied: {stderr}");
+}

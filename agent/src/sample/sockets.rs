@@ -122,9 +122,20 @@ pub fn entries(rows: &[(Proto, Row)], names: &HashMap<u64, String>) -> BTreeSet<
         .filter(|(p, r)| is_listen(*p, r))
         .map(|(p, r)| (proto_code(*p), r.local.port))
         .collect();
+    let listener_names: HashMap<(u8, u16), &String> = rows
+        .iter()
+        .filter(|(p, r)| is_listen(*p, r))
+        .filter_map(|(p, r)| Some(((proto_code(*p), r.local.port), names.get(&r.inode)?)))
+        .collect();
     let mut out = BTreeSet::new();
     for (p, r) in rows {
-        let process = names.get(&r.inode).cloned().unwrap_or_default();
+        let mut process = names.get(&r.inode).cloned().unwrap_or_default();
+        if process.is_empty() && !is_listen(*p, r) {
+            // An accepted connection belongs (almost always) to its listener's process.
+            if let Some(n) = listener_names.get(&(proto_code(*p), r.local.port)) {
+                process = (*n).clone();
+            }
+        }
         let pc = proto_code(*p);
         let e = if is_listen(*p, r) {
             Entry {
@@ -271,9 +282,20 @@ pub fn read(root: &Path, owners_cache: &mut Owners, issues: &mut Vec<Issue>) -> 
             ));
         }
     }
+    // Inbound connections are named after their listener, so only an unknown
+    // listener or outbound socket makes the (costly) walk over all processes.
+    let listening: BTreeSet<(u8, u16)> = rows
+        .iter()
+        .filter(|(p, r)| is_listen(*p, r))
+        .map(|(p, r)| (proto_code(*p), r.local.port))
+        .collect();
+    let needs_owner = |(p, r): &&(Proto, Row)| {
+        r.inode != 0 && (is_listen(*p, r) || !listening.contains(&(proto_code(*p), r.local.port)))
+    };
     let unknown = rows
         .iter()
-        .any(|(_, r)| r.inode != 0 && !owners_cache.contains_key(&r.inode));
+        .filter(needs_owner)
+        .any(|(_, r)| !owners_cache.contains_key(&r.inode));
     if unknown {
         *owners_cache = owners(root, &rows, issues);
     }
@@ -294,7 +316,11 @@ fn owners(root: &Path, rows: &[(Proto, Row)], issues: &mut Vec<Issue>) -> HashMa
         return names;
     };
     let mut denied = 0usize;
+    let mut found = 0usize;
     for p in procs.filter_map(Result::ok) {
+        if found == wanted.len() {
+            break; // every socket has its owner
+        }
         let pid = p.file_name();
         if !pid
             .to_str()
@@ -321,7 +347,9 @@ fn owners(root: &Path, rows: &[(Proto, Row)], issues: &mut Vec<Issue>) -> HashMa
             };
             if wanted.contains(&inode) {
                 let n = name.get_or_insert_with(|| process_name(&p.path()));
-                names.entry(inode).or_insert_with(|| n.clone());
+                if names.insert(inode, n.clone()).is_none() {
+                    found += 1;
+                }
             }
         }
     }
