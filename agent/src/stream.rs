@@ -108,13 +108,8 @@ impl State {
             match self.queue.push(header.seq, kind, samples, &bytes) {
                 Ok(()) => return,
                 Err(PushError::GapFull) => {
-                    if let Some(gap) = self.queue.take_gap() {
-                        log::warn!(
-                            "queue overflow: {} frames ({} samples) dropped so far",
-                            gap.frames(),
-                            gap.samples
-                        );
-                        self.enqueue(Body::Gap(gap), 0);
+                    if !self.report_gap("so far") {
+                        return;
                     }
                 }
                 Err(e) => {
@@ -127,6 +122,23 @@ impl State {
                 }
             }
         }
+    }
+}
+
+impl State {
+    /// Turns the frames dropped since the last `Gap` into a signed `Gap`
+    /// frame (a security frame: never evicted). `false` if there were none.
+    fn report_gap(&mut self, when: &str) -> bool {
+        let Some(gap) = self.queue.take_gap() else {
+            return false;
+        };
+        log::warn!(
+            "queue overflow: {} frames ({} samples) dropped {when}",
+            gap.frames(),
+            gap.samples
+        );
+        self.enqueue(Body::Gap(gap), 0);
+        true
     }
 }
 
@@ -430,14 +442,7 @@ fn session(
     let (device, boot) = {
         let mut st = shared.lock();
         st.queue.rewind();
-        if let Some(gap) = st.queue.take_gap() {
-            log::warn!(
-                "reporting {} frames ({} samples) dropped while disconnected",
-                gap.frames(),
-                gap.samples
-            );
-            st.enqueue(Body::Gap(gap), 0);
-        }
+        st.report_gap("while disconnected");
         (st.signer.device, st.signer.boot)
     };
     link.write_all(&[0])?; // end whatever garbage preceded us on the line

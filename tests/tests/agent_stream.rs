@@ -56,6 +56,24 @@ impl Drop for Agent {
     }
 }
 
+/// Starts the agent streaming over pinned TLS to `server`, with `extra` flags.
+fn start_tls(
+    dir: &std::path::Path,
+    server: &vigil_tests::receiver::Server,
+    extra: &[&str],
+) -> Agent {
+    let mut args = vec![
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--collector",
+        &server.address,
+        "--pin",
+        &server.pin,
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
+}
+
 fn samples_in(frames: &[Received]) -> usize {
     frames
         .iter()
@@ -84,19 +102,7 @@ fn streams_signed_samples_over_pinned_tls_and_stops_cleanly() {
     let dir = tempdir("tls");
     let key = keygen(&dir);
     let server = listen(key, Policy::default(), true);
-    let state = dir.to_str().unwrap();
-    let agent = Agent::start(&[
-        "--state-dir",
-        state,
-        "--collector",
-        &server.address,
-        "--pin",
-        &server.pin,
-        "--interval-ms",
-        "50",
-        "--batch",
-        "4",
-    ]);
+    let agent = start_tls(&dir, &server, &["--interval-ms", "50", "--batch", "4"]);
     let got = server
         .log
         .wait_for(Duration::from_secs(20), |f| samples_in(f) >= 12);
@@ -144,18 +150,7 @@ fn resends_everything_unacked_after_the_connection_is_cut() {
         },
         true,
     );
-    let agent = Agent::start(&[
-        "--state-dir",
-        dir.to_str().unwrap(),
-        "--collector",
-        &server.address,
-        "--pin",
-        &server.pin,
-        "--interval-ms",
-        "40",
-        "--batch",
-        "2",
-    ]);
+    let agent = start_tls(&dir, &server, &["--interval-ms", "40", "--batch", "2"]);
     let got = server.log.wait_for(Duration::from_secs(30), |f| {
         f.len() >= 12
             && server
@@ -350,20 +345,18 @@ fn a_new_listener_is_reported_as_a_socket_change_with_its_process() {
     let dir = tempdir("sockets");
     let key = keygen(&dir);
     let server = listen(key, Policy::default(), true);
-    let agent = Agent::start(&[
-        "--state-dir",
-        dir.to_str().unwrap(),
-        "--collector",
-        &server.address,
-        "--pin",
-        &server.pin,
-        "--interval-ms",
-        "100",
-        "--batch",
-        "1",
-        "--sockets-interval-s",
-        "1",
-    ]);
+    let agent = start_tls(
+        &dir,
+        &server,
+        &[
+            "--interval-ms",
+            "100",
+            "--batch",
+            "1",
+            "--sockets-interval-s",
+            "1",
+        ],
+    );
     let snapshot = server.log.wait_for(Duration::from_secs(20), |f| {
         f.iter()
             .any(|r| matches!(&r.body, Body::Sockets(s) if s.snapshot))
