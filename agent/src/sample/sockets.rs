@@ -72,7 +72,7 @@ pub fn parse_row(line: &str) -> Option<Row> {
 }
 
 /// The process name between the first `(` and the last `)` of
-/// /proc/<pid>/stat (names may contain spaces and parentheses).
+/// `/proc/<pid>/stat` (names may contain spaces and parentheses).
 pub fn comm_from_stat(stat: &str) -> Option<&str> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
@@ -302,7 +302,7 @@ pub fn read(root: &Path, owners_cache: &mut Owners, issues: &mut Vec<Issue>) -> 
     entries(&rows, owners_cache)
 }
 
-/// Maps socket inodes to process names by reading /proc/<pid>/fd. Without
+/// Maps socket inodes to process names by reading `/proc/<pid>/fd`. Without
 /// CAP_DAC_READ_SEARCH (or CAP_SYS_PTRACE) only the agent's own user's
 /// processes are visible: the rest stay unnamed and that is reported once.
 fn owners(root: &Path, rows: &[(Proto, Row)], issues: &mut Vec<Issue>) -> HashMap<u64, String> {
