@@ -242,7 +242,8 @@ fn sample_loop(shared: &Shared) {
     let mut cfg = shared.config();
     let mut issues = Vec::new();
     let mut seen = IssueLog::default();
-    let first = reading::read(&cfg.root, now_ms(), &mut issues);
+    let mut reader = reading::Reader::new(&cfg.root);
+    let first = reader.read(now_ms(), &mut issues);
     seen.report(&issues);
     let mut layout = Layout::of(&first);
     let root = cfg.root.clone();
@@ -281,7 +282,7 @@ fn sample_loop(shared: &Shared) {
             next = now + Duration::from_millis(cfg.interval_ms); // fell behind (suspend): skip, do not burst
         }
         issues.clear();
-        let r = reading::read(&root, now_ms(), &mut issues);
+        let r = reader.read(now_ms(), &mut issues);
         seen.report(&issues);
         let interval = u64::try_from(now.duration_since(last).as_millis()).unwrap_or(u64::MAX);
         last = now;

@@ -65,22 +65,35 @@ ticks() { awk '{print $14+$15}' /proc/"$1"/stat; }
 sleep "$WARMUP"
 T0_AGENT=$(ticks "$AGENT_PID"); T0_NE=$(ticks "$NE_PID"); T0_CD=$(ticks "$CD_PID")
 B0_AGENT=$(cat "$work/agent.bytes"); B0_NE=$(awk '{s+=$1} END {print s+0}' "$work/ne.bytes"); B0_CD=$(stat -c %s "$work/cd.bytes")
+# perf's task-clock (ns resolution) where perf works, else 10 ms ticks from /proc.
+PERF=no
+if perf stat -e task-clock -p $$ -- true >/dev/null 2>&1; then
+  PERF=yes
+  for n in AGENT NE CD; do
+    pid_var="${n}_PID"
+    perf stat -x, -e task-clock -p "${!pid_var}" -- sleep "$DURATION" 2> "$work/$n.perf" &
+  done
+fi
 sleep "$DURATION"
+sleep 1
 
-row() { # name pid bytes binary ticks-at-start
+row() { # name pid bytes binary ticks-at-start perf-file
   local name=$1 pid=$2 bytes=$3 bin=$4 t0=$5
   local rss hwm ticks
   rss=$(awk '/^VmRSS/{print $2}' /proc/"$pid"/status)
   hwm=$(awk '/^VmHWM/{print $2}' /proc/"$pid"/status)
   ticks=$(( $(ticks "$pid") - t0 ))
+  if [ "$PERF" = yes ]; then # task-clock in ms -> ticks at HZ, kept fractional
+    ticks=$(awk -F, -v hz="$HZ" '/task-clock/ {print $1 * hz / 1000}' "$work/$6.perf")
+  fi
   awk -v n="$name" -v r="$rss" -v h="$hwm" -v t="$ticks" -v hz="$HZ" -v d="$DURATION" -v b="$bytes" -v s="$(stat -Lc %s "$bin")" \
     'BEGIN { printf "| %s | %.1f MiB | %.1f MiB | %.2f s | %.3f %% | %.0f B/s | %.2f MiB |\n", n, r/1024, h/1024, t/hz, 100*t/hz/d, b/d, s/1048576 }'
 }
 echo
-echo "measured over ${DURATION} s after ${WARMUP} s of warm-up, $(nproc) cores, $(uname -r)"
+echo "measured over ${DURATION} s after ${WARMUP} s of warm-up, $(nproc) cores, $(uname -r), CPU from perf task-clock: $PERF"
 echo
 echo "| process | VmRSS | VmHWM | CPU | of one core | on the wire | binary |"
 echo "|---|---|---|---|---|---|---|"
-row "vigil-agent (signed, TLS 1.3)" "$AGENT_PID" "$(( $(cat "$work/agent.bytes") - B0_AGENT ))" "$AGENT" "$T0_AGENT"
-row "node_exporter (4 collectors, scraped 1/s)" "$NE_PID" "$(( $(awk '{s+=$1} END {print s+0}' "$work/ne.bytes") - B0_NE ))" "$(command -v prometheus-node-exporter)" "$T0_NE"
-row "collectd (cpu, memory, interface; network)" "$CD_PID" "$(( $(stat -c %s "$work/cd.bytes") - B0_CD ))" "$(command -v collectd)" "$T0_CD"
+row "vigil-agent (signed, TLS 1.3)" "$AGENT_PID" "$(( $(cat "$work/agent.bytes") - B0_AGENT ))" "$AGENT" "$T0_AGENT" AGENT
+row "node_exporter (4 collectors, scraped 1/s)" "$NE_PID" "$(( $(awk '{s+=$1} END {print s+0}' "$work/ne.bytes") - B0_NE ))" "$(command -v prometheus-node-exporter)" "$T0_NE" NE
+row "collectd (cpu, memory, interface; network)" "$CD_PID" "$(( $(stat -c %s "$work/cd.bytes") - B0_CD ))" "$(command -v collectd)" "$T0_CD" CD

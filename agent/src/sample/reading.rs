@@ -44,68 +44,126 @@ pub fn read_file(root: &Path, rel: &str) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// Reads everything under `root` (`/proc/...` relative to it).
+/// Reads everything under `root` once (`/proc/...` relative to it).
 pub fn read(root: &Path, time_ms: u64, issues: &mut Vec<Issue>) -> Reading {
-    let mut r = Reading {
-        time_ms,
-        ..Reading::default()
-    };
-    let get = |rel: &'static str, issues: &mut Vec<Issue>| match read_file(root, rel) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            issues.push(Issue::new(rel, format!("unreadable: {e}")));
-            None
+    Reader::new(root).read(time_ms, issues)
+}
+
+/// Keeps the /proc files open between ticks and reads each again from the
+/// start: one `lseek` + `read` per file per tick instead of a path lookup,
+/// `open` and `close`. A file that fails is reopened on the next tick.
+pub struct Reader {
+    root: PathBuf,
+    files: Vec<(&'static str, std::fs::File)>,
+    buf: String,
+    psi: Option<bool>,
+}
+
+impl Reader {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            files: Vec::new(),
+            buf: String::new(),
+            psi: None,
         }
-    };
-    if let Some(t) = get("/proc/stat", issues) {
-        let s = proc_stat::parse(&t, issues);
-        r.cpu = s.cpu;
-        r.cpus = s.cpus;
-        r.boot_time_s = s.btime;
     }
-    if let Some(t) = get("/proc/meminfo", issues) {
-        r.memory = meminfo::parse(&t, issues);
+
+    fn text(&mut self, rel: &'static str) -> std::io::Result<&str> {
+        use std::io::{Seek, SeekFrom};
+        let pos = match self.files.iter().position(|(r, _)| *r == rel) {
+            Some(p) => p,
+            None => {
+                let f = std::fs::File::open(self.root.join(rel.trim_start_matches('/')))?;
+                self.files.push((rel, f));
+                self.files.len() - 1
+            }
+        };
+        self.buf.clear();
+        let r = match self.files.get_mut(pos) {
+            Some((_, f)) => f
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| (&mut *f).take(MAX_FILE).read_to_string(&mut self.buf)),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        };
+        if let Err(e) = r {
+            self.files.swap_remove(pos);
+            return Err(e);
+        }
+        Ok(&self.buf)
     }
-    if let Some(t) = get("/proc/net/dev", issues) {
-        r.network = net_dev::parse(&t, issues);
-    }
-    if let Some(t) = get("/proc/diskstats", issues) {
-        r.disk = diskstats::parse(&t, issues);
-    }
-    if let Some(t) = get("/proc/loadavg", issues) {
-        r.load_centi = loadavg::parse(&t, issues);
-    }
-    r.uptime_s = if root == Path::new("/") {
-        // The clock /proc/uptime is made from, without opening a file each tick.
-        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
-            Ok(t) => u64::try_from(t.tv_sec()).ok(),
+
+    /// The file's text, or an issue naming it.
+    fn get(&mut self, rel: &'static str, issues: &mut Vec<Issue>) -> Option<&str> {
+        match self.text(rel) {
+            Ok(_) => Some(&self.buf),
             Err(e) => {
-                issues.push(Issue::new("/proc/uptime", format!("CLOCK_BOOTTIME: {e}")));
+                issues.push(Issue::new(rel, format!("unreadable: {e}")));
                 None
             }
         }
-    } else {
-        get("/proc/uptime", issues).and_then(|t| uptime::parse(&t, issues))
-    };
-    r.pressure = read_pressure(root, issues);
-    r.processes = count_processes(root, issues);
-    r
-}
-
-fn read_pressure(root: &Path, issues: &mut Vec<Issue>) -> Option<[Stall; 3]> {
-    if !root.join("proc/pressure").is_dir() {
-        return None; // kernel without PSI: not an issue
     }
-    let mut one = |rel: &'static str| match read_file(root, rel) {
-        Ok(t) => pressure::parse(rel, &t, issues),
-        // Present but unreadable: PSI compiled in, disabled at boot (psi=0).
-        Err(_) => None,
-    };
-    Some([
-        one("/proc/pressure/cpu")?,
-        one("/proc/pressure/memory")?,
-        one("/proc/pressure/io")?,
-    ])
+
+    pub fn read(&mut self, time_ms: u64, issues: &mut Vec<Issue>) -> Reading {
+        let mut r = Reading {
+            time_ms,
+            ..Reading::default()
+        };
+        if let Some(t) = self.get("/proc/stat", issues) {
+            let s = proc_stat::parse(t, issues);
+            r.cpu = s.cpu;
+            r.cpus = s.cpus;
+            r.boot_time_s = s.btime;
+        }
+        if let Some(t) = self.get("/proc/meminfo", issues) {
+            r.memory = meminfo::parse(t, issues);
+        }
+        if let Some(t) = self.get("/proc/net/dev", issues) {
+            r.network = net_dev::parse(t, issues);
+        }
+        if let Some(t) = self.get("/proc/diskstats", issues) {
+            r.disk = diskstats::parse(t, issues);
+        }
+        if let Some(t) = self.get("/proc/loadavg", issues) {
+            r.load_centi = loadavg::parse(t, issues);
+        }
+        r.uptime_s = if self.root == Path::new("/") {
+            // The clock /proc/uptime is made from, without reading a file.
+            match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+                Ok(t) => u64::try_from(t.tv_sec()).ok(),
+                Err(e) => {
+                    issues.push(Issue::new("/proc/uptime", format!("CLOCK_BOOTTIME: {e}")));
+                    None
+                }
+            }
+        } else {
+            self.get("/proc/uptime", issues)
+                .and_then(|t| uptime::parse(t, issues))
+        };
+        r.pressure = self.pressure(issues);
+        r.processes = count_processes(&self.root, issues);
+        r
+    }
+
+    fn pressure(&mut self, issues: &mut Vec<Issue>) -> Option<[Stall; 3]> {
+        let root = self.root.clone();
+        if !*self
+            .psi
+            .get_or_insert_with(|| root.join("proc/pressure").is_dir())
+        {
+            return None; // kernel without PSI: not an issue
+        }
+        let mut one = |rel: &'static str, issues: &mut Vec<Issue>| match self.text(rel) {
+            Ok(t) => pressure::parse(rel, t, issues),
+            // Present but unreadable: PSI compiled in, disabled at boot (psi=0).
+            Err(_) => None,
+        };
+        Some([
+            one("/proc/pressure/cpu", issues)?,
+            one("/proc/pressure/memory", issues)?,
+            one("/proc/pressure/io", issues)?,
+        ])
+    }
 }
 
 fn count_processes(root: &Path, issues: &mut Vec<Issue>) -> Option<u64> {
