@@ -4,18 +4,9 @@
 
 use super::{num, Issue};
 
-/// Cumulative CPU ticks (USER_HZ) summed over all CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CpuTotals {
-    pub user: u64,
-    pub nice: u64,
-    pub system: u64,
-    pub idle: u64,
-    pub iowait: u64,
-    pub irq: u64,
-    pub softirq: u64,
-    pub steal: u64,
-}
+/// Cumulative CPU ticks (USER_HZ) by state, summed over all CPUs, since
+/// boot: the wire's `CpuTicks` fields, holding totals instead of increases.
+pub type CpuTotals = vigil_protocol::sample::CpuTicks;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcStat {
