@@ -65,6 +65,7 @@ fn fit<const N: usize>(s: &str) -> heapless::String<N> {
 }
 
 pub struct Inputs<'a> {
+    pub public_key: [u8; 32],
     pub root: &'a Path,
     pub layout: &'a Layout,
     pub boot_time_s: Option<u64>,
@@ -134,6 +135,7 @@ pub fn hello(inp: &Inputs<'_>, issues: &mut Vec<Issue>) -> Hello {
         })
         .collect();
     Hello {
+        public_key: inp.public_key,
         agent_version: fit(env!("CARGO_PKG_VERSION")),
         hostname: fit(&hostname),
         kernel_release: fit(&release),

@@ -247,9 +247,11 @@ fn sample_loop(shared: &Shared) {
     seen.report(&issues);
     let mut layout = Layout::of(&first);
     let root = cfg.root.clone();
+    let public_key = shared.lock().signer.key.verifying_key().to_bytes();
     let hello = |r: &reading::Reading, layout: &Layout, issues: &mut Vec<Issue>| {
         inventory::hello(
             &inventory::Inputs {
+                public_key,
                 root: &root,
                 layout,
                 boot_time_s: r.boot_time_s,

@@ -90,6 +90,11 @@ impl BodyKind {
 /// `Hello` of the same boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The device's ed25519 public key. The frame's `device` is its
+    /// fingerprint, so a collector that does not know the device yet can
+    /// check that the `Hello` is self-signed (`SignedFrame::verify_hello`)
+    /// and hold it as pending enrollment.
+    pub public_key: [u8; 32],
     pub agent_version: String<24>,
     pub hostname: String<64>,
     pub kernel_release: String<64>,

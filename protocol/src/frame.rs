@@ -10,7 +10,7 @@ use heapless::Vec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::body::{Body, BodyKind};
+use crate::body::{Body, BodyKind, Hello};
 use crate::cobs;
 
 /// Wire-format version carried in every frame and ack.
@@ -254,6 +254,23 @@ impl<'a> SignedFrame<'a> {
         key.verify_strict(&msg, &sig)
             .map_err(|_| VerifyError::Invalid)?;
         Ok(VerifiedFrame { inner: self })
+    }
+
+    /// For a device the verifier does not know yet: checks that this is a
+    /// `Hello` signed by the key it carries, whose fingerprint is the
+    /// frame's device id. Returns the verified frame, the key and the body.
+    /// This proves possession of the key, not that the device is trusted.
+    pub fn verify_hello(self) -> Result<(VerifiedFrame<'a>, VerifyingKey, Hello), VerifyError> {
+        let unverified = VerifiedFrame { inner: self };
+        let Ok(Body::Hello(hello)) = unverified.body() else {
+            return Err(VerifyError::Invalid);
+        };
+        let key = VerifyingKey::from_bytes(&hello.public_key).map_err(|_| VerifyError::Invalid)?;
+        if key.is_weak() {
+            return Err(VerifyError::Invalid);
+        }
+        let verified = self.verify(&key)?;
+        Ok((verified, key, hello))
     }
 }
 

@@ -223,3 +223,40 @@ fn unknown_body_verifies_but_does_not_decode() {
     assert_eq!(v.body().err(), Some(DecodeError::UnknownBody));
     assert_eq!(v.as_bytes(), &bytes[..]);
 }
+
+fn verify_hello(bytes: &[u8]) -> Option<VerifyingKey> {
+    let (_, key, _) = SignedFrame::parse(bytes).ok()?.verify_hello().ok()?;
+    Some(key)
+}
+
+#[test]
+fn self_signed_hello_proves_its_key_and_nothing_else_does() {
+    let k = key(7);
+    let good = signed(&k, 0, Body::Hello(hello()));
+    assert_eq!(verify_hello(&good), Some(k.verifying_key()));
+
+    // Someone else's Hello re-signed with another key: the carried key's
+    // fingerprint is not the header's device.
+    let other = key(9);
+    let resigned = signed(&other, 0, Body::Hello(hello()));
+    assert_eq!(verify_hello(&resigned), None);
+
+    // A Hello carrying the signer's key but claiming another device id.
+    let mut h = hello();
+    h.public_key = other.verifying_key().to_bytes();
+    let claims = signed(&k, 0, Body::Hello(h.clone()));
+    assert_eq!(verify_hello(&claims), None);
+    // The same with a consistent header verifies as the other device.
+    let consistent = signed(&other, 0, Body::Hello(h));
+    assert_eq!(verify_hello(&consistent), Some(other.verifying_key()));
+
+    // Not a Hello.
+    assert_eq!(verify_hello(&signed(&k, 1, Body::Heartbeat(heartbeat()))), None);
+
+    // Every bit flip of a self-signed Hello fails.
+    for bit in 0..good.len() * 8 {
+        let mut f = good.clone();
+        f[bit / 8] ^= 1 << (bit % 8);
+        assert_eq!(verify_hello(&f), None, "bit {bit}");
+    }
+}

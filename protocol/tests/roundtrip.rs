@@ -77,6 +77,7 @@ fn hello() -> impl Strategy<Value = Hello> {
     )
         .prop_map(
             |((av, host, kr, os, arch), (kbid, bt, cpus), interfaces, disks, manifests)| Hello {
+                public_key: [7; 32],
                 agent_version: av,
                 hostname: host,
                 kernel_release: kr,

@@ -110,6 +110,7 @@ pub fn batch(samples: &[Sample]) -> Samples {
 
 pub fn hello() -> Hello {
     Hello {
+        public_key: key(7).verifying_key().to_bytes(),
         agent_version: hs("0.1.0"),
         hostname: hs("ct-scanner-07"),
         kernel_release: hs("6.1.0-26-arm64"),
