@@ -1,49 +1,514 @@
-//! `vigil-collector`: the hospital-side collector. This build carries the
-//! wire format (`vigil-protocol`) and the command-line shape; ingest, the
-//! archive, alerts and the admin CLI arrive with their issues (see README,
-//! "Status"). Must never depend on the agent.
+//! `vigil-collector`: the hospital-side collector. Parses the command line
+//! and runs one command: `serve`, the admin commands (which work on the
+//! same state dir while `serve` runs), or `quickstart`. Never depends on
+//! the agent.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use lexopt::prelude::*;
+use serde_json::{json, Value};
+
+/// `println!` for command output: a closed pipe (`| head`) ends the
+/// command quietly instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::print_line(format_args!($($t)*))
+    };
+}
+
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{args}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+mod alert;
+mod config;
+mod ingest;
+mod logger;
+mod metrics;
+mod quickstart;
+mod registry;
+mod serve;
+mod sink;
+mod store;
+mod tls;
+mod views;
+mod writer;
+
+use config::{Config, Sink, Transport};
+use store::{DeviceState, Store};
 
 const USAGE: &str = "\
 vigil-collector: Vigil's hospital-side collector
 
-usage: vigil-collector <command>
+usage:
+  vigil-collector serve [--config FILE] [options]     receive, verify, archive, alert
+  vigil-collector quickstart [--duration-s N]          a collector and a local agent, live view
+  vigil-collector enroll --key KEY --name NAME [--model MODEL]
+                                                       approve a device ahead of time
+  vigil-collector approve DEVICE | revoke DEVICE
+  vigil-collector devices [--json]
+  vigil-collector device DEVICE [--json]
+  vigil-collector alerts [--open] [--device D] [--severity S] [--json]
+  vigil-collector ack ALERT | resolve ALERT
+  vigil-collector export --device D [--from T] [--to T] [--format csv|json]
+  vigil-collector audit [--json]                      re-verify every stored frame
+  vigil-collector admin-log [--json]                  who changed what
+  vigil-collector --version | --help
 
-commands:
-  --version    print the collector and wire-format versions
-  --help       print this help
+Every command takes --state-dir DIR (default /var/lib/vigil-collector) or
+--config FILE (its state_dir). DEVICE is a device id (or a unique prefix of
+at least 4 digits) or a device name. T is YYYY-MM-DD or
+YYYY-MM-DDTHH:MM:SSZ (UTC).
 
-Ingest, enrollment, the SQLite archive, alerts and the admin CLI are not in
-this build yet (README, \"Status\").";
+serve options (each overrides the same setting in --config):
+  --listen ADDR               TLS 1.3 listener (default 0.0.0.0:7443)
+  --tls-cert FILE --tls-key FILE
+                              PEM certificate chain and key (default: a
+                              self-signed Ed25519 certificate in the state dir)
+  --plain-listen ADDR --insecure-plaintext
+                              plain TCP (lab use only)
+  --no-tls                    no TLS listener (serial or plain only)
+  --serial DEVICE[:BAUD]      read a serial port (repeatable; default 115200)
+  --metrics-listen ADDR       Prometheus metrics on http://ADDR/metrics
+  --retention-days N          raw samples kept (default 30), then per-minute
+  --silence-s N               silence alert after N s (default 300)
+  --loss-grace-s N            unexplained sequence hole alert (default 120)
+  --max-connections N  --frames-per-s N  --idle-timeout-s N
+  --handshake-timeout-s N  --unknown-per-minute N  --max-pending N
+  --sink-json PATH            JSON lines to PATH (- for stdout)
+  --sink-syslog ADDR[/tcp]    RFC 5424 syslog (UDP by default)
+  --sink-cef ADDR[/tcp]|PATH  CEF over syslog, or to a file
+
+exit codes: 0 ok, 1 audit found problems, 2 usage or runtime error,
+78 bad configuration";
+
+/// Errors that carry their own exit code.
+#[derive(Debug, thiserror::Error)]
+enum Exit {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("")]
+    Findings,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["--version" | "-V"] => {
-            println!(
-                "vigil-collector {} (wire format {})",
-                env!("CARGO_PKG_VERSION"),
-                vigil_protocol::VERSION
-            );
-            ExitCode::SUCCESS
+    logger::init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(Exit::Findings) => ExitCode::from(1),
+            Some(Exit::Config(m)) => {
+                eprintln!("vigil-collector: bad configuration: {m}");
+                ExitCode::from(78)
+            }
+            Some(Exit::Usage(m)) => {
+                eprintln!("vigil-collector: {m}\n(see vigil-collector --help)");
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("vigil-collector: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn usage(m: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(Exit::Usage(m.to_string()))
+}
+
+/// Options every command understands, plus the rest for the command.
+struct Args {
+    config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    json: bool,
+    positional: Vec<String>,
+    options: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.options.iter().position(|(k, _)| k == name)?;
+        self.options.remove(i).1
+    }
+
+    fn take_all(&mut self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(v) = self.take(name) {
+            out.push(v);
         }
-        ["--help" | "-h"] => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        [] => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
-        [other, ..] => {
-            eprintln!("vigil-collector: unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
+        out
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        match self.options.iter().position(|(k, v)| k == name && v.is_none()) {
+            Some(i) => {
+                self.options.remove(i);
+                true
+            }
+            None => false,
         }
     }
+
+    fn done(&self) -> anyhow::Result<()> {
+        if let Some((k, _)) = self.options.first() {
+            return Err(usage(format!("unknown or misplaced option --{k}")));
+        }
+        Ok(())
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, name: &str) -> anyhow::Result<Option<T>> {
+        self.take(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| anyhow!(Exit::Config(format!("--{name}: `{v}` is not a valid number"))))
+            })
+            .transpose()
+    }
+
+    /// The configuration: the file if given, then the flags over it.
+    fn config(&mut self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(p) => Config::load(p).map_err(|e| anyhow!(Exit::Config(e.to_string())))?,
+            None => Config::default(),
+        };
+        if let Some(d) = self.state_dir.clone() {
+            cfg.state_dir = d;
+        }
+        Ok(cfg)
+    }
+
+    fn store(&mut self) -> anyhow::Result<Store> {
+        let cfg = self.config()?;
+        let db = cfg.db_path();
+        if !db.exists() {
+            bail!(
+                "no archive at {} (start `vigil-collector serve` with this state dir, or pass --state-dir)",
+                db.display()
+            );
+        }
+        Ok(Store::open(&db)?)
+    }
+
+    fn one(&self, what: &str) -> anyhow::Result<String> {
+        match self.positional.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(usage(format!("missing {what}"))),
+            _ => Err(usage(format!("expected one {what}"))),
+        }
+    }
+}
+
+const VALUE_OPTIONS: &[&str] = &[
+    "config", "state-dir", "listen", "tls-cert", "tls-key", "plain-listen", "serial", "metrics-listen",
+    "retention-days", "silence-s", "loss-grace-s", "max-connections", "frames-per-s", "idle-timeout-s",
+    "handshake-timeout-s", "unknown-per-minute", "max-pending", "sink-json", "sink-syslog", "sink-cef",
+    "key", "name", "model", "device", "severity", "from", "to", "format", "duration-s",
+];
+
+fn parse_args() -> anyhow::Result<(String, Args)> {
+    let mut p = lexopt::Parser::from_env();
+    let mut command = None;
+    let mut args = Args {
+        config: None,
+        state_dir: None,
+        json: false,
+        positional: Vec::new(),
+        options: Vec::new(),
+    };
+    while let Some(a) = p.next().map_err(usage)? {
+        match a {
+            Long("version") | Short('V') if command.is_none() => {
+                out!(
+                    "vigil-collector {} (wire format {})",
+                    env!("CARGO_PKG_VERSION"),
+                    vigil_protocol::VERSION
+                );
+                std::process::exit(0);
+            }
+            Long("help") | Short('h') => {
+                out!("{USAGE}");
+                std::process::exit(0);
+            }
+            Long("config") => args.config = Some(p.value()?.into()),
+            Long("state-dir") => args.state_dir = Some(p.value()?.into()),
+            Long("json") => args.json = true,
+            Long(name) => {
+                let name = name.to_string();
+                let v = if VALUE_OPTIONS.contains(&name.as_str()) {
+                    Some(p.value().map_err(usage)?.string().map_err(|_| usage(format!("--{name}: not UTF-8")))?)
+                } else {
+                    None
+                };
+                args.options.push((name, v));
+            }
+            Value(v) => {
+                let v = v.string().map_err(|_| usage("arguments must be UTF-8"))?;
+                if command.is_none() {
+                    command = Some(v);
+                } else {
+                    args.positional.push(v);
+                }
+            }
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    let command = command.ok_or_else(|| usage("missing command"))?;
+    Ok((command, args))
+}
+
+/// Who runs an admin command, for the admin log.
+fn actor() -> String {
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name);
+    match std::env::var("SUDO_USER") {
+        Ok(s) if !s.is_empty() => format!("{s} (as {user})"),
+        _ => user,
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let (command, mut a) = parse_args()?;
+    let now = writer::now_ms();
+    match command.as_str() {
+        "serve" => {
+            let cfg = serve_config(&mut a)?;
+            a.done()?;
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            serve::run(cfg, true, rx, |s| {
+                if let Some(pin) = &s.pin {
+                    out!("pin_sha256 = \"{pin}\"");
+                }
+            })
+        }
+        "quickstart" => {
+            let duration = a.number::<u64>("duration-s")?;
+            a.done()?;
+            quickstart::run(duration)
+        }
+        "enroll" => {
+            let key_text = a.take("key").ok_or_else(|| usage("enroll needs --key (from `vigil-agent id`)"))?;
+            let name = a.take("name").ok_or_else(|| usage("enroll needs --name"))?;
+            let model = a.take("model").unwrap_or_default();
+            a.done()?;
+            let key = vigil_protocol::frame::parse_public_key(key_text.trim())
+                .filter(|k| !k.is_weak())
+                .ok_or_else(|| usage(format!("--key: `{key_text}` is not an ed25519:<base64> device key")))?;
+            let cfg = a.config()?;
+            std::fs::create_dir_all(&cfg.state_dir)
+                .with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
+            let mut store = Store::open(&cfg.db_path())?;
+            let id = store.enroll(&key, &name, &model, &actor(), now)?;
+            out!("enrolled device {id} as {name:?}{}", if model.is_empty() { String::new() } else { format!(" (model {model})") });
+            Ok(())
+        }
+        "approve" | "revoke" => {
+            let what = a.one("DEVICE")?;
+            a.done()?;
+            let state = if command == "approve" { DeviceState::Approved } else { DeviceState::Revoked };
+            let d = a.store()?.set_state(&what, state, &actor(), now)?;
+            out!("device {} ({}) is now {}", d.id, d.name, d.state.name());
+            Ok(())
+        }
+        "devices" => {
+            a.done()?;
+            let devices = a.store()?.devices()?;
+            views::devices(&devices, a.json);
+            Ok(())
+        }
+        "device" => {
+            let what = a.one("DEVICE")?;
+            a.done()?;
+            let store = a.store()?;
+            let d = store.find_device(&what)?;
+            let latest = store.latest_sample(&d.id)?;
+            let alerts = store.alerts(true, Some(&d.id), None)?;
+            views::device(&d, latest.as_ref(), &alerts, a.json);
+            Ok(())
+        }
+        "alerts" => {
+            let open = a.flag("open");
+            let device = a.take("device");
+            let severity = a
+                .take("severity")
+                .map(|s| alert::Severity::from_name(&s).ok_or_else(|| usage(format!("--severity: `{s}` is not info|low|medium|high|critical"))))
+                .transpose()?;
+            a.done()?;
+            let store = a.store()?;
+            let device = device.map(|d| store.find_device(&d).map(|d| d.id)).transpose()?;
+            let alerts = store.alerts(open, device.as_deref(), severity)?;
+            views::alerts(&alerts, a.json);
+            Ok(())
+        }
+        "ack" | "resolve" => {
+            let id: i64 = a.one("ALERT")?.parse().map_err(|_| usage("ALERT is an alert number (see `alerts`)"))?;
+            a.done()?;
+            let state = if command == "ack" { "acknowledged" } else { "resolved" };
+            let al = a.store()?.set_alert_state(id, state, &actor(), now)?;
+            out!("alert {} ({}) is now {}", al.id, al.rule, al.state);
+            Ok(())
+        }
+        "export" => {
+            let device = a.take("device").ok_or_else(|| usage("export needs --device"))?;
+            let time = |v: Option<String>, default: u64| -> anyhow::Result<u64> {
+                v.map_or(Ok(default), |t| {
+                    alert::parse_rfc3339(&t).ok_or_else(|| usage(format!("`{t}` is not YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")))
+                })
+            };
+            let from = time(a.take("from"), 0)?;
+            let to = time(a.take("to"), u64::MAX / 2)?;
+            let format = a.take("format").unwrap_or_else(|| "csv".into());
+            a.done()?;
+            if !matches!(format.as_str(), "csv" | "json") {
+                return Err(usage(format!("--format: `{format}` is not csv or json")));
+            }
+            let store = a.store()?;
+            let d = store.find_device(&device)?;
+            let rows = store.export(&d.id, from, to)?;
+            views::export(&d, &rows, &format);
+            Ok(())
+        }
+        "audit" => {
+            a.done()?;
+            let report = a.store()?.audit()?;
+            if a.json {
+                out!("{}", json!({"frames": report.frames, "problems": report.problems}));
+            } else {
+                for p in &report.problems {
+                    out!("{p}");
+                }
+                out!(
+                    "audit: {} stored frames re-verified, {} problems",
+                    report.frames,
+                    report.problems.len()
+                );
+            }
+            if report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow!(Exit::Findings))
+            }
+        }
+        "admin-log" => {
+            a.done()?;
+            let log = a.store()?.admin_log()?;
+            if a.json {
+                out!("{}", Value::Array(log));
+            } else {
+                for e in log {
+                    out!(
+                        "{} {} {} {} {}",
+                        e["time"].as_str().unwrap_or(""),
+                        e["actor"].as_str().unwrap_or(""),
+                        e["action"].as_str().unwrap_or(""),
+                        e["target"].as_str().unwrap_or(""),
+                        e["detail"]
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => Err(usage(format!("unknown command `{other}`"))),
+    }
+}
+
+fn addr(name: &str, v: &str) -> anyhow::Result<std::net::SocketAddr> {
+    v.parse()
+        .map_err(|_| anyhow!(Exit::Config(format!("--{name}: `{v}` is not HOST:PORT (an IP address and port)"))))
+}
+
+fn net_sink(name: &str, v: &str) -> anyhow::Result<(std::net::SocketAddr, Transport)> {
+    match v.strip_suffix("/tcp") {
+        Some(a) => Ok((addr(name, a)?, Transport::Tcp)),
+        None => Ok((addr(name, v.strip_suffix("/udp").unwrap_or(v))?, Transport::Udp)),
+    }
+}
+
+fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
+    let mut cfg = a.config()?;
+    if let Some(v) = a.take("listen") {
+        cfg.listen = Some(addr("listen", &v)?);
+    }
+    if a.flag("no-tls") {
+        cfg.listen = None;
+    }
+    if let Some(v) = a.take("tls-cert") {
+        cfg.tls_cert = Some(v.into());
+    }
+    if let Some(v) = a.take("tls-key") {
+        cfg.tls_key = Some(v.into());
+    }
+    if let Some(v) = a.take("plain-listen") {
+        cfg.plain_listen = Some(addr("plain-listen", &v)?);
+    }
+    if a.flag("insecure-plaintext") {
+        cfg.insecure_plaintext = true;
+    }
+    for s in a.take_all("serial") {
+        let (dev, baud) = match s.rsplit_once(':') {
+            Some((d, b)) if b.chars().all(|c| c.is_ascii_digit()) && !b.is_empty() => {
+                (d.to_string(), b.parse().map_err(|_| anyhow!(Exit::Config(format!("--serial: bad baud in `{s}`"))))?)
+            }
+            _ => (s.clone(), 115_200),
+        };
+        cfg.serial.push(config::SerialPort { device: dev.into(), baud });
+    }
+    if let Some(v) = a.take("metrics-listen") {
+        cfg.metrics_listen = Some(addr("metrics-listen", &v)?);
+    }
+    if let Some(v) = a.number("retention-days")? {
+        cfg.retention_days = v;
+    }
+    if let Some(v) = a.number("silence-s")? {
+        cfg.silence_s = v;
+    }
+    if let Some(v) = a.number("loss-grace-s")? {
+        cfg.loss_grace_s = v;
+    }
+    if let Some(v) = a.number("max-connections")? {
+        cfg.limits.max_connections = v;
+    }
+    if let Some(v) = a.number("frames-per-s")? {
+        cfg.limits.frames_per_s = v;
+    }
+    if let Some(v) = a.number("idle-timeout-s")? {
+        cfg.limits.idle_timeout_s = v;
+    }
+    if let Some(v) = a.number("handshake-timeout-s")? {
+        cfg.limits.handshake_timeout_s = v;
+    }
+    if let Some(v) = a.number("unknown-per-minute")? {
+        cfg.limits.unknown_per_minute = v;
+    }
+    if let Some(v) = a.number("max-pending")? {
+        cfg.limits.max_pending = v;
+    }
+    for v in a.take_all("sink-json") {
+        cfg.sinks.push(Sink::Json { path: v.into() });
+    }
+    for v in a.take_all("sink-syslog") {
+        let (address, transport) = net_sink("sink-syslog", &v)?;
+        cfg.sinks.push(Sink::Syslog { address, transport });
+    }
+    for v in a.take_all("sink-cef") {
+        let stripped = v.strip_suffix("/tcp").or_else(|| v.strip_suffix("/udp")).unwrap_or(&v);
+        if stripped.parse::<std::net::SocketAddr>().is_ok() {
+            let (address, transport) = net_sink("sink-cef", &v)?;
+            cfg.sinks.push(Sink::Cef { address: Some(address), transport, path: None });
+        } else {
+            cfg.sinks.push(Sink::Cef { address: None, transport: Transport::Udp, path: Some(v.into()) });
+        }
+    }
+    cfg.validate().map_err(|e| anyhow!(Exit::Config(e.to_string())))?;
+    Ok(cfg)
 }

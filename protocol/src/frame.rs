@@ -234,6 +234,22 @@ impl<'a> SignedFrame<'a> {
         &self.header
     }
 
+    /// The kind the (not yet verified) body claims, from its tag.
+    pub fn kind(&self) -> Option<BodyKind> {
+        let end = self.bytes.len() - SIGNATURE_LENGTH;
+        let tag = self.bytes.get(self.body_at..end)?.first()?;
+        Some(match tag {
+            0 => BodyKind::Hello,
+            1 => BodyKind::Samples,
+            2 => BodyKind::Sockets,
+            3 => BodyKind::Integrity,
+            4 => BodyKind::Posture,
+            5 => BodyKind::Gap,
+            6 => BodyKind::Heartbeat,
+            _ => return None,
+        })
+    }
+
     /// Checks the signature with `verify_strict` (no small-order keys, no
     /// non-canonical signatures) and that `key` is the device's key.
     pub fn verify(self, key: &VerifyingKey) -> Result<VerifiedFrame<'a>, VerifyError> {
@@ -292,17 +308,7 @@ impl<'a> VerifiedFrame<'a> {
 
     /// The body's kind, read from its tag, `None` for a body newer than this build.
     pub fn kind(&self) -> Option<BodyKind> {
-        let tag = self.body_bytes().first()?;
-        Some(match tag {
-            0 => BodyKind::Hello,
-            1 => BodyKind::Samples,
-            2 => BodyKind::Sockets,
-            3 => BodyKind::Integrity,
-            4 => BodyKind::Posture,
-            5 => BodyKind::Gap,
-            6 => BodyKind::Heartbeat,
-            _ => return None,
-        })
+        self.inner.kind()
     }
 
     /// Decodes the body; every body byte must be consumed.
@@ -323,6 +329,40 @@ impl<'a> VerifiedFrame<'a> {
     fn body_bytes(&self) -> &'a [u8] {
         let end = self.inner.bytes.len() - SIGNATURE_LENGTH;
         self.inner.bytes.get(self.inner.body_at..end).unwrap_or(&[])
+    }
+}
+
+/// A verified frame that owns its bytes, to cross a thread or queue
+/// boundary without verifying again. Only made from a `VerifiedFrame`.
+#[cfg(feature = "alloc")]
+#[derive(Clone)]
+pub struct VerifiedBuf {
+    header: Header,
+    bytes: alloc::vec::Vec<u8>,
+    body_at: usize,
+}
+
+#[cfg(feature = "alloc")]
+impl VerifiedFrame<'_> {
+    pub fn to_buf(&self) -> VerifiedBuf {
+        VerifiedBuf {
+            header: self.inner.header,
+            bytes: self.inner.bytes.to_vec(),
+            body_at: self.inner.body_at,
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl VerifiedBuf {
+    pub fn frame(&self) -> VerifiedFrame<'_> {
+        VerifiedFrame {
+            inner: SignedFrame {
+                header: self.header,
+                bytes: &self.bytes,
+                body_at: self.body_at,
+            },
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub use frame::{
     to_wire, Ack, DecodeError, DeviceId, EncodeError, Frame, Header, SignedFrame, VerifiedFrame,
     VerifyError, MAX_FRAME_LEN, MAX_WIRE_LEN, VERSION,
 };
+#[cfg(feature = "alloc")]
+pub use frame::VerifiedBuf;
 pub use sample::{Sample, Samples};
 
 /// Re-exported so users name the same key types the protocol signs with.

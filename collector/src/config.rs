@@ -1,0 +1,288 @@
+//! The collector's configuration: a TOML file (unknown fields rejected) with
+//! every option also settable by a flag. Validation happens here, once; the
+//! rest of the collector takes a `Config` as given. Never opens sockets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default state directory (the SQLite archive and the TLS identity).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vigil-collector";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// TLS 1.3 listener (`None`: no TLS listener).
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and key; both absent: a self-signed Ed25519
+    /// certificate is created in the state dir on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Plain TCP listener; only with `insecure_plaintext = true`.
+    pub plain_listen: Option<SocketAddr>,
+    pub insecure_plaintext: bool,
+    /// Serial ports to read frames from, acks written back.
+    pub serial: Vec<SerialPort>,
+    /// Loopback HTTP port for the collector's own Prometheus metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    /// Raw samples older than this are rolled up to per-minute aggregates.
+    pub retention_days: u32,
+    /// An approved device silent for longer than this raises an alert.
+    pub silence_s: u64,
+    /// A sequence hole neither filled nor explained by a `Gap` for this
+    /// long raises a loss alert.
+    pub loss_grace_s: u64,
+    /// Where alerts and audit events go (several at once).
+    pub sinks: Vec<Sink>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialPort {
+    pub device: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections (TLS and plain together); more are refused.
+    pub max_connections: usize,
+    /// Largest frame accepted, bytes (at most the wire format's 4096).
+    pub max_frame_bytes: usize,
+    /// Frames per second per connection; faster senders are slowed down
+    /// (TCP back-pressure), not dropped.
+    pub frames_per_s: u32,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout_s: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_s: u64,
+    /// Attempts by unknown devices (Hello checks) per minute, all
+    /// connections together; beyond it they are dropped unverified.
+    pub unknown_per_minute: u32,
+    /// Devices allowed to wait in `pending` at once.
+    pub max_pending: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 8192,
+            max_frame_bytes: vigil_protocol::MAX_FRAME_LEN,
+            frames_per_s: 2000,
+            handshake_timeout_s: 10,
+            idle_timeout_s: 120,
+            unknown_per_minute: 60,
+            max_pending: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum Sink {
+    /// JSON lines to a file, or stdout with `path = "-"`.
+    Json { path: PathBuf },
+    /// RFC 5424 syslog with structured data.
+    Syslog {
+        address: SocketAddr,
+        #[serde(default)]
+        transport: Transport,
+    },
+    /// ArcSight CEF, carried in syslog messages (the usual SIEM intake), or
+    /// written as lines to `path`.
+    Cef {
+        address: Option<SocketAddr>,
+        #[serde(default)]
+        transport: Transport,
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 7443))),
+            tls_cert: None,
+            tls_key: None,
+            plain_listen: None,
+            insecure_plaintext: false,
+            serial: Vec::new(),
+            metrics_listen: None,
+            limits: Limits::default(),
+            retention_days: 30,
+            silence_s: 300,
+            loss_grace_s: 120,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        basic_toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks the combination of options; names the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_string(),
+            })
+        };
+        if self.plain_listen.is_some() && !self.insecure_plaintext {
+            return bad(
+                "plain_listen",
+                "plain TCP needs `insecure_plaintext = true` (lab use only)",
+            );
+        }
+        if self.listen.is_none() && self.plain_listen.is_none() && self.serial.is_empty() {
+            return bad(
+                "listen",
+                "nothing to listen on: set listen, plain_listen or a [[serial]] port",
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert", "tls_cert and tls_key go together");
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 80 || l.max_frame_bytes > vigil_protocol::MAX_FRAME_LEN {
+            return bad("limits.max_frame_bytes", "must be within 80..=4096");
+        }
+        if l.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if l.frames_per_s == 0 {
+            return bad("limits.frames_per_s", "must be at least 1");
+        }
+        if l.handshake_timeout_s == 0 || l.idle_timeout_s == 0 {
+            return bad("limits.idle_timeout_s", "timeouts must be at least 1 s");
+        }
+        if self.retention_days == 0 {
+            return bad("retention_days", "must be at least 1");
+        }
+        if self.silence_s == 0 {
+            return bad("silence_s", "must be at least 1");
+        }
+        for s in &self.sinks {
+            if let Sink::Cef { address, path, .. } = s {
+                if address.is_some() == path.is_some() {
+                    return bad("sinks", "a cef sink takes exactly one of address or path");
+                }
+            }
+        }
+        for p in &self.serial {
+            if p.baud == 0 {
+                return bad("serial.baud", "must be positive");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("vigil.sqlite")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(
+            r#"
+state_dir = "/tmp/x"
+listen = "127.0.0.1:7443"
+plain_listen = "127.0.0.1:7080"
+insecure_plaintext = true
+metrics_listen = "127.0.0.1:9477"
+retention_days = 7
+[limits]
+max_connections = 10
+[[serial]]
+device = "/dev/ttyS1"
+[[sinks]]
+type = "json"
+path = "-"
+[[sinks]]
+type = "syslog"
+address = "127.0.0.1:514"
+transport = "tcp"
+[[sinks]]
+type = "cef"
+path = "/var/log/vigil.cef"
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.max_connections, 10);
+        assert_eq!(c.limits.frames_per_s, 2000);
+        assert_eq!(c.serial[0].baud, 115_200);
+        assert_eq!(c.sinks.len(), 3);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_combinations_are_named() {
+        let e = Config::parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+        let e = Config::parse("[limits]\nmax_conections = 3\n").unwrap_err();
+        assert!(e.contains("max_conections"), "{e}");
+        let c = Config::parse("plain_listen = \"127.0.0.1:7080\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("plain_listen"));
+        let c = Config::parse("[limits]\nmax_frame_bytes = 9000\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_frame_bytes"));
+        let c = Config::parse("[[sinks]]\ntype = \"cef\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("sinks"));
+    }
+}

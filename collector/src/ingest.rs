@@ -1,0 +1,437 @@
+//! Ingest: byte streams from agents (TLS, plain TCP, serial) to verified
+//! frames for the writer, and acks back. `Session` is the sans-I/O core
+//! (decode, check who sent it, verify, keep per-connection order); the
+//! drivers below move bytes. Never touches the archive directly.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use vigil_protocol::body::Hello;
+use vigil_protocol::cobs::{FrameDecoder, FrameError};
+use vigil_protocol::replay::ConnectionOrder;
+use vigil_protocol::{to_wire, Ack, BodyKind, DeviceId, SignedFrame, VerifiedBuf, VerifyingKey, MAX_FRAME_LEN};
+
+use crate::alert::{self, Raise};
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::DeviceState;
+use crate::writer::{now_ms, Job, Reply};
+
+/// What every connection shares.
+pub struct Ctx {
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub jobs: mpsc::Sender<Job>,
+    pub limits: Limits,
+    unknown: Mutex<(Instant, u32)>,
+}
+
+impl Ctx {
+    pub fn new(registry: Registry, metrics: Arc<Metrics>, jobs: mpsc::Sender<Job>, limits: Limits) -> Ctx {
+        Ctx {
+            registry,
+            metrics,
+            jobs,
+            limits,
+            unknown: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Counts one unknown-device attempt; `false` beyond the per-minute limit.
+    fn unknown_allowed(&self) -> bool {
+        let mut u = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        if u.0.elapsed() >= Duration::from_secs(60) {
+            *u = (Instant::now(), 0);
+        }
+        u.1 = u.1.saturating_add(1);
+        u.1 <= self.limits.unknown_per_minute
+    }
+
+    /// Hands an alert to the writer without waiting; when the writer is
+    /// saturated the occurrence is dropped (it is counted in the metrics).
+    fn raise(&self, r: Raise) {
+        let _ = self.jobs.try_send(Job::Raise(r));
+    }
+}
+
+/// The result of feeding bytes to a session.
+#[derive(Default)]
+pub struct Fed {
+    pub device: Option<DeviceId>,
+    pub frames: Vec<VerifiedBuf>,
+    pub pending: Option<(VerifyingKey, Box<Hello>)>,
+    pub raises: Vec<Raise>,
+    /// The peer must be disconnected after this.
+    pub close: bool,
+}
+
+/// Alerts one connection may raise (further rejections are only counted).
+const MAX_RAISES_PER_CONNECTION: u32 = 8;
+
+pub struct Session {
+    decoder: Box<FrameDecoder<MAX_FRAME_LEN>>,
+    order: ConnectionOrder,
+    device: Option<DeviceId>,
+    peer: Arc<str>,
+    raised: u32,
+}
+
+impl Session {
+    pub fn new(peer: Arc<str>) -> Session {
+        Session {
+            decoder: Box::new(FrameDecoder::new()),
+            order: ConnectionOrder::default(),
+            device: None,
+            peer,
+            raised: 0,
+        }
+    }
+
+    fn raise(&mut self, fed: &mut Fed, r: Raise) {
+        if self.raised < MAX_RAISES_PER_CONNECTION {
+            self.raised += 1;
+            fed.raises.push(r);
+        }
+    }
+
+    /// Decodes and verifies every complete frame in `input`.
+    pub fn feed(&mut self, mut input: &[u8], ctx: &Ctx) -> Fed {
+        let mut fed = Fed::default();
+        let m = &ctx.metrics;
+        while let Some(r) = self.decoder.feed(&mut input) {
+            m.frames_received.fetch_add(1, Relaxed);
+            let bytes = match r {
+                Ok(b) => b,
+                Err(FrameError::Oversize) => {
+                    m.reject("oversize");
+                    continue;
+                }
+                Err(_) => {
+                    m.reject("corrupt");
+                    continue;
+                }
+            };
+            if bytes.len() > ctx.limits.max_frame_bytes {
+                m.reject("oversize");
+                continue;
+            }
+            let Ok(sf) = SignedFrame::parse(bytes) else {
+                m.reject("corrupt");
+                continue;
+            };
+            let h = *sf.header();
+            let now = now_ms();
+            if self.device.is_some_and(|d| d != h.device) {
+                m.reject("wrong_device");
+                let ev = json!({"peer": &*self.peer, "claimed": h.device.to_string(),
+                                "expected": "one device per connection", "seen": "a second device id"});
+                self.raise(&mut fed, Raise::new(alert::REPLAY, self.device.map(|d| d.to_string()).unwrap_or_default(), "mixed-devices", ev, now));
+                fed.close = true;
+                break;
+            }
+            match ctx.registry.get(&h.device) {
+                Some((key, DeviceState::Approved)) => match sf.verify(&key) {
+                    Ok(v) => {
+                        if !self.order.admit(&h) {
+                            m.reject("replay");
+                            let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
+                                            "expected": "strictly increasing (boot, seq) on a connection",
+                                            "seen": "a frame at or below the previous one"});
+                            self.raise(&mut fed, Raise::new(alert::REPLAY, h.device.to_string(), "connection-order", ev, now));
+                            continue;
+                        }
+                        self.device = Some(h.device);
+                        fed.device = Some(h.device);
+                        fed.frames.push(v.to_buf());
+                    }
+                    Err(_) => {
+                        m.reject("bad_signature");
+                        let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
+                                        "expected": "a signature by the enrolled key", "seen": "a signature that does not verify"});
+                        self.raise(&mut fed, Raise::new(alert::BAD_SIGNATURE, h.device.to_string(), "", ev, now));
+                    }
+                },
+                Some((_, DeviceState::Revoked)) => {
+                    m.reject("revoked_device");
+                    let ev = json!({"peer": &*self.peer, "expected": "no frames from a revoked key", "seen": "a connection from it"});
+                    self.raise(&mut fed, Raise::new(alert::REVOKED_DEVICE, h.device.to_string(), "", ev, now));
+                    fed.close = true;
+                    break;
+                }
+                Some((_, DeviceState::Pending)) => {
+                    // Visible, not trusted: nothing stored or acked until a
+                    // person approves; the agent keeps its frames and
+                    // resends them after approval.
+                    m.reject("pending_device");
+                    fed.close = true;
+                    break;
+                }
+                None => {
+                    m.reject("unknown_device");
+                    if !ctx.unknown_allowed() {
+                        fed.close = true;
+                        break;
+                    }
+                    let is_hello = sf.kind() == Some(BodyKind::Hello);
+                    match is_hello.then(|| sf.verify_hello()) {
+                        Some(Ok((_, key, hello))) => fed.pending = Some((key, Box::new(hello))),
+                        _ => {
+                            let ev = json!({"peer": &*self.peer, "claimed": h.device.to_string(),
+                                            "expected": "an enrolled device or a self-signed Hello",
+                                            "seen": if is_hello { "a Hello that is not self-signed" } else { "frames from an unknown key" }});
+                            self.raise(&mut fed, Raise::new(alert::UNKNOWN_DEVICE, "", "", ev, now));
+                        }
+                    }
+                    fed.close = true;
+                    break;
+                }
+            }
+        }
+        fed
+    }
+}
+
+/// Sends a job and waits for the writer's reply; `None` if it stopped.
+async fn submit(ctx: &Ctx, fed: &mut Fed, peer: &Arc<str>, received_ms: u64) -> Option<Reply> {
+    if let Some((key, hello)) = fed.pending.take() {
+        let (tx, rx) = oneshot::channel();
+        ctx.jobs.send(Job::Pending { key, hello, peer: Arc::clone(peer), reply: tx }).await.ok()?;
+        return rx.await.ok();
+    }
+    let device = fed.device?;
+    let frames = std::mem::take(&mut fed.frames);
+    if frames.is_empty() {
+        return None;
+    }
+    let (tx, rx) = oneshot::channel();
+    ctx.jobs
+        .send(Job::Frames { device, peer: Arc::clone(peer), frames, received_ms, reply: tx })
+        .await
+        .ok()?;
+    rx.await.ok()
+}
+
+fn ack_wire(a: &Ack) -> Option<Vec<u8>> {
+    to_wire(&a.encode()).map(|w| w.to_vec())
+}
+
+/// Paces a connection to `limit` frames per second by sleeping.
+struct Pace {
+    limit: u32,
+    window: Instant,
+    count: u32,
+}
+
+impl Pace {
+    fn new(limit: u32) -> Pace {
+        Pace { limit, window: Instant::now(), count: 0 }
+    }
+
+    /// How long to pause after `n` more frames.
+    fn take(&mut self, n: usize) -> Option<Duration> {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        (self.count > self.limit).then(|| Duration::from_secs(1).saturating_sub(self.window.elapsed()))
+    }
+}
+
+/// Serves one TCP or TLS stream until the peer leaves, idles out, breaks a
+/// rule or the collector stops.
+pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, peer: Arc<str>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let mut session = Session::new(Arc::clone(&peer));
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pace = Pace::new(ctx.limits.frames_per_s);
+    let idle = Duration::from_secs(ctx.limits.idle_timeout_s);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle, s.read(&mut buf)) => match r {
+                Err(_) => { ctx.metrics.timeouts.fetch_add(1, Relaxed); break }
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => n,
+            },
+            _ = stop.changed() => break,
+        };
+        let arrived = Instant::now();
+        let mut fed = session.feed(buf.get(..n).unwrap_or(&[]), &ctx);
+        for r in fed.raises.drain(..) {
+            ctx.raise(r);
+        }
+        let frames = fed.frames.len();
+        let close = fed.close;
+        if fed.pending.is_some() || frames > 0 {
+            let Some(reply) = submit(&ctx, &mut fed, &peer, now_ms()).await else { break };
+            if let Some(wire) = reply.ack.as_ref().and_then(ack_wire) {
+                if s.write_all(&wire).await.is_err() || s.flush().await.is_err() {
+                    break;
+                }
+                ctx.metrics.observe_ack(arrived.elapsed());
+            }
+        }
+        if close {
+            break;
+        }
+        if let Some(pause) = pace.take(frames) {
+            ctx.metrics.reject("rate_limited");
+            tokio::time::sleep(pause).await;
+        }
+    }
+    let _ = s.shutdown().await;
+}
+
+/// Counts an open connection; decrements on drop.
+pub struct Open(Arc<Metrics>);
+
+impl Open {
+    /// `None` at the connection limit.
+    pub fn try_new(ctx: &Ctx) -> Option<Open> {
+        let m = &ctx.metrics;
+        let n = m.connections_open.fetch_add(1, Relaxed);
+        if usize::try_from(n).unwrap_or(usize::MAX) >= ctx.limits.max_connections {
+            m.connections_open.fetch_sub(1, Relaxed);
+            m.connections_refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        m.connections_total.fetch_add(1, Relaxed);
+        Some(Open(Arc::clone(m)))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Accepts TCP connections; with `tls`, each must finish a TLS 1.3
+/// handshake within the handshake timeout.
+pub async fn listen(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+    loop {
+        let mut stop_rx = stop.clone();
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop_rx.changed() => return,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(open) = Open::try_new(&ctx) else {
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (ctx, stop, tls) = (Arc::clone(&ctx), stop.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _open = open;
+            let peer: Arc<str> = Arc::from(addr.to_string());
+            match tls {
+                Some(acceptor) => {
+                    let hs = Duration::from_secs(ctx.limits.handshake_timeout_s);
+                    match tokio::time::timeout(hs, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => drive(s, peer, ctx, stop).await,
+                        Ok(Err(e)) => {
+                            ctx.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+                            log::debug!("TLS handshake with {peer} failed: {e}");
+                        }
+                        Err(_) => {
+                            ctx.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+                            log::debug!("TLS handshake with {peer} timed out");
+                        }
+                    }
+                }
+                None => drive(tcp, peer, ctx, stop).await,
+            }
+        });
+    }
+}
+
+/// Reads frames from a serial port, acks written back; reopens the port
+/// after errors. Runs on its own thread until `stop`.
+pub fn serial(path: std::path::PathBuf, baud: u32, ctx: Arc<Ctx>, stop: Arc<AtomicBool>) {
+    let peer: Arc<str> = Arc::from(format!("serial:{}", path.display()));
+    let mut warned = false;
+    while !stop.load(Relaxed) {
+        let port = serialport::new(path.to_string_lossy(), baud)
+            .timeout(Duration::from_millis(250))
+            .open();
+        let mut port = match port {
+            Ok(p) => {
+                log::info!("reading frames from {peer} at {baud} baud");
+                warned = false;
+                p
+            }
+            Err(e) => {
+                if !warned {
+                    log::warn!("cannot open {peer}: {e}; retrying");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mut session = Session::new(Arc::clone(&peer));
+        let mut buf = [0u8; 4096];
+        while !stop.load(Relaxed) {
+            let n = match port.read(&mut buf) {
+                Ok(0) => continue,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(e) => {
+                    log::warn!("{peer}: {e}; reopening");
+                    std::thread::sleep(Duration::from_millis(500));
+                    break;
+                }
+            };
+            let arrived = Instant::now();
+            let mut fed = session.feed(buf.get(..n).unwrap_or(&[]), &ctx);
+            for r in fed.raises.drain(..) {
+                ctx.raise(r);
+            }
+            // A serial line has no connection to close: a rejected sender
+            // is simply not answered, and order restarts with the next
+            // session if the agent restarts.
+            if fed.close {
+                session = Session::new(Arc::clone(&peer));
+            }
+            let reply = if let Some((key, hello)) = fed.pending.take() {
+                let (tx, rx) = oneshot::channel();
+                if ctx.jobs.blocking_send(Job::Pending { key, hello, peer: Arc::clone(&peer), reply: tx }).is_err() {
+                    return;
+                }
+                rx.blocking_recv().ok()
+            } else if let (Some(device), false) = (fed.device, fed.frames.is_empty()) {
+                let (tx, rx) = oneshot::channel();
+                let job = Job::Frames { device, peer: Arc::clone(&peer), frames: std::mem::take(&mut fed.frames), received_ms: now_ms(), reply: tx };
+                if ctx.jobs.blocking_send(job).is_err() {
+                    return;
+                }
+                rx.blocking_recv().ok()
+            } else {
+                None
+            };
+            if let Some(wire) = reply.and_then(|r| r.ack).as_ref().and_then(ack_wire) {
+                use std::io::Write;
+                if let Err(e) = port.write_all(&wire).and_then(|()| port.flush()) {
+                    log::warn!("{peer}: writing an ack: {e}; reopening");
+                    break;
+                }
+                ctx.metrics.observe_ack(arrived.elapsed());
+            }
+        }
+    }
+}

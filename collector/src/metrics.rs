@@ -1,0 +1,168 @@
+//! The collector's own health as Prometheus text exposition
+//! (`vigil_collector_*`), served on an optional loopback HTTP port.
+//! Counters only go up; nothing here blocks ingest.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::alert::Severity;
+use crate::registry::Registry;
+use crate::store::DeviceState;
+
+/// Reasons a frame is rejected, as label values.
+pub const REJECT_REASONS: &[&str] = &[
+    "bad_signature",
+    "replay",
+    "unknown_device",
+    "revoked_device",
+    "pending_device",
+    "malformed",
+    "corrupt",
+    "oversize",
+    "wrong_device",
+    "rate_limited",
+];
+
+/// Ack latency buckets, seconds.
+const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub frames_received: AtomicU64,
+    frames_stored: AtomicU64,
+    frames_duplicate: AtomicU64,
+    rejected: [AtomicU64; 10],
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    alerts: [AtomicU64; 5],
+    latency_buckets: [AtomicU64; 11],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    commits: AtomicU64,
+    commit_us: AtomicU64,
+    pub events_emitted: AtomicU64,
+    pub sink_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: &str) {
+        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            if let Some(c) = self.rejected.get(i) {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    pub fn stored(&self) {
+        self.frames_stored.fetch_add(1, Relaxed);
+    }
+
+    pub fn duplicate(&self) {
+        self.frames_duplicate.fetch_add(1, Relaxed);
+    }
+
+    pub fn alert(&self, s: Severity) {
+        if let Some(c) = self.alerts.get(s as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Time from a frame's bytes arriving to its ack being written.
+    pub fn observe_ack(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (b, c) in BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn observe_commit(&self, d: Duration) {
+        self.commits.fetch_add(1, Relaxed);
+        self.commit_us
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Prometheus text format 0.0.4.
+    pub fn render(&self, registry: &Registry) -> String {
+        let mut o = String::new();
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(&mut o, "vigil_collector_frames_received_total", "Frames decoded from all links, before verification.", self.frames_received.load(Relaxed));
+        counter(&mut o, "vigil_collector_frames_stored_total", "Verified frames durably stored (each sequence number once).", self.frames_stored.load(Relaxed));
+        counter(&mut o, "vigil_collector_frames_duplicate_total", "Verified frames already in the archive (resends), acked again.", self.frames_duplicate.load(Relaxed));
+        let _ = writeln!(o, "# HELP vigil_collector_frames_rejected_total Frames rejected, by reason.\n# TYPE vigil_collector_frames_rejected_total counter");
+        for (r, c) in REJECT_REASONS.iter().zip(&self.rejected) {
+            let _ = writeln!(o, "vigil_collector_frames_rejected_total{{reason=\"{r}\"}} {}", c.load(Relaxed));
+        }
+        let _ = writeln!(o, "# HELP vigil_collector_devices Devices by enrollment state.\n# TYPE vigil_collector_devices gauge");
+        for s in [DeviceState::Pending, DeviceState::Approved, DeviceState::Revoked] {
+            let _ = writeln!(o, "vigil_collector_devices{{state=\"{}\"}} {}", s.name(), registry.count(s));
+        }
+        gauge(&mut o, "vigil_collector_connections_open", "Open device connections (TLS and plain).", self.connections_open.load(Relaxed));
+        counter(&mut o, "vigil_collector_connections_total", "Connections accepted.", self.connections_total.load(Relaxed));
+        counter(&mut o, "vigil_collector_connections_refused_total", "Connections refused at the connection limit.", self.connections_refused.load(Relaxed));
+        counter(&mut o, "vigil_collector_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", self.tls_handshake_failures.load(Relaxed));
+        counter(&mut o, "vigil_collector_idle_timeouts_total", "Connections closed for idleness.", self.timeouts.load(Relaxed));
+        let _ = writeln!(o, "# HELP vigil_collector_alerts_total Alerts opened, by severity.\n# TYPE vigil_collector_alerts_total counter");
+        for (s, c) in [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical]
+            .iter()
+            .zip(&self.alerts)
+        {
+            let _ = writeln!(o, "vigil_collector_alerts_total{{severity=\"{}\"}} {}", s.name(), c.load(Relaxed));
+        }
+        let _ = writeln!(o, "# HELP vigil_collector_ack_latency_seconds Time from a frame's arrival to its ack being written.\n# TYPE vigil_collector_ack_latency_seconds histogram");
+        for (b, c) in BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(o, "vigil_collector_ack_latency_seconds_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(o, "vigil_collector_ack_latency_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(o, "vigil_collector_ack_latency_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "vigil_collector_ack_latency_seconds_count {count}");
+        counter(&mut o, "vigil_collector_commits_total", "Archive transactions committed.", self.commits.load(Relaxed));
+        let _ = writeln!(o, "# HELP vigil_collector_commit_seconds_total Time spent in archive transactions.\n# TYPE vigil_collector_commit_seconds_total counter\nvigil_collector_commit_seconds_total {}", self.commit_us.load(Relaxed) as f64 / 1e6);
+        counter(&mut o, "vigil_collector_events_emitted_total", "Alert and audit events delivered to sinks.", self.events_emitted.load(Relaxed));
+        counter(&mut o, "vigil_collector_sink_errors_total", "Failed deliveries to sinks (retried).", self.sink_errors.load(Relaxed));
+        o
+    }
+}
+
+/// Serves `GET /metrics` (anything else: 404) until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, registry: Registry) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, registry) = (Arc::clone(&metrics), registry.clone());
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut req)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head = String::from_utf8_lossy(req.get(..n).unwrap_or(&[])).into_owned();
+            let resp = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+                let body = metrics.render(&registry);
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,162 @@
+//! `vigil-collector serve`: wires the parts together. Listeners (TLS,
+//! plain, serial) feed the writer; the writer owns the archive; the sink
+//! thread delivers events; metrics on loopback. SIGTERM or SIGINT: stop
+//! accepting, let connections finish their batch, commit, flush the sinks,
+//! exit 0.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::ingest::{self, Ctx};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::writer::{Job, Settings, Writer};
+use crate::{sink, tls};
+
+/// What a running collector tells its caller once it listens.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub tls: Option<SocketAddr>,
+    pub plain: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub pin: Option<String>,
+}
+
+/// Runs until `stop` turns true (or a signal, when `signals` is set).
+pub fn run(cfg: Config, signals: bool, stop: watch::Receiver<bool>, on_start: impl FnOnce(Started)) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| anyhow::anyhow!("state dir {}: {e}", cfg.state_dir.display()))?;
+    let db = cfg.db_path();
+    let store = Store::open(&db)?;
+    let registry = Registry::default();
+    let metrics = Arc::new(Metrics::default());
+    let writer = Writer::new(
+        store,
+        registry.clone(),
+        Arc::clone(&metrics),
+        Settings {
+            silence_ms: cfg.silence_s.saturating_mul(1000),
+            loss_grace_ms: cfg.loss_grace_s.saturating_mul(1000),
+            retention_ms: u64::from(cfg.retention_days) * 86_400_000,
+            max_pending: cfg.limits.max_pending,
+        },
+    )?;
+    let identity = match cfg.listen {
+        Some(_) => Some(tls::identity(&cfg.state_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?),
+        None => None,
+    };
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+    let writer_thread = std::thread::Builder::new()
+        .name("archive-writer".into())
+        .spawn(move || writer.run(jobs_rx))?;
+    let sink_stop = Arc::new(AtomicBool::new(false));
+    let sink_thread = {
+        let (db, sinks, m, s) = (db.clone(), cfg.sinks.clone(), Arc::clone(&metrics), Arc::clone(&sink_stop));
+        std::thread::Builder::new()
+            .name("sinks".into())
+            .spawn(move || sink::run(db, sinks, m, s))?
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(256 * 1024)
+        .build()?;
+    let ctx = Arc::new(Ctx::new(registry.clone(), Arc::clone(&metrics), jobs_tx.clone(), cfg.limits.clone()));
+    let (conn_stop_tx, conn_stop) = watch::channel(false);
+    let serial_stop = Arc::new(AtomicBool::new(false));
+    let result = rt.block_on(async {
+        let mut started = Started { tls: None, plain: None, metrics: None, pin: None };
+        let mut tasks = Vec::new();
+        if let (Some(addr), Some(id)) = (cfg.listen, identity.as_ref()) {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen {addr}: {e}"))?;
+            started.tls = Some(l.local_addr()?);
+            started.pin = Some(id.pin.clone());
+            if id.created {
+                log::info!("created a self-signed TLS certificate in {}", cfg.state_dir.join("tls").display());
+            }
+            log::info!("TLS 1.3 on {}; agents pin pin_sha256 = \"{}\"", l.local_addr()?, id.pin);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(id)?);
+            tasks.push(tokio::spawn(ingest::listen(l, Some(acceptor), Arc::clone(&ctx), conn_stop.clone())));
+        }
+        if let Some(addr) = cfg.plain_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("plain_listen {addr}: {e}"))?;
+            started.plain = Some(l.local_addr()?);
+            log::warn!("INSECURE: accepting plain TCP on {} (insecure_plaintext); frames are still signed but not encrypted", l.local_addr()?);
+            tasks.push(tokio::spawn(ingest::listen(l, None, Arc::clone(&ctx), conn_stop.clone())));
+        }
+        if let Some(addr) = cfg.metrics_listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics_listen {addr}: {e}"))?;
+            started.metrics = Some(l.local_addr()?);
+            tasks.push(tokio::spawn(crate::metrics::serve(l, Arc::clone(&metrics), registry.clone())));
+        }
+        let mut serial_threads = Vec::new();
+        for p in &cfg.serial {
+            let (path, baud, ctx, stop) = (p.device.clone(), p.baud, Arc::clone(&ctx), Arc::clone(&serial_stop));
+            serial_threads.push(std::thread::spawn(move || ingest::serial(path, baud, ctx, stop)));
+        }
+        let ticker = {
+            let jobs = jobs_tx.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    t.tick().await;
+                    if jobs.send(Job::Tick).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        on_start(started);
+        wait_for_stop(signals, stop).await;
+        log::info!("stopping: no new connections; finishing what is in flight");
+        let _ = conn_stop_tx.send(true);
+        serial_stop.store(true, Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.connections_open.load(Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in tasks {
+            t.abort();
+        }
+        ticker.abort();
+        for t in serial_threads {
+            let _ = t.join();
+        }
+        anyhow::Ok(())
+    });
+    drop(ctx);
+    drop(jobs_tx);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let _ = writer_thread.join();
+    sink_stop.store(true, Relaxed);
+    let _ = sink_thread.join();
+    result
+}
+
+async fn wait_for_stop(signals: bool, mut stop: watch::Receiver<bool>) {
+    if signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = stop.wait_for(|s| *s).await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM"),
+            _ = int.recv() => log::info!("SIGINT"),
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    } else {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}

@@ -1,0 +1,1129 @@
+//! The archive: one SQLite file (WAL, synchronous=FULL) holding devices,
+//! the signed frames exactly as received, the rows decoded from them,
+//! alerts, the event outbox for the sinks, and the admin log. Only this
+//! module knows SQL. It stores only `VerifiedFrame`s; `audit` re-verifies
+//! every stored frame and the rows decoded from it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::{json, Value};
+use vigil_protocol::body::Hello;
+use vigil_protocol::{Body, DeviceId, SignedFrame, VerifiedFrame, VerifyingKey};
+
+use crate::alert::{Alert, Raise};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("archive {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("archive: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("no device matches `{0}` (give its 16-hex-digit id or its name)")]
+    NoDevice(String),
+    #[error("`{0}` matches more than one device; give the full id")]
+    Ambiguous(String),
+    #[error("no alert {0}")]
+    NoAlert(i64),
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    Pending,
+    Approved,
+    Revoked,
+}
+
+impl DeviceState {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Approved => "approved",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+
+    fn parse(s: &str) -> DeviceState {
+        match s {
+            "approved" => DeviceState::Approved,
+            "revoked" => DeviceState::Revoked,
+            _ => DeviceState::Pending,
+        }
+    }
+}
+
+/// A device as the archive knows it.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub public_key: String,
+    pub name: String,
+    pub model: String,
+    pub state: DeviceState,
+    pub created_ms: u64,
+    pub last_seen_ms: Option<u64>,
+    pub frames_received: u64,
+    pub track: Option<Track>,
+    pub hello: Option<Value>,
+    pub open_alerts: u64,
+}
+
+/// Where a device's sequence space stands, persisted with every batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Track {
+    pub boot: u32,
+    /// Highest sequence seen in `boot`.
+    pub high: u64,
+    /// Every frame of `boot` up to here is stored or explained by a `Gap`.
+    pub acked: Option<u64>,
+    /// Stored or explained ranges above `acked + 1` (start -> end exclusive).
+    pub above: BTreeMap<u64, u64>,
+    /// When a hole (a missing sequence below `high`) was first seen, ms.
+    pub hole_since_ms: Option<u64>,
+}
+
+impl Track {
+    fn encode_above(&self) -> String {
+        self.above
+            .iter()
+            .map(|(a, b)| format!("{a}-{b}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn decode_above(s: &str) -> BTreeMap<u64, u64> {
+        s.split(',')
+            .filter_map(|r| {
+                let (a, b) = r.split_once('-')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices(
+  id TEXT PRIMARY KEY,
+  public_key TEXT NOT NULL,
+  name TEXT NOT NULL DEFAULT '',
+  model TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL CHECK(state IN ('pending','approved','revoked')),
+  created_ms INTEGER NOT NULL,
+  last_seen_ms INTEGER,
+  frames_received INTEGER NOT NULL DEFAULT 0,
+  boot INTEGER, high_seq INTEGER, acked_seq INTEGER,
+  above TEXT NOT NULL DEFAULT '', hole_since_ms INTEGER,
+  hello TEXT, peer TEXT);
+CREATE TABLE IF NOT EXISTS frames(
+  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+  kind TEXT NOT NULL, time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
+  bytes BLOB NOT NULL,
+  PRIMARY KEY(device, boot, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples(
+  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+  time_ms INTEGER NOT NULL, interval_ms INTEGER NOT NULL, uptime_s INTEGER NOT NULL,
+  cpu_user INTEGER NOT NULL, cpu_nice INTEGER NOT NULL, cpu_system INTEGER NOT NULL,
+  cpu_idle INTEGER NOT NULL, cpu_iowait INTEGER NOT NULL, cpu_irq INTEGER NOT NULL,
+  cpu_softirq INTEGER NOT NULL, cpu_steal INTEGER NOT NULL,
+  mem_total_kib INTEGER NOT NULL, mem_available_kib INTEGER NOT NULL,
+  swap_total_kib INTEGER NOT NULL, swap_used_kib INTEGER NOT NULL,
+  psi_cpu_some_ms INTEGER, psi_memory_some_ms INTEGER, psi_memory_full_ms INTEGER,
+  psi_io_some_ms INTEGER, psi_io_full_ms INTEGER,
+  load1_centi INTEGER NOT NULL, load5_centi INTEGER NOT NULL, load15_centi INTEGER NOT NULL,
+  processes INTEGER NOT NULL,
+  PRIMARY KEY(device, boot, seq, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS samples_by_time ON samples(device, time_ms);
+CREATE TABLE IF NOT EXISTS sample_net(
+  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+  iface TEXT NOT NULL,
+  rx_bytes INTEGER NOT NULL, rx_packets INTEGER NOT NULL, rx_errors INTEGER NOT NULL, rx_dropped INTEGER NOT NULL,
+  tx_bytes INTEGER NOT NULL, tx_packets INTEGER NOT NULL, tx_errors INTEGER NOT NULL, tx_dropped INTEGER NOT NULL,
+  PRIMARY KEY(device, boot, seq, idx, iface)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sample_disk(
+  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+  disk TEXT NOT NULL, reads INTEGER NOT NULL, read_sectors INTEGER NOT NULL,
+  writes INTEGER NOT NULL, write_sectors INTEGER NOT NULL, io_ms INTEGER NOT NULL,
+  PRIMARY KEY(device, boot, seq, idx, disk)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples_minute(
+  device TEXT NOT NULL, minute_ms INTEGER NOT NULL, samples INTEGER NOT NULL,
+  cpu_busy INTEGER NOT NULL, cpu_total INTEGER NOT NULL,
+  mem_available_kib_min INTEGER NOT NULL, mem_available_kib_avg INTEGER NOT NULL,
+  swap_used_kib_max INTEGER NOT NULL, processes_max INTEGER NOT NULL, load1_centi_max INTEGER NOT NULL,
+  rx_bytes INTEGER NOT NULL, tx_bytes INTEGER NOT NULL,
+  PRIMARY KEY(device, minute_ms)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS socket_changes(
+  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+  time_ms INTEGER NOT NULL, snapshot INTEGER NOT NULL, change TEXT NOT NULL, kind TEXT NOT NULL,
+  proto TEXT NOT NULL, local TEXT NOT NULL, remote TEXT, uid INTEGER NOT NULL, process TEXT NOT NULL,
+  PRIMARY KEY(device, boot, seq, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts(
+  id INTEGER PRIMARY KEY,
+  device TEXT NOT NULL, rule TEXT NOT NULL, severity TEXT NOT NULL, dedup TEXT NOT NULL,
+  first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, count INTEGER NOT NULL,
+  evidence TEXT NOT NULL,
+  state TEXT NOT NULL CHECK(state IN ('open','acknowledged','resolved')),
+  emitted_ms INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_live ON alerts(device, rule, dedup) WHERE state != 'resolved';
+CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS admin_log(
+  id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, actor TEXT NOT NULL,
+  action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);
+";
+
+/// A repeated occurrence of an open alert is re-emitted to the sinks at
+/// most this often (the alert row itself counts every occurrence).
+pub const REEMIT_MS: u64 = 60_000;
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating) the archive in `state_dir`.
+    pub fn open(db: &Path) -> Result<Store> {
+        let open_err = |source| StoreError::Open {
+            path: db.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(db).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Store { conn })
+    }
+
+    pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    }
+
+    // ---- devices and enrollment -------------------------------------
+
+    /// Bumped by every change to who is trusted; `serve` polls it.
+    pub fn registry_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'registry_version'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    pub fn devices(&self) -> Result<Vec<Device>> {
+        let mut st = self.conn.prepare(
+            "SELECT d.id, d.public_key, d.name, d.model, d.state, d.created_ms, d.last_seen_ms,
+                    d.frames_received, d.boot, d.high_seq, d.acked_seq, d.above, d.hole_since_ms, d.hello,
+                    (SELECT count(*) FROM alerts a WHERE a.device = d.id AND a.state != 'resolved')
+             FROM devices d ORDER BY d.name, d.id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let boot: Option<i64> = r.get(8)?;
+            let track = boot.map(|b| Track {
+                boot: u32::try_from(b).unwrap_or(0),
+                high: r.get::<_, Option<i64>>(9).ok().flatten().map_or(0, u),
+                acked: r.get::<_, Option<i64>>(10).ok().flatten().map(u),
+                above: Track::decode_above(&r.get::<_, String>(11).unwrap_or_default()),
+                hole_since_ms: r.get::<_, Option<i64>>(12).ok().flatten().map(u),
+            });
+            Ok(Device {
+                id: r.get(0)?,
+                public_key: r.get(1)?,
+                name: r.get(2)?,
+                model: r.get(3)?,
+                state: DeviceState::parse(&r.get::<_, String>(4)?),
+                created_ms: u(r.get(5)?),
+                last_seen_ms: r.get::<_, Option<i64>>(6)?.map(u),
+                frames_received: u(r.get(7)?),
+                track,
+                hello: r
+                    .get::<_, Option<String>>(13)?
+                    .and_then(|h| serde_json::from_str(&h).ok()),
+                open_alerts: u(r.get(14)?),
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Finds one device by id, id prefix (at least 4 digits) or exact name.
+    pub fn find_device(&self, what: &str) -> Result<Device> {
+        let all = self.devices()?;
+        let by_id: Vec<&Device> = all.iter().filter(|d| d.id == what).collect();
+        if let [d] = by_id.as_slice() {
+            return Ok((*d).clone());
+        }
+        let matches: Vec<&Device> = all
+            .iter()
+            .filter(|d| d.name == what || (what.len() >= 4 && d.id.starts_with(what)))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(StoreError::NoDevice(what.to_string())),
+            [d] => Ok((*d).clone()),
+            _ => Err(StoreError::Ambiguous(what.to_string())),
+        }
+    }
+
+    /// Approves a device ahead of time (or a pending one) under a name.
+    pub fn enroll(&mut self, key: &VerifyingKey, name: &str, model: &str, actor: &str, now_ms: u64) -> Result<String> {
+        let id = DeviceId::of(key).to_string();
+        let mut text = String::new();
+        let _ = vigil_protocol::frame::write_public_key(&mut text, key);
+        let tx = self.transaction()?;
+        let existing: Option<String> = tx
+            .query_row("SELECT state FROM devices WHERE id = ?1", [&id], |r| r.get(0))
+            .optional()?;
+        match existing.as_deref() {
+            Some("revoked") => {
+                return Err(StoreError::Refused(format!(
+                    "device {id} is revoked; a revoked key cannot be enrolled again (generate a new key on the device)"
+                )))
+            }
+            Some(_) => {
+                tx.execute(
+                    "UPDATE devices SET state = 'approved', name = ?2, model = ?3 WHERE id = ?1",
+                    params![id, name, model],
+                )?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO devices(id, public_key, name, model, state, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'approved', ?5)",
+                    params![id, text, name, model, i(now_ms)],
+                )?;
+            }
+        }
+        admin(&tx, actor, "enroll", &id, json!({"name": name, "model": model, "key": text}), now_ms)?;
+        bump_registry(&tx)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// `approve` / `revoke`.
+    pub fn set_state(&mut self, what: &str, state: DeviceState, actor: &str, now_ms: u64) -> Result<Device> {
+        let d = self.find_device(what)?;
+        if d.state == DeviceState::Revoked && state != DeviceState::Revoked {
+            return Err(StoreError::Refused(format!(
+                "device {} is revoked; a revoked key cannot be approved again",
+                d.id
+            )));
+        }
+        let tx = self.transaction()?;
+        tx.execute(
+            "UPDATE devices SET state = ?2 WHERE id = ?1",
+            params![d.id, state.name()],
+        )?;
+        let action = match state {
+            DeviceState::Approved => "approve",
+            DeviceState::Revoked => "revoke",
+            DeviceState::Pending => "pend",
+        };
+        admin(&tx, actor, action, &d.id, json!({"name": d.name, "previous": d.state.name()}), now_ms)?;
+        bump_registry(&tx)?;
+        tx.commit()?;
+        self.find_device(&d.id)
+    }
+
+    // ---- alerts --------------------------------------------------------
+
+    pub fn alerts(&self, open_only: bool, device: Option<&str>, min_severity: Option<crate::alert::Severity>) -> Result<Vec<Alert>> {
+        let mut st = self.conn.prepare(
+            "SELECT a.id, a.device, d.name, a.rule, a.severity, a.first_seen_ms, a.last_seen_ms,
+                    a.count, a.evidence, a.state
+             FROM alerts a LEFT JOIN devices d ON d.id = a.device
+             WHERE (?1 = 0 OR a.state != 'resolved') AND (?2 IS NULL OR a.device = ?2)
+             ORDER BY a.last_seen_ms DESC, a.id DESC",
+        )?;
+        let rows = st.query_map(params![i64::from(open_only), device], alert_row)?;
+        let mut out: Vec<Alert> = rows.collect::<std::result::Result<_, _>>()?;
+        if let Some(min) = min_severity {
+            out.retain(|a| crate::alert::Severity::from_name(&a.severity).is_some_and(|s| s >= min));
+        }
+        Ok(out)
+    }
+
+    pub fn alert(&self, id: i64) -> Result<Alert> {
+        self.conn
+            .query_row(
+                "SELECT a.id, a.device, d.name, a.rule, a.severity, a.first_seen_ms, a.last_seen_ms,
+                        a.count, a.evidence, a.state
+                 FROM alerts a LEFT JOIN devices d ON d.id = a.device WHERE a.id = ?1",
+                [id],
+                alert_row,
+            )
+            .optional()?
+            .ok_or(StoreError::NoAlert(id))
+    }
+
+    /// `ack` / `resolve`: changes an alert's state, audited and emitted.
+    pub fn set_alert_state(&mut self, id: i64, state: &str, actor: &str, now_ms: u64) -> Result<Alert> {
+        let before = self.alert(id)?;
+        let tx = self.transaction()?;
+        tx.execute("UPDATE alerts SET state = ?2 WHERE id = ?1", params![id, state])?;
+        let action = if state == "resolved" { "resolve" } else { "ack" };
+        admin(&tx, actor, action, &id.to_string(), json!({"rule": before.rule, "device": before.device, "previous": before.state}), now_ms)?;
+        tx.commit()?;
+        let after = self.alert(id)?;
+        let tx = self.transaction()?;
+        push_event(&tx, &after.to_json(), now_ms)?;
+        tx.commit()?;
+        Ok(after)
+    }
+
+    // ---- the outbox ------------------------------------------------------
+
+    pub fn events_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Value)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, body FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows = st.query_map(params![cursor, i64::try_from(limit).unwrap_or(1000)], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row?;
+            out.push((id, serde_json::from_str(&body).unwrap_or(Value::Null)));
+        }
+        Ok(out)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- reading telemetry -----------------------------------------------
+
+    /// Samples of a device in `[from, to)`, oldest first, as JSON objects.
+    pub fn export(&self, device: &str, from_ms: u64, to_ms: u64) -> Result<Vec<Value>> {
+        let mut st = self.conn.prepare(
+            "SELECT boot, seq, idx, time_ms, interval_ms, uptime_s,
+                    cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
+                    mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
+                    load1_centi, load5_centi, load15_centi, processes
+             FROM samples WHERE device = ?1 AND time_ms >= ?2 AND time_ms < ?3
+             ORDER BY time_ms, boot, seq, idx",
+        )?;
+        let mut net = self.conn.prepare_cached(
+            "SELECT iface, rx_bytes, rx_packets, rx_errors, rx_dropped, tx_bytes, tx_packets, tx_errors, tx_dropped
+             FROM sample_net WHERE device = ?1 AND boot = ?2 AND seq = ?3 AND idx = ?4 ORDER BY iface",
+        )?;
+        let rows = st.query_map(params![device, i(from_ms), i(to_ms)], |r| {
+            let g = |k: usize| r.get::<_, i64>(k);
+            Ok((
+                [g(0)?, g(1)?, g(2)?],
+                json!({
+                    "time": crate::alert::rfc3339(u(g(3)?)),
+                    "time_ms": g(3)?,
+                    "interval_ms": g(4)?,
+                    "uptime_s": g(5)?,
+                    "cpu": {"user": g(6)?, "nice": g(7)?, "system": g(8)?, "idle": g(9)?,
+                            "iowait": g(10)?, "irq": g(11)?, "softirq": g(12)?, "steal": g(13)?},
+                    "memory": {"total_kib": g(14)?, "available_kib": g(15)?,
+                               "swap_total_kib": g(16)?, "swap_used_kib": g(17)?},
+                    "load": [g(18)? as f64 / 100.0, g(19)? as f64 / 100.0, g(20)? as f64 / 100.0],
+                    "processes": g(21)?,
+                }),
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, mut v) = row?;
+            let ifaces = net.query_map(params![device, key[0], key[1], key[2]], |r| {
+                Ok(json!({
+                    "iface": r.get::<_, String>(0)?,
+                    "rx_bytes": r.get::<_, i64>(1)?, "rx_packets": r.get::<_, i64>(2)?,
+                    "rx_errors": r.get::<_, i64>(3)?, "rx_dropped": r.get::<_, i64>(4)?,
+                    "tx_bytes": r.get::<_, i64>(5)?, "tx_packets": r.get::<_, i64>(6)?,
+                    "tx_errors": r.get::<_, i64>(7)?, "tx_dropped": r.get::<_, i64>(8)?,
+                }))
+            })?;
+            v["network"] = Value::Array(ifaces.collect::<std::result::Result<_, _>>()?);
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    pub fn latest_sample(&self, device: &str) -> Result<Option<Value>> {
+        let t: Option<i64> = self.conn.query_row(
+            "SELECT max(time_ms) FROM samples WHERE device = ?1",
+            [device],
+            |r| r.get(0),
+        )?;
+        let Some(t) = t else { return Ok(None) };
+        Ok(self.export(device, u(t), u(t) + 1)?.pop())
+    }
+
+    pub fn admin_log(&self) -> Result<Vec<Value>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, time_ms, actor, action, target, detail FROM admin_log ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(json!({
+                "id": r.get::<_, i64>(0)?,
+                "time": crate::alert::rfc3339(u(r.get(1)?)),
+                "actor": r.get::<_, String>(2)?,
+                "action": r.get::<_, String>(3)?,
+                "target": r.get::<_, String>(4)?,
+                "detail": serde_json::from_str::<Value>(&r.get::<_, String>(5)?).unwrap_or(Value::Null),
+            }))
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    // ---- audit ------------------------------------------------------------
+
+    /// Re-verifies every stored frame against its device's key and checks
+    /// the rows decoded from it. Returns one line per problem.
+    pub fn audit(&self) -> Result<AuditReport> {
+        let keys: BTreeMap<String, Option<VerifyingKey>> = self
+            .devices()?
+            .into_iter()
+            .map(|d| (d.id, vigil_protocol::frame::parse_public_key(&d.public_key)))
+            .collect();
+        let mut report = AuditReport::default();
+        let mut st = self
+            .conn
+            .prepare("SELECT device, boot, seq, bytes FROM frames ORDER BY device, boot, seq")?;
+        let mut rows = st.query([])?;
+        // The Hello in force names interfaces and disks for later samples.
+        let mut layout: Option<(String, u32, Layout)> = None;
+        let mut expected = Rows::default();
+        while let Some(r) = rows.next()? {
+            let device: String = r.get(0)?;
+            let boot = u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX);
+            let seq = u(r.get(2)?);
+            let bytes: Vec<u8> = r.get(3)?;
+            report.frames += 1;
+            let at = format!("frame {device}/{boot}/{seq}");
+            let Some(Some(key)) = keys.get(&device) else {
+                report.problems.push(format!("{at}: no key on record for the device"));
+                continue;
+            };
+            let verified = SignedFrame::parse(&bytes).ok().and_then(|f| f.verify(key).ok());
+            let Some(v) = verified else {
+                report.problems.push(format!("{at}: signature does not verify"));
+                continue;
+            };
+            let h = v.header();
+            if h.device.to_string() != device || h.boot != boot || h.seq != seq {
+                report.problems.push(format!("{at}: row key does not match the signed header"));
+                continue;
+            }
+            if !layout.as_ref().is_some_and(|(d, b, _)| *d == device && *b == boot) {
+                layout = Some((device.clone(), boot, Layout::default()));
+            }
+            let Ok(body) = v.body() else { continue };
+            if let (Body::Hello(hello), Some((_, _, l))) = (&body, layout.as_mut()) {
+                *l = Layout::of(hello);
+            }
+            expected.clear();
+            if let Some((_, _, l)) = &layout {
+                expected.add(&v, &body, l);
+            }
+            let mut stored = Rows::load(&self.conn, &device, boot, seq)?;
+            stored.sort();
+            expected.sort();
+            if stored != expected {
+                report.problems.push(format!(
+                    "{at}: decoded rows differ from the signed frame ({})",
+                    stored.diff(&expected)
+                ));
+            }
+        }
+        // Rows without a frame behind them.
+        for table in ["samples", "sample_net", "sample_disk", "socket_changes"] {
+            let orphans: i64 = self.conn.query_row(
+                &format!(
+                    "SELECT count(*) FROM {table} t WHERE NOT EXISTS
+                     (SELECT 1 FROM frames f WHERE f.device = t.device AND f.boot = t.boot AND f.seq = t.seq)"
+                ),
+                [],
+                |r| r.get(0),
+            )?;
+            if orphans > 0 {
+                report.problems.push(format!("{table}: {orphans} rows without a signed frame"));
+            }
+        }
+        Ok(report)
+    }
+
+    // ---- retention ---------------------------------------------------------
+
+    /// Rolls raw samples older than `cutoff_ms` up into per-minute
+    /// aggregates and deletes them with their `Samples` frames. Security
+    /// frames, socket changes and alerts are kept.
+    pub fn roll_up(&mut self, cutoff_ms: u64) -> Result<u64> {
+        let tx = self.transaction()?;
+        tx.execute(
+            "INSERT INTO samples_minute(device, minute_ms, samples, cpu_busy, cpu_total,
+                mem_available_kib_min, mem_available_kib_avg, swap_used_kib_max, processes_max,
+                load1_centi_max, rx_bytes, tx_bytes)
+             SELECT s.device, s.time_ms / 60000 * 60000, count(*),
+                sum(cpu_user + cpu_nice + cpu_system + cpu_iowait + cpu_irq + cpu_softirq + cpu_steal),
+                sum(cpu_user + cpu_nice + cpu_system + cpu_idle + cpu_iowait + cpu_irq + cpu_softirq + cpu_steal),
+                min(mem_available_kib), avg(mem_available_kib), max(swap_used_kib), max(processes),
+                max(load1_centi),
+                coalesce(sum((SELECT sum(rx_bytes) FROM sample_net n WHERE n.device = s.device AND n.boot = s.boot AND n.seq = s.seq AND n.idx = s.idx)), 0),
+                coalesce(sum((SELECT sum(tx_bytes) FROM sample_net n WHERE n.device = s.device AND n.boot = s.boot AND n.seq = s.seq AND n.idx = s.idx)), 0)
+             FROM samples s WHERE s.time_ms < ?1
+             GROUP BY s.device, s.time_ms / 60000
+             ON CONFLICT(device, minute_ms) DO UPDATE SET
+                samples = samples + excluded.samples, cpu_busy = cpu_busy + excluded.cpu_busy,
+                cpu_total = cpu_total + excluded.cpu_total,
+                mem_available_kib_min = min(mem_available_kib_min, excluded.mem_available_kib_min),
+                swap_used_kib_max = max(swap_used_kib_max, excluded.swap_used_kib_max),
+                processes_max = max(processes_max, excluded.processes_max),
+                load1_centi_max = max(load1_centi_max, excluded.load1_centi_max),
+                rx_bytes = rx_bytes + excluded.rx_bytes, tx_bytes = tx_bytes + excluded.tx_bytes",
+            [i(cutoff_ms)],
+        )?;
+        // A frame goes only when all of its samples are past the cutoff.
+        let frames = tx.execute(
+            "DELETE FROM frames WHERE kind = 'samples' AND time_ms < ?1",
+            [i(cutoff_ms)],
+        )?;
+        for table in ["samples", "sample_net", "sample_disk"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE NOT EXISTS
+                     (SELECT 1 FROM frames f WHERE f.device = {table}.device AND f.boot = {table}.boot AND f.seq = {table}.seq)"
+                ),
+                [],
+            )?;
+        }
+        tx.commit()?;
+        Ok(u64::try_from(frames).unwrap_or(0))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AuditReport {
+    pub frames: u64,
+    pub problems: Vec<String>,
+}
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
+    Ok(Alert {
+        id: r.get(0)?,
+        device: r.get(1)?,
+        device_name: r.get(2)?,
+        rule: r.get(3)?,
+        severity: r.get(4)?,
+        first_seen_ms: u(r.get(5)?),
+        last_seen_ms: u(r.get(6)?),
+        count: u(r.get(7)?),
+        evidence: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or(Value::Null),
+        state: r.get(9)?,
+    })
+}
+
+fn bump_registry(tx: &Connection) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta(key, value) VALUES ('registry_version', '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        [],
+    )?;
+    Ok(())
+}
+
+fn push_event(tx: &Connection, body: &Value, now_ms: u64) -> Result<()> {
+    tx.prepare_cached("INSERT INTO events(time_ms, body) VALUES (?1, ?2)")?
+        .execute(params![i(now_ms), body.to_string()])?;
+    Ok(())
+}
+
+/// Records an administrative action and queues it as an audit event.
+pub fn admin(tx: &Connection, actor: &str, action: &str, target: &str, detail: Value, now_ms: u64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO admin_log(time_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![i(now_ms), actor, action, target, detail.to_string()],
+    )?;
+    let id = tx.last_insert_rowid();
+    push_event(
+        tx,
+        &json!({"type": "audit", "id": id, "time": crate::alert::rfc3339(now_ms),
+                "actor": actor, "action": action, "target": target, "detail": detail,
+                "severity": "low"}),
+        now_ms,
+    )
+}
+
+/// Merges an occurrence into the live alert of the same (device, rule,
+/// dedup) or opens a new one; queues an event when it is new or has not
+/// been emitted for `REEMIT_MS`. Returns the alert id and whether it is new.
+pub fn raise(tx: &Connection, r: &Raise) -> Result<(i64, bool)> {
+    let live: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT id, emitted_ms FROM alerts WHERE device = ?1 AND rule = ?2 AND dedup = ?3 AND state != 'resolved'",
+        )?
+        .query_row(params![r.device, r.rule.id, r.dedup], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (id, new, emit) = match live {
+        Some((id, emitted)) => {
+            let emit = r.time_ms.saturating_sub(u(emitted)) >= REEMIT_MS;
+            tx.prepare_cached(
+                "UPDATE alerts SET count = count + 1, last_seen_ms = max(last_seen_ms, ?2), evidence = ?3,
+                        emitted_ms = CASE WHEN ?4 THEN ?2 ELSE emitted_ms END
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, i(r.time_ms), r.evidence.to_string(), emit])?;
+            (id, false, emit)
+        }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO alerts(device, rule, severity, dedup, first_seen_ms, last_seen_ms, count,
+                                    evidence, state, emitted_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, ?6, 'open', ?5)",
+            )?
+            .execute(params![
+                r.device,
+                r.rule.id,
+                r.rule.severity.name(),
+                r.dedup,
+                i(r.time_ms),
+                r.evidence.to_string()
+            ])?;
+            (tx.last_insert_rowid(), true, true)
+        }
+    };
+    if emit {
+        let a = tx
+            .prepare_cached(
+                "SELECT a.id, a.device, d.name, a.rule, a.severity, a.first_seen_ms, a.last_seen_ms,
+                        a.count, a.evidence, a.state
+                 FROM alerts a LEFT JOIN devices d ON d.id = a.device WHERE a.id = ?1",
+            )?
+            .query_row([id], alert_row)?;
+        push_event(tx, &a.to_json(), r.time_ms)?;
+    }
+    Ok((id, new))
+}
+
+/// Inserts a device seen for the first time with a valid self-signed Hello.
+pub fn insert_pending(tx: &Connection, key: &VerifyingKey, hello: &Hello, peer: &str, now_ms: u64) -> Result<()> {
+    let mut text = String::new();
+    let _ = vigil_protocol::frame::write_public_key(&mut text, key);
+    tx.execute(
+        "INSERT OR IGNORE INTO devices(id, public_key, name, state, created_ms, last_seen_ms, hello, peer)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?5, ?6)",
+        params![
+            DeviceId::of(key).to_string(),
+            text,
+            hello.hostname.as_str(),
+            i(now_ms),
+            hello_json(hello).to_string(),
+            peer
+        ],
+    )?;
+    bump_registry(tx)?;
+    Ok(())
+}
+
+/// Stores a verified frame once; `false` when (device, boot, seq) is
+/// already archived (a resend), in which case nothing else is written.
+pub fn store_frame(tx: &Connection, v: &VerifiedFrame<'_>, body: Option<&Body>, layout: &Layout, received_ms: u64) -> Result<bool> {
+    let h = v.header();
+    let device = h.device.to_string();
+    let kind = v.kind().map_or("unknown", |k| k.name());
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO frames(device, boot, seq, kind, time_ms, received_ms, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            device,
+            h.boot,
+            i(h.seq),
+            kind,
+            i(h.time_ms),
+            i(received_ms),
+            v.as_bytes()
+        ])?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    if let Some(body) = body {
+        let mut rows = Rows::default();
+        rows.add(v, body, layout);
+        rows.insert(tx, &device, h.boot, h.seq)?;
+    }
+    Ok(true)
+}
+
+/// Updates a device after a batch: counters, last seen, sequence track,
+/// inventory (when a Hello came).
+pub fn update_device(tx: &Connection, device: &str, frames: u64, last_seen_ms: u64, track: &Track, hello: Option<&Hello>, peer: &str) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE devices SET frames_received = frames_received + ?2, last_seen_ms = max(coalesce(last_seen_ms, 0), ?3),
+                boot = ?4, high_seq = ?5, acked_seq = ?6, above = ?7, hole_since_ms = ?8, peer = ?9,
+                hello = coalesce(?10, hello)
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        device,
+        i(frames),
+        i(last_seen_ms),
+        track.boot,
+        i(track.high),
+        track.acked.map(i),
+        track.encode_above(),
+        track.hole_since_ms.map(i),
+        peer,
+        hello.map(|h| hello_json(h).to_string()),
+    ])?;
+    Ok(())
+}
+
+/// Approved devices silent since before `cutoff_ms` (never seen counts
+/// from enrollment).
+pub fn silent_devices(conn: &Connection, cutoff_ms: u64) -> Result<Vec<(String, Option<u64>)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, last_seen_ms FROM devices WHERE state = 'approved'
+         AND coalesce(last_seen_ms, created_ms) < ?1",
+    )?;
+    let rows = st.query_map([i(cutoff_ms)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?.map(u)))
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Resolves an open `rule` alert for a device (e.g. silence ended).
+pub fn resolve_rule(tx: &Connection, device: &str, rule: &str) -> Result<usize> {
+    Ok(tx
+        .prepare_cached("UPDATE alerts SET state = 'resolved' WHERE device = ?1 AND rule = ?2 AND state = 'open'")?
+        .execute(params![device, rule])?)
+}
+
+pub fn hello_json(h: &Hello) -> Value {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    json!({
+        "agent_version": h.agent_version.as_str(),
+        "hostname": h.hostname.as_str(),
+        "kernel_release": h.kernel_release.as_str(),
+        "os_release": h.os_release.as_str(),
+        "arch": h.arch.as_str(),
+        "kernel_boot_id": hex(&h.kernel_boot_id),
+        "boot_time": crate::alert::rfc3339(h.boot_time_s.saturating_mul(1000)),
+        "cpus": h.cpus,
+        "interfaces": h.interfaces.iter().map(|i| json!({
+            "name": i.name.as_str(),
+            "mac": i.mac.map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")),
+        })).collect::<Vec<_>>(),
+        "disks": h.disks.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
+        "manifests": h.manifests.iter().map(|m| json!({
+            "class": m.class.name(), "issuer": m.issuer.as_str(), "scope": m.scope.as_str(), "version": m.version,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Interface and disk names from the Hello in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub interfaces: Vec<String>,
+    pub disks: Vec<String>,
+}
+
+impl Layout {
+    pub fn of(h: &Hello) -> Layout {
+        Layout {
+            interfaces: h.interfaces.iter().map(|i| i.name.to_string()).collect(),
+            disks: h.disks.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    pub fn from_json(v: &Value) -> Layout {
+        let names = |k: &str, sub: Option<&str>| {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| match sub {
+                            Some(s) => x.get(s).and_then(Value::as_str),
+                            None => x.as_str(),
+                        })
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Layout {
+            interfaces: names("interfaces", Some("name")),
+            disks: names("disks", None),
+        }
+    }
+
+    fn name(names: &[String], index: u8) -> String {
+        names
+            .get(usize::from(index))
+            .cloned()
+            .unwrap_or_else(|| format!("#{index}"))
+    }
+}
+
+/// The rows one frame decodes to; built the same way at ingest and at
+/// audit, so the audit compares like with like.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Rows {
+    samples: Vec<[Option<i64>; 25]>,
+    net: Vec<(i64, String, [i64; 8])>,
+    disk: Vec<(i64, String, [i64; 5])>,
+    sockets: Vec<(i64, i64, bool, String, String, String, String, Option<String>, i64, String)>,
+}
+
+fn endpoint(e: &vigil_protocol::body::Endpoint) -> String {
+    match e.addr {
+        vigil_protocol::body::Addr::V4(a) => format!("{}:{}", std::net::Ipv4Addr::from(a), e.port),
+        vigil_protocol::body::Addr::V6(a) => format!("[{}]:{}", std::net::Ipv6Addr::from(a), e.port),
+    }
+}
+
+impl Rows {
+    fn clear(&mut self) {
+        *self = Rows::default();
+    }
+
+    fn add(&mut self, v: &VerifiedFrame<'_>, body: &Body, layout: &Layout) {
+        match body {
+            Body::Samples(batch) => {
+                for (idx, s) in batch.as_slice().iter().enumerate() {
+                    let idx = i64::try_from(idx).unwrap_or(0);
+                    let p = s.pressure;
+                    let c = s.cpu;
+                    let m = s.memory;
+                    self.samples.push([
+                        Some(idx),
+                        Some(i(s.time_ms)),
+                        Some(i(s.interval_ms)),
+                        Some(i(s.uptime_s)),
+                        Some(i(c.user)),
+                        Some(i(c.nice)),
+                        Some(i(c.system)),
+                        Some(i(c.idle)),
+                        Some(i(c.iowait)),
+                        Some(i(c.irq)),
+                        Some(i(c.softirq)),
+                        Some(i(c.steal)),
+                        Some(i(m.total_kib)),
+                        Some(i(m.available_kib)),
+                        Some(i(m.swap_total_kib)),
+                        Some(i(m.swap_used_kib)),
+                        p.map(|p| i(p.cpu_some_ms)),
+                        p.map(|p| i(p.memory_some_ms)),
+                        p.map(|p| i(p.memory_full_ms)),
+                        p.map(|p| i(p.io_some_ms)),
+                        p.map(|p| i(p.io_full_ms)),
+                        Some(i(s.load_centi[0])),
+                        Some(i(s.load_centi[1])),
+                        Some(i(s.load_centi[2])),
+                        Some(i(s.processes)),
+                    ]);
+                    for n in &s.net {
+                        self.net.push((
+                            idx,
+                            Layout::name(&layout.interfaces, n.iface),
+                            [n.rx_bytes, n.rx_packets, n.rx_errors, n.rx_dropped, n.tx_bytes, n.tx_packets, n.tx_errors, n.tx_dropped].map(i),
+                        ));
+                    }
+                    for d in &s.disk {
+                        self.disk.push((
+                            idx,
+                            Layout::name(&layout.disks, d.disk),
+                            [d.reads, d.read_sectors, d.writes, d.write_sectors, d.io_ms].map(i),
+                        ));
+                    }
+                }
+            }
+            Body::Sockets(s) => {
+                for (idx, c) in s.changes.iter().enumerate() {
+                    self.sockets.push((
+                        i64::try_from(idx).unwrap_or(0),
+                        i(v.header().time_ms),
+                        s.snapshot,
+                        format!("{:?}", c.change).to_lowercase(),
+                        format!("{:?}", c.kind).to_lowercase(),
+                        format!("{:?}", c.proto).to_lowercase(),
+                        endpoint(&c.local),
+                        c.remote.as_ref().map(endpoint),
+                        i64::from(c.uid),
+                        c.process.to_string(),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn insert(&self, tx: &Connection, device: &str, boot: u32, seq: u64) -> Result<()> {
+        let seq = i(seq);
+        if !self.samples.is_empty() {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO samples(device, boot, seq, idx, time_ms, interval_ms, uptime_s,
+                    cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
+                    mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
+                    psi_cpu_some_ms, psi_memory_some_ms, psi_memory_full_ms, psi_io_some_ms, psi_io_full_ms,
+                    load1_centi, load5_centi, load15_centi, processes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                         ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
+            )?;
+            for s in &self.samples {
+                let mut p: Vec<&dyn rusqlite::ToSql> = vec![&device, &boot, &seq];
+                p.extend(s.iter().map(|v| v as &dyn rusqlite::ToSql));
+                st.execute(p.as_slice())?;
+            }
+        }
+        if !self.net.is_empty() {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO sample_net(device, boot, seq, idx, iface, rx_bytes, rx_packets, rx_errors, rx_dropped,
+                    tx_bytes, tx_packets, tx_errors, tx_dropped)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for (idx, iface, c) in &self.net {
+                st.execute(params![device, boot, seq, idx, iface, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])?;
+            }
+        }
+        if !self.disk.is_empty() {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO sample_disk(device, boot, seq, idx, disk, reads, read_sectors, writes, write_sectors, io_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for (idx, disk, c) in &self.disk {
+                st.execute(params![device, boot, seq, idx, disk, c[0], c[1], c[2], c[3], c[4]])?;
+            }
+        }
+        if !self.sockets.is_empty() {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO socket_changes(device, boot, seq, idx, time_ms, snapshot, change, kind, proto, local, remote, uid, process)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for s in &self.sockets {
+                st.execute(params![device, boot, seq, s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7, s.8, s.9])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load(conn: &Connection, device: &str, boot: u32, seq: u64) -> Result<Rows> {
+        let seq = i(seq);
+        let mut rows = Rows::default();
+        let mut st = conn.prepare_cached(
+            "SELECT idx, time_ms, interval_ms, uptime_s,
+                    cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
+                    mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
+                    psi_cpu_some_ms, psi_memory_some_ms, psi_memory_full_ms, psi_io_some_ms, psi_io_full_ms,
+                    load1_centi, load5_centi, load15_centi, processes
+             FROM samples WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx",
+        )?;
+        let mut q = st.query(params![device, boot, seq])?;
+        while let Some(r) = q.next()? {
+            let mut s = [None; 25];
+            for (k, slot) in s.iter_mut().enumerate() {
+                *slot = r.get::<_, Option<i64>>(k)?;
+            }
+            rows.samples.push(s);
+        }
+        let mut st = conn.prepare_cached(
+            "SELECT idx, iface, rx_bytes, rx_packets, rx_errors, rx_dropped, tx_bytes, tx_packets, tx_errors, tx_dropped
+             FROM sample_net WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx, iface",
+        )?;
+        let mut q = st.query(params![device, boot, seq])?;
+        while let Some(r) = q.next()? {
+            let mut c = [0i64; 8];
+            for (k, slot) in c.iter_mut().enumerate() {
+                *slot = r.get(k + 2)?;
+            }
+            rows.net.push((r.get(0)?, r.get(1)?, c));
+        }
+        let mut st = conn.prepare_cached(
+            "SELECT idx, disk, reads, read_sectors, writes, write_sectors, io_ms
+             FROM sample_disk WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx, disk",
+        )?;
+        let mut q = st.query(params![device, boot, seq])?;
+        while let Some(r) = q.next()? {
+            let mut c = [0i64; 5];
+            for (k, slot) in c.iter_mut().enumerate() {
+                *slot = r.get(k + 2)?;
+            }
+            rows.disk.push((r.get(0)?, r.get(1)?, c));
+        }
+        let mut st = conn.prepare_cached(
+            "SELECT idx, time_ms, snapshot, change, kind, proto, local, remote, uid, process
+             FROM socket_changes WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx",
+        )?;
+        let mut q = st.query(params![device, boot, seq])?;
+        while let Some(r) = q.next()? {
+            rows.sockets.push((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ));
+        }
+        Ok(rows)
+    }
+
+    fn sort(&mut self) {
+        self.net.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        self.disk.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    }
+
+    /// Names what differs (both sorted), for the audit report.
+    fn diff(&self, b: &Rows) -> String {
+        let a = self;
+        let mut what = Vec::new();
+        if a.samples != b.samples {
+            what.push("samples");
+        }
+        if a.net != b.net {
+            what.push("sample_net");
+        }
+        if a.disk != b.disk {
+            what.push("sample_disk");
+        }
+        if a.sockets != b.sockets {
+            what.push("socket_changes");
+        }
+        what.join(", ")
+    }
+}

@@ -1,0 +1,561 @@
+//! The single writer: takes verified frames from every connection, decides
+//! where each stands in its device's sequence space (SPEC.md §4), stores it
+//! exactly once in batched transactions, raises the transport alerts, and
+//! answers each connection with the ack it may send, only after the
+//! transaction is durable. Owns the one write connection to the archive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use vigil_protocol::body::{CheckStatus, FindingKind, Hello};
+use vigil_protocol::replay::{stand, Position, Standing};
+use vigil_protocol::{Ack, Body, DeviceId, VerifiedBuf, VerifyingKey};
+
+use crate::alert::{self, Raise};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{self, DeviceState, Layout, Store, Track};
+
+/// Work for the writer.
+pub enum Job {
+    /// Verified frames of one approved device from one connection, in
+    /// arrival order.
+    Frames {
+        device: DeviceId,
+        peer: Arc<str>,
+        frames: Vec<VerifiedBuf>,
+        received_ms: u64,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// A valid self-signed Hello from a device nobody enrolled.
+    Pending {
+        key: VerifyingKey,
+        hello: Box<Hello>,
+        peer: Arc<str>,
+        reply: oneshot::Sender<Reply>,
+    },
+    Raise(Raise),
+    /// Housekeeping: registry refresh, silence, unexplained holes, retention.
+    Tick,
+}
+
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// The ack the connection may send now (everything durable).
+    pub ack: Option<Ack>,
+    pub stored: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+}
+
+pub struct Settings {
+    pub silence_ms: u64,
+    pub loss_grace_ms: u64,
+    pub retention_ms: u64,
+    pub max_pending: u32,
+}
+
+struct DeviceTrack {
+    track: Option<Track>,
+    layout: Layout,
+    boot_id: Option<String>,
+}
+
+pub struct Writer {
+    store: Store,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    devices: HashMap<DeviceId, DeviceTrack>,
+    registry_version: i64,
+    silent: std::collections::HashSet<String>,
+}
+
+/// Most frames taken into one transaction.
+const BATCH_FRAMES: usize = 8192;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Writer {
+    pub fn new(store: Store, registry: Registry, metrics: Arc<Metrics>, settings: Settings) -> Result<Writer, store::StoreError> {
+        let mut w = Writer {
+            store,
+            registry,
+            metrics,
+            settings,
+            devices: HashMap::new(),
+            registry_version: -1,
+            silent: Default::default(),
+        };
+        w.refresh_registry()?;
+        Ok(w)
+    }
+
+    /// Re-reads who is trusted when an admin command changed it.
+    fn refresh_registry(&mut self) -> Result<(), store::StoreError> {
+        let v = self.store.registry_version()?;
+        if v == self.registry_version {
+            return Ok(());
+        }
+        self.registry_version = v;
+        let devices = self.store.devices()?;
+        for d in &devices {
+            if let Some(id) = DeviceId::from_hex(&d.id) {
+                self.devices.entry(id).or_insert_with(|| DeviceTrack {
+                    track: d.track.clone(),
+                    layout: d.hello.as_ref().map(Layout::from_json).unwrap_or_default(),
+                    boot_id: d
+                        .hello
+                        .as_ref()
+                        .and_then(|h| h.get("kernel_boot_id"))
+                        .and_then(|b| b.as_str())
+                        .map(str::to_string),
+                });
+            }
+        }
+        self.registry.replace(&devices);
+        Ok(())
+    }
+
+    /// Runs until every sender is gone, then returns (all work committed).
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut last_rollup = Instant::now();
+        while let Some(first) = rx.blocking_recv() {
+            let mut frames = job_frames(&first);
+            let mut jobs = vec![first];
+            while frames < BATCH_FRAMES {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        frames += job_frames(&j);
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let tick = jobs.iter().any(|j| matches!(j, Job::Tick));
+            jobs.retain(|j| !matches!(j, Job::Tick));
+            if !jobs.is_empty() {
+                self.commit(jobs);
+            }
+            if tick {
+                let rollup = last_rollup.elapsed() >= Duration::from_secs(3600);
+                if rollup {
+                    last_rollup = Instant::now();
+                }
+                if let Err(e) = self.housekeeping(rollup) {
+                    log::error!("housekeeping: {e}");
+                }
+            }
+        }
+        log::info!("archive writer stopped; everything received is committed");
+    }
+
+    fn commit(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let mut replies = Vec::with_capacity(jobs.len());
+        let result = (|| -> Result<(), store::StoreError> {
+            let tx = self.store.transaction()?;
+            for job in jobs {
+                match job {
+                    Job::Frames {
+                        device,
+                        peer,
+                        frames,
+                        received_ms,
+                        reply,
+                    } => {
+                        let r = ingest(&tx, &mut self.devices, &self.metrics, device, &peer, &frames, received_ms)?;
+                        replies.push((reply, r));
+                    }
+                    Job::Pending { key, hello, peer, reply } => {
+                        let pending = self.registry.pending_count();
+                        let id = DeviceId::of(&key).to_string();
+                        let now = now_ms();
+                        if u32::try_from(pending).unwrap_or(u32::MAX) >= self.settings.max_pending {
+                            let ev = json!({"peer": &*peer, "device": id, "pending": pending,
+                                            "limit": self.settings.max_pending});
+                            raise(&tx, &self.metrics, Raise::new(alert::PENDING_LIMIT, "", "", ev, now))?;
+                        } else {
+                            store::insert_pending(&tx, &key, &hello, &peer, now)?;
+                            self.registry.insert(DeviceId::of(&key), key, DeviceState::Pending);
+                            let ev = json!({"peer": &*peer, "hostname": hello.hostname.as_str(),
+                                            "kernel_release": hello.kernel_release.as_str(),
+                                            "expected": "an enrolled device",
+                                            "seen": "a valid self-signed Hello from a new key",
+                                            "approve_with": format!("vigil-collector approve {id}")});
+                            raise(&tx, &self.metrics, Raise::new(alert::PENDING_DEVICE, id.clone(), "", ev, now))?;
+                            log::info!("device {id} ({}) from {peer} is pending enrollment", hello.hostname);
+                        }
+                        replies.push((reply, Reply::default()));
+                    }
+                    Job::Raise(r) => raise(&tx, &self.metrics, r)?,
+                    Job::Tick => {}
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.metrics.observe_commit(started.elapsed());
+                for (reply, r) in replies {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                // Nothing was committed: no acks, the agents resend.
+                log::error!("archive transaction failed, nothing acknowledged: {e}");
+                // The in-memory tracks may be ahead of the archive now.
+                self.devices.clear();
+                self.registry_version = -1;
+                if let Err(e) = self.refresh_registry() {
+                    log::error!("re-reading the archive: {e}");
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, rollup: bool) -> Result<(), store::StoreError> {
+        self.refresh_registry()?;
+        let now = now_ms();
+        let tx = self.store.transaction()?;
+        // Silence: approved devices that stopped talking.
+        let silent = store::silent_devices(&tx, now.saturating_sub(self.settings.silence_ms))?;
+        let mut still = std::collections::HashSet::new();
+        for (id, last) in silent {
+            still.insert(id.clone());
+            if self.silent.contains(&id) {
+                continue;
+            }
+            let ev = json!({
+                "expected": format!("telemetry at least every {} s", self.settings.silence_ms / 1000),
+                "seen": last.map_or_else(|| "nothing since enrollment".to_string(),
+                                          |t| format!("last frame at {}", alert::rfc3339(t))),
+            });
+            raise(&tx, &self.metrics, Raise::new(alert::SILENCE, id, "", ev, now))?;
+        }
+        for id in self.silent.difference(&still) {
+            store::resolve_rule(&tx, id, alert::SILENCE.id)?;
+        }
+        self.silent = still;
+        // Holes nobody filled or explained in time.
+        for (id, d) in &mut self.devices {
+            let Some(t) = d.track.as_mut() else { continue };
+            let Some(since) = t.hole_since_ms else { continue };
+            if now.saturating_sub(since) < self.settings.loss_grace_ms {
+                continue;
+            }
+            let next = t.acked.map_or(0, |a| a + 1);
+            let upto = t.above.keys().next().copied().unwrap_or(t.high);
+            let ev = json!({
+                "boot": t.boot,
+                "missing_from": next, "missing_to": upto.saturating_sub(1),
+                "expected": "every sequence number stored or named by a Gap",
+                "seen": format!("{} frames missing for {} s", upto.saturating_sub(next),
+                                now.saturating_sub(since) / 1000),
+            });
+            raise(&tx, &self.metrics, Raise::new(alert::SEQUENCE_LOSS, id.to_string(), format!("{}/{next}", t.boot), ev, now))?;
+            // Alert once per hole; a resend can still fill it.
+            t.hole_since_ms = Some(u64::MAX / 2);
+        }
+        tx.commit()?;
+        if rollup {
+            let cutoff = now.saturating_sub(self.settings.retention_ms);
+            let n = self.store.roll_up(cutoff)?;
+            if n > 0 {
+                log::info!("rolled up {n} sample frames older than the retention period");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An integrity finding as evidence: what was expected, what was seen.
+fn finding(k: &FindingKind) -> serde_json::Value {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let meta = |m: &vigil_protocol::body::FileMeta| json!({"mode": format!("{:o}", m.mode), "uid": m.uid, "gid": m.gid});
+    match k {
+        FindingKind::Modified { expected, actual } => {
+            json!({"kind": "modified", "expected_sha256": hex(expected), "actual_sha256": hex(actual)})
+        }
+        FindingKind::Metadata { expected, actual } => {
+            json!({"kind": "metadata", "expected": meta(expected), "actual": meta(actual)})
+        }
+        FindingKind::Missing => json!({"kind": "missing"}),
+        FindingKind::Unexpected => json!({"kind": "unexpected"}),
+        FindingKind::TypeChanged => json!({"kind": "type-changed"}),
+        FindingKind::Unreadable => json!({"kind": "unreadable"}),
+        FindingKind::BadSignature => json!({"kind": "bad-signature"}),
+        FindingKind::UntrustedKey => json!({"kind": "untrusted-key"}),
+        FindingKind::Rollback { accepted, offered } => {
+            json!({"kind": "rollback", "accepted_version": accepted, "offered_version": offered})
+        }
+    }
+}
+
+fn job_frames(j: &Job) -> usize {
+    match j {
+        Job::Frames { frames, .. } => frames.len(),
+        _ => 1,
+    }
+}
+
+fn raise(tx: &rusqlite::Connection, metrics: &Metrics, r: Raise) -> Result<(), store::StoreError> {
+    let (_, new) = store::raise(tx, &r)?;
+    if new {
+        metrics.alert(r.rule.severity);
+        log::warn!("alert {} on {}: {}", r.rule.id, if r.device.is_empty() { "-" } else { &r.device }, r.evidence);
+    }
+    Ok(())
+}
+
+/// Marks `[first, first+count)` as stored or explained and moves `acked`
+/// over everything now contiguous.
+pub fn mark(t: &mut Track, first: u64, count: u64) {
+    if count == 0 {
+        return;
+    }
+    let next = t.acked.map_or(0, |a| a.saturating_add(1));
+    let mut start = first.max(next);
+    let mut end = first.saturating_add(count);
+    if start >= end {
+        return;
+    }
+    // Merge with overlapping or touching intervals.
+    let touching: Vec<(u64, u64)> = t
+        .above
+        .range(..=end)
+        .filter(|(_, &e)| e >= start)
+        .map(|(&s, &e)| (s, e))
+        .collect();
+    for (s, e) in touching {
+        t.above.remove(&s);
+        start = start.min(s);
+        end = end.max(e);
+    }
+    t.above.insert(start, end);
+    if let Some((&s, &e)) = t.above.iter().next() {
+        if s <= next {
+            t.above.remove(&s);
+            t.acked = Some(e - 1);
+        }
+    }
+}
+
+/// Whether some sequence below `high` is neither stored nor explained.
+fn has_hole(t: &Track) -> bool {
+    let next = t.acked.map_or(0, |a| a + 1);
+    next <= t.high
+}
+
+fn ingest(
+    tx: &rusqlite::Connection,
+    devices: &mut HashMap<DeviceId, DeviceTrack>,
+    metrics: &Metrics,
+    device: DeviceId,
+    peer: &str,
+    frames: &[VerifiedBuf],
+    received_ms: u64,
+) -> Result<Reply, store::StoreError> {
+    let id = device.to_string();
+    let d = devices.entry(device).or_insert_with(|| DeviceTrack {
+        track: None,
+        layout: Layout::default(),
+        boot_id: None,
+    });
+    let mut reply = Reply::default();
+    let mut latest_hello = None;
+    let mut touched = false;
+    for buf in frames {
+        let v = buf.frame();
+        let h = *v.header();
+        let highest = d.track.as_ref().map(|t| Position { boot: t.boot, seq: t.high });
+        let standing = stand(highest, &h);
+        match standing {
+            Standing::StaleBoot => {
+                reply.rejected += 1;
+                metrics.reject("replay");
+                let cur = d.track.as_ref().map_or(0, |t| t.boot);
+                let ev = json!({"peer": peer, "boot": h.boot, "seq": h.seq,
+                                "expected": format!("boot {cur} or later"),
+                                "seen": format!("a frame of older boot {}", h.boot)});
+                raise(tx, metrics, Raise::new(alert::REPLAY, id.clone(), "stale-boot", ev, received_ms))?;
+                continue;
+            }
+            Standing::First | Standing::NewBoot { .. } => {
+                if let Some(old) = d.track.as_ref().filter(|t| has_hole(t)) {
+                    let next = old.acked.map_or(0, |a| a + 1);
+                    let ev = json!({"boot": old.boot, "missing_from": next, "highest": old.high,
+                                    "expected": "every frame of the previous boot",
+                                    "seen": format!("a new boot {} with frames of boot {} missing", h.boot, old.boot)});
+                    raise(tx, metrics, Raise::new(alert::SEQUENCE_LOSS, id.clone(), format!("{}/{next}", old.boot), ev, received_ms))?;
+                }
+                d.track = Some(Track {
+                    boot: h.boot,
+                    high: h.seq,
+                    ..Track::default()
+                });
+            }
+            Standing::Ahead { .. } => {
+                if let Some(t) = d.track.as_mut() {
+                    t.high = h.seq;
+                }
+            }
+            Standing::Behind => {}
+        }
+        let body = v.body().ok();
+        if body.is_none() {
+            metrics.reject("malformed");
+            let ev = json!({"boot": h.boot, "seq": h.seq, "kind": v.kind().map(|k| k.name()),
+                            "expected": "a body this collector decodes", "seen": "archived undecoded"});
+            raise(tx, metrics, Raise::new(alert::MALFORMED, id.clone(), "", ev, received_ms))?;
+        }
+        if let Some(Body::Hello(hello)) = &body {
+            d.layout = Layout::of(hello);
+        }
+        let inserted = store::store_frame(tx, &v, body.as_ref(), &d.layout, received_ms)?;
+        touched = true;
+        let Some(t) = d.track.as_mut() else { continue };
+        if t.boot != h.boot {
+            continue;
+        }
+        mark(t, h.seq, 1);
+        if !inserted {
+            reply.duplicates += 1;
+            metrics.duplicate();
+            continue;
+        }
+        reply.stored += 1;
+        metrics.stored();
+        match &body {
+            Some(Body::Hello(hello)) => {
+                let boot_id: String = hello.kernel_boot_id.iter().map(|b| format!("{b:02x}")).collect();
+                if h.seq == 0 {
+                    if let Some(prev) = &d.boot_id {
+                        let (rule, seen) = if *prev == boot_id {
+                            (alert::AGENT_RESTART, "same kernel boot id")
+                        } else {
+                            (alert::REBOOT, "new kernel boot id")
+                        };
+                        let ev = json!({"boot": h.boot, "kernel_boot_id": boot_id, "previous_kernel_boot_id": prev,
+                                        "boot_time": alert::rfc3339(hello.boot_time_s.saturating_mul(1000)),
+                                        "expected": "the same sequence space", "seen": seen});
+                        raise(tx, metrics, Raise::new(rule, id.clone(), format!("{}", h.boot), ev, received_ms))?;
+                    }
+                }
+                d.boot_id = Some(boot_id);
+                latest_hello = Some(hello.clone());
+            }
+            Some(Body::Gap(g)) => {
+                for r in &g.ranges {
+                    mark(t, r.first, r.count);
+                }
+                let ev = json!({
+                    "boot": h.boot, "reason": format!("{:?}", g.reason), "kind": g.kind.name(),
+                    "dropped_frames": g.frames(), "dropped_samples": g.samples,
+                    "ranges": g.ranges.iter().map(|r| json!([r.first, r.count])).collect::<Vec<_>>(),
+                    "expected": "no telemetry dropped", "seen": format!("the agent dropped {} samples in {} frames", g.samples, g.frames()),
+                });
+                raise(tx, metrics, Raise::new(alert::AGENT_GAP, id.clone(), format!("{}/{}", h.boot, h.seq), ev, received_ms))?;
+            }
+            Some(Body::Integrity(i)) => {
+                for f in &i.findings {
+                    let path = String::from_utf8_lossy(&f.path).into_owned();
+                    let ev = json!({
+                        "manifest": {"class": i.manifest.class.name(), "issuer": i.manifest.issuer.as_str(),
+                                     "scope": i.manifest.scope.as_str(), "version": i.manifest.version},
+                        "path": path, "finding": finding(&f.kind),
+                        "expected": "exactly what the signed manifest lists",
+                    });
+                    raise(tx, metrics, Raise::new(alert::INTEGRITY, id.clone(), path, ev, received_ms))?;
+                }
+            }
+            Some(Body::Posture(p)) => {
+                for c in p.results.iter().filter(|c| c.status == CheckStatus::Fail) {
+                    let ev = json!({"check": c.id.as_str(), "title": c.title.as_str(),
+                                    "seen": c.evidence.as_str(), "expected": "pass"});
+                    raise(tx, metrics, Raise::new(alert::POSTURE, id.clone(), c.id.to_string(), ev, received_ms))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(t) = d.track.as_mut() {
+        if has_hole(t) {
+            t.hole_since_ms.get_or_insert(received_ms);
+        } else {
+            t.hole_since_ms = None;
+        }
+    }
+    if touched {
+        let track = d.track.clone().unwrap_or_default();
+        store::update_device(tx, &id, u64::try_from(frames.len()).unwrap_or(0), received_ms, &track, latest_hello.as_ref(), peer)?;
+    }
+    reply.ack = d.track.as_ref().and_then(|t| {
+        t.acked.map(|seq| Ack {
+            device,
+            boot: t.boot,
+            seq,
+        })
+    });
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn track() -> Track {
+        Track::default()
+    }
+
+    #[test]
+    fn contiguous_frames_advance_the_ack() {
+        let mut t = track();
+        mark(&mut t, 0, 1);
+        assert_eq!(t.acked, Some(0));
+        mark(&mut t, 1, 1);
+        assert_eq!(t.acked, Some(1));
+        assert!(t.above.is_empty());
+    }
+
+    #[test]
+    fn holes_hold_the_ack_until_filled_or_explained() {
+        let mut t = track();
+        mark(&mut t, 0, 1);
+        mark(&mut t, 5, 1);
+        mark(&mut t, 6, 1);
+        t.high = 6;
+        assert_eq!(t.acked, Some(0));
+        assert!(has_hole(&t));
+        assert_eq!(t.above, BTreeMap::from([(5, 7)]));
+        // A resend fills 1..=2, a Gap explains 3..=4.
+        mark(&mut t, 1, 1);
+        mark(&mut t, 2, 1);
+        assert_eq!(t.acked, Some(2));
+        mark(&mut t, 3, 2);
+        assert_eq!(t.acked, Some(6));
+        assert!(!has_hole(&t));
+        assert!(t.above.is_empty());
+        // Marks at or below the ack change nothing.
+        mark(&mut t, 0, 3);
+        assert_eq!(t.acked, Some(6));
+    }
+
+    #[test]
+    fn huge_ranges_do_not_overflow() {
+        let mut t = track();
+        mark(&mut t, u64::MAX - 3, 10);
+        assert_eq!(t.above, BTreeMap::from([(u64::MAX - 3, u64::MAX)]));
+        mark(&mut t, 0, u64::MAX);
+        assert_eq!(t.acked, Some(u64::MAX - 1));
+    }
+}
