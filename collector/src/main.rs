@@ -285,10 +285,21 @@ fn run() -> anyhow::Result<()> {
             let cfg = serve_config(&mut a)?;
             a.done()?;
             let (_tx, rx) = tokio::sync::watch::channel(false);
+            // Machine-readable lines for scripts and tests, then `ready`.
             serve::run(cfg, true, rx, |s| {
+                if let Some(a) = s.tls {
+                    out!("listening tls {a}");
+                }
                 if let Some(pin) = &s.pin {
                     out!("pin_sha256 = \"{pin}\"");
                 }
+                if let Some(a) = s.plain {
+                    out!("listening plain {a}");
+                }
+                if let Some(a) = s.metrics {
+                    out!("listening metrics {a}");
+                }
+                out!("ready");
             })
         }
         "quickstart" => {

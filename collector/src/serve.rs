@@ -64,7 +64,6 @@ pub fn run(cfg: Config, signals: bool, stop: watch::Receiver<bool>, on_start: im
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(256 * 1024)
         .build()?;
     let ctx = Arc::new(Ctx::new(registry.clone(), Arc::clone(&metrics), jobs_tx.clone(), cfg.limits.clone()));
     let (conn_stop_tx, conn_stop) = watch::channel(false);

@@ -528,9 +528,14 @@ impl Store {
             let device: String = r.get(0)?;
             let boot = u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX);
             let seq = u(r.get(2)?);
-            let bytes: Vec<u8> = r.get(3)?;
             report.frames += 1;
             let at = format!("frame {device}/{boot}/{seq}");
+            // Whatever was written into the column, audit it as bytes.
+            let bytes: Vec<u8> = match r.get_ref(3)? {
+                rusqlite::types::ValueRef::Blob(b) => b.to_vec(),
+                rusqlite::types::ValueRef::Text(t) => t.to_vec(),
+                _ => Vec::new(),
+            };
             let Some(Some(key)) = keys.get(&device) else {
                 report.problems.push(format!("{at}: no key on record for the device"));
                 continue;

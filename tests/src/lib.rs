@@ -4,6 +4,7 @@
 //! reaches into their internals.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
+pub mod collector;
 pub mod receiver;
 
 use std::path::PathBuf;
