@@ -107,7 +107,13 @@ pub struct Raise {
 }
 
 impl Raise {
-    pub fn new(rule: Rule, device: impl Into<String>, dedup: impl Into<String>, evidence: Value, time_ms: u64) -> Self {
+    pub fn new(
+        rule: Rule,
+        device: impl Into<String>,
+        dedup: impl Into<String>,
+        evidence: Value,
+        time_ms: u64,
+    ) -> Self {
         Raise {
             rule,
             device: device.into(),
@@ -153,10 +159,7 @@ impl Alert {
 }
 
 pub fn title(rule: &str) -> &'static str {
-    RULES
-        .iter()
-        .find(|r| r.id == rule)
-        .map_or("", |r| r.title)
+    RULES.iter().find(|r| r.id == rule).map_or("", |r| r.title)
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
@@ -228,7 +231,17 @@ pub fn syslog_5424(event: &Value, hostname: &str, pid: u32, time_ms: u64) -> Str
     let params: &[&str] = if audit {
         &["id", "actor", "action", "target"]
     } else {
-        &["id", "device", "device_name", "rule", "severity", "state", "count", "first_seen", "last_seen"]
+        &[
+            "id",
+            "device",
+            "device_name",
+            "rule",
+            "severity",
+            "state",
+            "count",
+            "first_seen",
+            "last_seen",
+        ]
     };
     for k in params {
         let v = match event.get(*k) {
@@ -255,7 +268,10 @@ pub fn summary(event: &Value) -> String {
             str_field(event, "actor"),
             str_field(event, "action"),
             str_field(event, "target"),
-            event.get("detail").map(Value::to_string).unwrap_or_default()
+            event
+                .get("detail")
+                .map(Value::to_string)
+                .unwrap_or_default()
         )
     } else {
         let name = str_field(event, "device_name");
@@ -265,16 +281,25 @@ pub fn summary(event: &Value) -> String {
             str_field(event, "rule"),
             str_field(event, "severity"),
             if device.is_empty() { "-" } else { device },
-            if name.is_empty() { String::new() } else { format!(" ({name})") },
+            if name.is_empty() {
+                String::new()
+            } else {
+                format!(" ({name})")
+            },
             str_field(event, "title"),
-            event.get("evidence").map(Value::to_string).unwrap_or_default()
+            event
+                .get("evidence")
+                .map(Value::to_string)
+                .unwrap_or_default()
         )
     }
 }
 
 /// CEF header fields escape `\` and `|`.
 fn cef_header(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|").replace(['\n', '\r'], " ")
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
 }
 
 /// CEF extension values escape `\`, `=` and line breaks.
@@ -296,9 +321,15 @@ pub fn cef_value(s: &str) -> String {
 pub fn cef(event: &Value) -> String {
     let audit = str_field(event, "type") == "audit";
     let (sig, name) = if audit {
-        (format!("audit.{}", str_field(event, "action")), "administrative action".to_string())
+        (
+            format!("audit.{}", str_field(event, "action")),
+            "administrative action".to_string(),
+        )
     } else {
-        (str_field(event, "rule").to_string(), str_field(event, "title").to_string())
+        (
+            str_field(event, "rule").to_string(),
+            str_field(event, "title").to_string(),
+        )
     };
     let mut ext = Vec::new();
     let mut push = |k: &str, v: String| {
@@ -314,22 +345,40 @@ pub fn cef(event: &Value) -> String {
             .map(|v| v.to_string())
             .unwrap_or_default()
     };
-    push("externalId", event.get("id").map(Value::to_string).unwrap_or_default());
+    push(
+        "externalId",
+        event.get("id").map(Value::to_string).unwrap_or_default(),
+    );
     if audit {
         push("suser", str_field(event, "actor").to_string());
         push("act", str_field(event, "action").to_string());
         push("duid", str_field(event, "target").to_string());
         push("rt", ms("time"));
-        push("msg", event.get("detail").map(Value::to_string).unwrap_or_default());
+        push(
+            "msg",
+            event
+                .get("detail")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+        );
     } else {
         push("deviceExternalId", str_field(event, "device").to_string());
         push("dvchost", str_field(event, "device_name").to_string());
         push("start", ms("first_seen"));
         push("end", ms("last_seen"));
-        push("cnt", event.get("count").map(Value::to_string).unwrap_or_default());
+        push(
+            "cnt",
+            event.get("count").map(Value::to_string).unwrap_or_default(),
+        );
         push("outcome", str_field(event, "state").to_string());
         push("cs1Label", "evidence".to_string());
-        push("cs1", event.get("evidence").map(Value::to_string).unwrap_or_default());
+        push(
+            "cs1",
+            event
+                .get("evidence")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+        );
     }
     format!(
         "CEF:0|Vigil|vigil-collector|{}|{}|{}|{}|{}",
@@ -365,9 +414,15 @@ mod tests {
     #[test]
     fn rfc3339_round_trips_seconds() {
         assert_eq!(rfc3339(1_795_948_000_123), "2026-11-29T06:26:40.123Z");
-        assert_eq!(parse_rfc3339("2026-11-29T06:26:40Z"), Some(1_795_948_000_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-29T06:26:40Z"),
+            Some(1_795_948_000_000)
+        );
         assert_eq!(parse_rfc3339("2026-11-29"), Some(1_795_910_400_000));
-        assert_eq!(parse_rfc3339("2026-11-29T06:26:40.123Z"), Some(1_795_948_000_123));
+        assert_eq!(
+            parse_rfc3339("2026-11-29T06:26:40.123Z"),
+            Some(1_795_948_000_123)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
@@ -375,7 +430,10 @@ mod tests {
     fn syslog_structured_data_is_escaped() {
         let line = syslog_5424(&alert(), "collector1", 42, 1_795_948_000_000);
         assert!(line.starts_with("<35>1 2026-11-29T06:26:40.000Z collector1 vigil-collector 42 alert [vigil@32473 id=\"7\""), "{line}");
-        assert!(line.contains(r#"device_name="ct|scanner=7 \"east\]""#), "{line}");
+        assert!(
+            line.contains(r#"device_name="ct|scanner=7 \"east\]""#),
+            "{line}"
+        );
         assert!(line.contains("rule=\"integrity.finding\""), "{line}");
     }
 
@@ -383,12 +441,21 @@ mod tests {
     fn cef_escapes_header_and_extension() {
         let line = cef(&alert());
         assert!(line.starts_with("CEF:0|Vigil|vigil-collector|"), "{line}");
-        assert!(line.contains("|integrity.finding|files differ from the signed manifest|8|"), "{line}");
+        assert!(
+            line.contains("|integrity.finding|files differ from the signed manifest|8|"),
+            "{line}"
+        );
         assert!(line.contains(r"dvchost=ct|scanner\=7 "), "{line}");
         // The evidence JSON has a backslash-escaped backslash and \n; CEF
         // escapes each backslash again and the `=`.
-        assert!(line.contains(r#"cs1={"path":"/usr/bin/a\=b\\\\c\\nd"}"#), "{line}");
-        assert!(line.contains("start=1795948000123 end=1795948060000 cnt=3"), "{line}");
+        assert!(
+            line.contains(r#"cs1={"path":"/usr/bin/a\=b\\\\c\\nd"}"#),
+            "{line}"
+        );
+        assert!(
+            line.contains("start=1795948000123 end=1795948060000 cnt=3"),
+            "{line}"
+        );
         assert!(!line.contains('\n'));
     }
 }

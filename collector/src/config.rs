@@ -275,7 +275,11 @@ path = "/var/log/vigil.cef"
         let e = Config::parse("[limits]\nmax_conections = 3\n").unwrap_err();
         assert!(e.contains("max_conections"), "{e}");
         let c = Config::parse("plain_listen = \"127.0.0.1:7080\"\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("plain_listen"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("plain_listen"));
         let c = Config::parse("[limits]\nmax_frame_bytes = 9000\n").unwrap();
         assert!(c
             .validate()

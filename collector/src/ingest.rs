@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use vigil_protocol::body::Hello;
 use vigil_protocol::cobs::{FrameDecoder, FrameError};
 use vigil_protocol::replay::ConnectionOrder;
-use vigil_protocol::{to_wire, Ack, BodyKind, DeviceId, SignedFrame, VerifiedBuf, VerifyingKey, MAX_FRAME_LEN};
+use vigil_protocol::{
+    to_wire, Ack, BodyKind, DeviceId, SignedFrame, VerifiedBuf, VerifyingKey, MAX_FRAME_LEN,
+};
 
 use crate::alert::{self, Raise};
 use crate::config::Limits;
@@ -32,7 +34,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(registry: Registry, metrics: Arc<Metrics>, jobs: mpsc::Sender<Job>, limits: Limits) -> Ctx {
+    pub fn new(
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        jobs: mpsc::Sender<Job>,
+        limits: Limits,
+    ) -> Ctx {
         Ctx {
             registry,
             metrics,
@@ -130,7 +137,16 @@ impl Session {
                 m.reject("wrong_device");
                 let ev = json!({"peer": &*self.peer, "claimed": h.device.to_string(),
                                 "expected": "one device per connection", "seen": "a second device id"});
-                self.raise(&mut fed, Raise::new(alert::REPLAY, self.device.map(|d| d.to_string()).unwrap_or_default(), "mixed-devices", ev, now));
+                self.raise(
+                    &mut fed,
+                    Raise::new(
+                        alert::REPLAY,
+                        self.device.map(|d| d.to_string()).unwrap_or_default(),
+                        "mixed-devices",
+                        ev,
+                        now,
+                    ),
+                );
                 fed.close = true;
                 break;
             }
@@ -142,7 +158,16 @@ impl Session {
                             let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
                                             "expected": "strictly increasing (boot, seq) on a connection",
                                             "seen": "a frame at or below the previous one"});
-                            self.raise(&mut fed, Raise::new(alert::REPLAY, h.device.to_string(), "connection-order", ev, now));
+                            self.raise(
+                                &mut fed,
+                                Raise::new(
+                                    alert::REPLAY,
+                                    h.device.to_string(),
+                                    "connection-order",
+                                    ev,
+                                    now,
+                                ),
+                            );
                             continue;
                         }
                         self.device = Some(h.device);
@@ -153,13 +178,19 @@ impl Session {
                         m.reject("bad_signature");
                         let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
                                         "expected": "a signature by the enrolled key", "seen": "a signature that does not verify"});
-                        self.raise(&mut fed, Raise::new(alert::BAD_SIGNATURE, h.device.to_string(), "", ev, now));
+                        self.raise(
+                            &mut fed,
+                            Raise::new(alert::BAD_SIGNATURE, h.device.to_string(), "", ev, now),
+                        );
                     }
                 },
                 Some((_, DeviceState::Revoked)) => {
                     m.reject("revoked_device");
                     let ev = json!({"peer": &*self.peer, "expected": "no frames from a revoked key", "seen": "a connection from it"});
-                    self.raise(&mut fed, Raise::new(alert::REVOKED_DEVICE, h.device.to_string(), "", ev, now));
+                    self.raise(
+                        &mut fed,
+                        Raise::new(alert::REVOKED_DEVICE, h.device.to_string(), "", ev, now),
+                    );
                     fed.close = true;
                     break;
                 }
@@ -184,7 +215,10 @@ impl Session {
                             let ev = json!({"peer": &*self.peer, "claimed": h.device.to_string(),
                                             "expected": "an enrolled device or a self-signed Hello",
                                             "seen": if is_hello { "a Hello that is not self-signed" } else { "frames from an unknown key" }});
-                            self.raise(&mut fed, Raise::new(alert::UNKNOWN_DEVICE, "", "", ev, now));
+                            self.raise(
+                                &mut fed,
+                                Raise::new(alert::UNKNOWN_DEVICE, "", "", ev, now),
+                            );
                         }
                     }
                     fed.close = true;
@@ -200,7 +234,15 @@ impl Session {
 async fn submit(ctx: &Ctx, fed: &mut Fed, peer: &Arc<str>, received_ms: u64) -> Option<Reply> {
     if let Some((key, hello)) = fed.pending.take() {
         let (tx, rx) = oneshot::channel();
-        ctx.jobs.send(Job::Pending { key, hello, peer: Arc::clone(peer), reply: tx }).await.ok()?;
+        ctx.jobs
+            .send(Job::Pending {
+                key,
+                hello,
+                peer: Arc::clone(peer),
+                reply: tx,
+            })
+            .await
+            .ok()?;
         return rx.await.ok();
     }
     let device = fed.device?;
@@ -210,7 +252,13 @@ async fn submit(ctx: &Ctx, fed: &mut Fed, peer: &Arc<str>, received_ms: u64) -> 
     }
     let (tx, rx) = oneshot::channel();
     ctx.jobs
-        .send(Job::Frames { device, peer: Arc::clone(peer), frames, received_ms, reply: tx })
+        .send(Job::Frames {
+            device,
+            peer: Arc::clone(peer),
+            frames,
+            received_ms,
+            reply: tx,
+        })
         .await
         .ok()?;
     rx.await.ok()
@@ -229,7 +277,11 @@ struct Pace {
 
 impl Pace {
     fn new(limit: u32) -> Pace {
-        Pace { limit, window: Instant::now(), count: 0 }
+        Pace {
+            limit,
+            window: Instant::now(),
+            count: 0,
+        }
     }
 
     /// How long to pause after `n` more frames.
@@ -238,14 +290,22 @@ impl Pace {
             self.window = Instant::now();
             self.count = 0;
         }
-        self.count = self.count.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-        (self.count > self.limit).then(|| Duration::from_secs(1).saturating_sub(self.window.elapsed()))
+        self.count = self
+            .count
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        (self.count > self.limit)
+            .then(|| Duration::from_secs(1).saturating_sub(self.window.elapsed()))
     }
 }
 
 /// Serves one TCP or TLS stream until the peer leaves, idles out, breaks a
 /// rule or the collector stops.
-pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, peer: Arc<str>, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    peer: Arc<str>,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut session = Session::new(Arc::clone(&peer));
     let mut buf = vec![0u8; 16 * 1024];
     let mut pace = Pace::new(ctx.limits.frames_per_s);
@@ -270,7 +330,9 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, peer: Arc<str>, 
         let frames = fed.frames.len();
         let close = fed.close;
         if fed.pending.is_some() || frames > 0 {
-            let Some(reply) = submit(&ctx, &mut fed, &peer, now_ms()).await else { break };
+            let Some(reply) = submit(&ctx, &mut fed, &peer, now_ms()).await else {
+                break;
+            };
             if let Some(wire) = reply.ack.as_ref().and_then(ack_wire) {
                 if s.write_all(&wire).await.is_err() || s.flush().await.is_err() {
                     break;
@@ -315,7 +377,12 @@ impl Drop for Open {
 
 /// Accepts TCP connections; with `tls`, each must finish a TLS 1.3
 /// handshake within the handshake timeout.
-pub async fn listen(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+pub async fn listen(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<Ctx>,
+    stop: watch::Receiver<bool>,
+) {
     loop {
         let mut stop_rx = stop.clone();
         let accepted = tokio::select! {
@@ -410,13 +477,28 @@ pub fn serial(path: std::path::PathBuf, baud: u32, ctx: Arc<Ctx>, stop: Arc<Atom
             }
             let reply = if let Some((key, hello)) = fed.pending.take() {
                 let (tx, rx) = oneshot::channel();
-                if ctx.jobs.blocking_send(Job::Pending { key, hello, peer: Arc::clone(&peer), reply: tx }).is_err() {
+                if ctx
+                    .jobs
+                    .blocking_send(Job::Pending {
+                        key,
+                        hello,
+                        peer: Arc::clone(&peer),
+                        reply: tx,
+                    })
+                    .is_err()
+                {
                     return;
                 }
                 rx.blocking_recv().ok()
             } else if let (Some(device), false) = (fed.device, fed.frames.is_empty()) {
                 let (tx, rx) = oneshot::channel();
-                let job = Job::Frames { device, peer: Arc::clone(&peer), frames: std::mem::take(&mut fed.frames), received_ms: now_ms(), reply: tx };
+                let job = Job::Frames {
+                    device,
+                    peer: Arc::clone(&peer),
+                    frames: std::mem::take(&mut fed.frames),
+                    received_ms: now_ms(),
+                    reply: tx,
+                };
                 if ctx.jobs.blocking_send(job).is_err() {
                     return;
                 }

@@ -148,7 +148,11 @@ impl Args {
     }
 
     fn flag(&mut self, name: &str) -> bool {
-        match self.options.iter().position(|(k, v)| k == name && v.is_none()) {
+        match self
+            .options
+            .iter()
+            .position(|(k, v)| k == name && v.is_none())
+        {
             Some(i) => {
                 self.options.remove(i);
                 true
@@ -167,8 +171,11 @@ impl Args {
     fn number<T: std::str::FromStr>(&mut self, name: &str) -> anyhow::Result<Option<T>> {
         self.take(name)
             .map(|v| {
-                v.parse()
-                    .map_err(|_| anyhow!(Exit::Config(format!("--{name}: `{v}` is not a valid number"))))
+                v.parse().map_err(|_| {
+                    anyhow!(Exit::Config(format!(
+                        "--{name}: `{v}` is not a valid number"
+                    )))
+                })
             })
             .transpose()
     }
@@ -207,10 +214,35 @@ impl Args {
 }
 
 const VALUE_OPTIONS: &[&str] = &[
-    "config", "state-dir", "listen", "tls-cert", "tls-key", "plain-listen", "serial", "metrics-listen",
-    "retention-days", "silence-s", "loss-grace-s", "max-connections", "frames-per-s", "idle-timeout-s",
-    "handshake-timeout-s", "unknown-per-minute", "max-pending", "sink-json", "sink-syslog", "sink-cef",
-    "key", "name", "model", "device", "severity", "from", "to", "format", "duration-s",
+    "config",
+    "state-dir",
+    "listen",
+    "tls-cert",
+    "tls-key",
+    "plain-listen",
+    "serial",
+    "metrics-listen",
+    "retention-days",
+    "silence-s",
+    "loss-grace-s",
+    "max-connections",
+    "frames-per-s",
+    "idle-timeout-s",
+    "handshake-timeout-s",
+    "unknown-per-minute",
+    "max-pending",
+    "sink-json",
+    "sink-syslog",
+    "sink-cef",
+    "key",
+    "name",
+    "model",
+    "device",
+    "severity",
+    "from",
+    "to",
+    "format",
+    "duration-s",
 ];
 
 fn parse_args() -> anyhow::Result<(String, Args)> {
@@ -243,7 +275,12 @@ fn parse_args() -> anyhow::Result<(String, Args)> {
             Long(name) => {
                 let name = name.to_string();
                 let v = if VALUE_OPTIONS.contains(&name.as_str()) {
-                    Some(p.value().map_err(usage)?.string().map_err(|_| usage(format!("--{name}: not UTF-8")))?)
+                    Some(
+                        p.value()
+                            .map_err(usage)?
+                            .string()
+                            .map_err(|_| usage(format!("--{name}: not UTF-8")))?,
+                    )
                 } else {
                     None
                 };
@@ -308,25 +345,42 @@ fn run() -> anyhow::Result<()> {
             quickstart::run(duration)
         }
         "enroll" => {
-            let key_text = a.take("key").ok_or_else(|| usage("enroll needs --key (from `vigil-agent id`)"))?;
+            let key_text = a
+                .take("key")
+                .ok_or_else(|| usage("enroll needs --key (from `vigil-agent id`)"))?;
             let name = a.take("name").ok_or_else(|| usage("enroll needs --name"))?;
             let model = a.take("model").unwrap_or_default();
             a.done()?;
             let key = vigil_protocol::frame::parse_public_key(key_text.trim())
                 .filter(|k| !k.is_weak())
-                .ok_or_else(|| usage(format!("--key: `{key_text}` is not an ed25519:<base64> device key")))?;
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--key: `{key_text}` is not an ed25519:<base64> device key"
+                    ))
+                })?;
             let cfg = a.config()?;
             std::fs::create_dir_all(&cfg.state_dir)
                 .with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
             let mut store = Store::open(&cfg.db_path())?;
             let id = store.enroll(&key, &name, &model, &actor(), now)?;
-            out!("enrolled device {id} as {name:?}{}", if model.is_empty() { String::new() } else { format!(" (model {model})") });
+            out!(
+                "enrolled device {id} as {name:?}{}",
+                if model.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (model {model})")
+                }
+            );
             Ok(())
         }
         "approve" | "revoke" => {
             let what = a.one("DEVICE")?;
             a.done()?;
-            let state = if command == "approve" { DeviceState::Approved } else { DeviceState::Revoked };
+            let state = if command == "approve" {
+                DeviceState::Approved
+            } else {
+                DeviceState::Revoked
+            };
             let d = a.store()?.set_state(&what, state, &actor(), now)?;
             out!("device {} ({}) is now {}", d.id, d.name, d.state.name());
             Ok(())
@@ -352,28 +406,47 @@ fn run() -> anyhow::Result<()> {
             let device = a.take("device");
             let severity = a
                 .take("severity")
-                .map(|s| alert::Severity::from_name(&s).ok_or_else(|| usage(format!("--severity: `{s}` is not info|low|medium|high|critical"))))
+                .map(|s| {
+                    alert::Severity::from_name(&s).ok_or_else(|| {
+                        usage(format!(
+                            "--severity: `{s}` is not info|low|medium|high|critical"
+                        ))
+                    })
+                })
                 .transpose()?;
             a.done()?;
             let store = a.store()?;
-            let device = device.map(|d| store.find_device(&d).map(|d| d.id)).transpose()?;
+            let device = device
+                .map(|d| store.find_device(&d).map(|d| d.id))
+                .transpose()?;
             let alerts = store.alerts(open, device.as_deref(), severity)?;
             views::alerts(&alerts, a.json);
             Ok(())
         }
         "ack" | "resolve" => {
-            let id: i64 = a.one("ALERT")?.parse().map_err(|_| usage("ALERT is an alert number (see `alerts`)"))?;
+            let id: i64 = a
+                .one("ALERT")?
+                .parse()
+                .map_err(|_| usage("ALERT is an alert number (see `alerts`)"))?;
             a.done()?;
-            let state = if command == "ack" { "acknowledged" } else { "resolved" };
+            let state = if command == "ack" {
+                "acknowledged"
+            } else {
+                "resolved"
+            };
             let al = a.store()?.set_alert_state(id, state, &actor(), now)?;
             out!("alert {} ({}) is now {}", al.id, al.rule, al.state);
             Ok(())
         }
         "export" => {
-            let device = a.take("device").ok_or_else(|| usage("export needs --device"))?;
+            let device = a
+                .take("device")
+                .ok_or_else(|| usage("export needs --device"))?;
             let time = |v: Option<String>, default: u64| -> anyhow::Result<u64> {
                 v.map_or(Ok(default), |t| {
-                    alert::parse_rfc3339(&t).ok_or_else(|| usage(format!("`{t}` is not YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ")))
+                    alert::parse_rfc3339(&t).ok_or_else(|| {
+                        usage(format!("`{t}` is not YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"))
+                    })
                 })
             };
             let from = time(a.take("from"), 0)?;
@@ -393,7 +466,10 @@ fn run() -> anyhow::Result<()> {
             a.done()?;
             let report = a.store()?.audit()?;
             if a.json {
-                out!("{}", json!({"frames": report.frames, "problems": report.problems}));
+                out!(
+                    "{}",
+                    json!({"frames": report.frames, "problems": report.problems})
+                );
             } else {
                 for p in &report.problems {
                     out!("{p}");
@@ -434,14 +510,20 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn addr(name: &str, v: &str) -> anyhow::Result<std::net::SocketAddr> {
-    v.parse()
-        .map_err(|_| anyhow!(Exit::Config(format!("--{name}: `{v}` is not HOST:PORT (an IP address and port)"))))
+    v.parse().map_err(|_| {
+        anyhow!(Exit::Config(format!(
+            "--{name}: `{v}` is not HOST:PORT (an IP address and port)"
+        )))
+    })
 }
 
 fn net_sink(name: &str, v: &str) -> anyhow::Result<(std::net::SocketAddr, Transport)> {
     match v.strip_suffix("/tcp") {
         Some(a) => Ok((addr(name, a)?, Transport::Tcp)),
-        None => Ok((addr(name, v.strip_suffix("/udp").unwrap_or(v))?, Transport::Udp)),
+        None => Ok((
+            addr(name, v.strip_suffix("/udp").unwrap_or(v))?,
+            Transport::Udp,
+        )),
     }
 }
 
@@ -467,12 +549,17 @@ fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
     }
     for s in a.take_all("serial") {
         let (dev, baud) = match s.rsplit_once(':') {
-            Some((d, b)) if b.chars().all(|c| c.is_ascii_digit()) && !b.is_empty() => {
-                (d.to_string(), b.parse().map_err(|_| anyhow!(Exit::Config(format!("--serial: bad baud in `{s}`"))))?)
-            }
+            Some((d, b)) if b.chars().all(|c| c.is_ascii_digit()) && !b.is_empty() => (
+                d.to_string(),
+                b.parse()
+                    .map_err(|_| anyhow!(Exit::Config(format!("--serial: bad baud in `{s}`"))))?,
+            ),
             _ => (s.clone(), 115_200),
         };
-        cfg.serial.push(config::SerialPort { device: dev.into(), baud });
+        cfg.serial.push(config::SerialPort {
+            device: dev.into(),
+            baud,
+        });
     }
     if let Some(v) = a.take("metrics-listen") {
         cfg.metrics_listen = Some(addr("metrics-listen", &v)?);
@@ -512,14 +599,26 @@ fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
         cfg.sinks.push(Sink::Syslog { address, transport });
     }
     for v in a.take_all("sink-cef") {
-        let stripped = v.strip_suffix("/tcp").or_else(|| v.strip_suffix("/udp")).unwrap_or(&v);
+        let stripped = v
+            .strip_suffix("/tcp")
+            .or_else(|| v.strip_suffix("/udp"))
+            .unwrap_or(&v);
         if stripped.parse::<std::net::SocketAddr>().is_ok() {
             let (address, transport) = net_sink("sink-cef", &v)?;
-            cfg.sinks.push(Sink::Cef { address: Some(address), transport, path: None });
+            cfg.sinks.push(Sink::Cef {
+                address: Some(address),
+                transport,
+                path: None,
+            });
         } else {
-            cfg.sinks.push(Sink::Cef { address: None, transport: Transport::Udp, path: Some(v.into()) });
+            cfg.sinks.push(Sink::Cef {
+                address: None,
+                transport: Transport::Udp,
+                path: Some(v.into()),
+            });
         }
     }
-    cfg.validate().map_err(|e| anyhow!(Exit::Config(e.to_string())))?;
+    cfg.validate()
+        .map_err(|e| anyhow!(Exit::Config(e.to_string())))?;
     Ok(cfg)
 }

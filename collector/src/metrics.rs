@@ -28,7 +28,9 @@ pub const REJECT_REASONS: &[&str] = &[
 ];
 
 /// Ack latency buckets, seconds.
-const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -102,41 +104,131 @@ impl Metrics {
         let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        counter(&mut o, "vigil_collector_frames_received_total", "Frames decoded from all links, before verification.", self.frames_received.load(Relaxed));
-        counter(&mut o, "vigil_collector_frames_stored_total", "Verified frames durably stored (each sequence number once).", self.frames_stored.load(Relaxed));
-        counter(&mut o, "vigil_collector_frames_duplicate_total", "Verified frames already in the archive (resends), acked again.", self.frames_duplicate.load(Relaxed));
+        counter(
+            &mut o,
+            "vigil_collector_frames_received_total",
+            "Frames decoded from all links, before verification.",
+            self.frames_received.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_frames_stored_total",
+            "Verified frames durably stored (each sequence number once).",
+            self.frames_stored.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_frames_duplicate_total",
+            "Verified frames already in the archive (resends), acked again.",
+            self.frames_duplicate.load(Relaxed),
+        );
         let _ = writeln!(o, "# HELP vigil_collector_frames_rejected_total Frames rejected, by reason.\n# TYPE vigil_collector_frames_rejected_total counter");
         for (r, c) in REJECT_REASONS.iter().zip(&self.rejected) {
-            let _ = writeln!(o, "vigil_collector_frames_rejected_total{{reason=\"{r}\"}} {}", c.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "vigil_collector_frames_rejected_total{{reason=\"{r}\"}} {}",
+                c.load(Relaxed)
+            );
         }
         let _ = writeln!(o, "# HELP vigil_collector_devices Devices by enrollment state.\n# TYPE vigil_collector_devices gauge");
-        for s in [DeviceState::Pending, DeviceState::Approved, DeviceState::Revoked] {
-            let _ = writeln!(o, "vigil_collector_devices{{state=\"{}\"}} {}", s.name(), registry.count(s));
+        for s in [
+            DeviceState::Pending,
+            DeviceState::Approved,
+            DeviceState::Revoked,
+        ] {
+            let _ = writeln!(
+                o,
+                "vigil_collector_devices{{state=\"{}\"}} {}",
+                s.name(),
+                registry.count(s)
+            );
         }
-        gauge(&mut o, "vigil_collector_connections_open", "Open device connections (TLS and plain).", self.connections_open.load(Relaxed));
-        counter(&mut o, "vigil_collector_connections_total", "Connections accepted.", self.connections_total.load(Relaxed));
-        counter(&mut o, "vigil_collector_connections_refused_total", "Connections refused at the connection limit.", self.connections_refused.load(Relaxed));
-        counter(&mut o, "vigil_collector_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", self.tls_handshake_failures.load(Relaxed));
-        counter(&mut o, "vigil_collector_idle_timeouts_total", "Connections closed for idleness.", self.timeouts.load(Relaxed));
+        gauge(
+            &mut o,
+            "vigil_collector_connections_open",
+            "Open device connections (TLS and plain).",
+            self.connections_open.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_connections_total",
+            "Connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_connections_refused_total",
+            "Connections refused at the connection limit.",
+            self.connections_refused.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out.",
+            self.tls_handshake_failures.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_idle_timeouts_total",
+            "Connections closed for idleness.",
+            self.timeouts.load(Relaxed),
+        );
         let _ = writeln!(o, "# HELP vigil_collector_alerts_total Alerts opened, by severity.\n# TYPE vigil_collector_alerts_total counter");
-        for (s, c) in [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical]
-            .iter()
-            .zip(&self.alerts)
+        for (s, c) in [
+            Severity::Info,
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .iter()
+        .zip(&self.alerts)
         {
-            let _ = writeln!(o, "vigil_collector_alerts_total{{severity=\"{}\"}} {}", s.name(), c.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "vigil_collector_alerts_total{{severity=\"{}\"}} {}",
+                s.name(),
+                c.load(Relaxed)
+            );
         }
         let _ = writeln!(o, "# HELP vigil_collector_ack_latency_seconds Time from a frame's arrival to its ack being written.\n# TYPE vigil_collector_ack_latency_seconds histogram");
         for (b, c) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(o, "vigil_collector_ack_latency_seconds_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "vigil_collector_ack_latency_seconds_bucket{{le=\"{b}\"}} {}",
+                c.load(Relaxed)
+            );
         }
         let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(o, "vigil_collector_ack_latency_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(o, "vigil_collector_ack_latency_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            o,
+            "vigil_collector_ack_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "vigil_collector_ack_latency_seconds_sum {}",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(o, "vigil_collector_ack_latency_seconds_count {count}");
-        counter(&mut o, "vigil_collector_commits_total", "Archive transactions committed.", self.commits.load(Relaxed));
+        counter(
+            &mut o,
+            "vigil_collector_commits_total",
+            "Archive transactions committed.",
+            self.commits.load(Relaxed),
+        );
         let _ = writeln!(o, "# HELP vigil_collector_commit_seconds_total Time spent in archive transactions.\n# TYPE vigil_collector_commit_seconds_total counter\nvigil_collector_commit_seconds_total {}", self.commit_us.load(Relaxed) as f64 / 1e6);
-        counter(&mut o, "vigil_collector_events_emitted_total", "Alert and audit events delivered to sinks.", self.events_emitted.load(Relaxed));
-        counter(&mut o, "vigil_collector_sink_errors_total", "Failed deliveries to sinks (retried).", self.sink_errors.load(Relaxed));
+        counter(
+            &mut o,
+            "vigil_collector_events_emitted_total",
+            "Alert and audit events delivered to sinks.",
+            self.events_emitted.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_sink_errors_total",
+            "Failed deliveries to sinks (retried).",
+            self.sink_errors.load(Relaxed),
+        );
         o
     }
 }
@@ -159,7 +251,8 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, reg
                 let body = metrics.render(&registry);
                 format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
             };
             let _ = s.write_all(resp.as_bytes()).await;
             let _ = s.shutdown().await;

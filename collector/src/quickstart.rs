@@ -67,8 +67,14 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
     signals.add(Signal::SIGTERM);
     signals.thread_block().context("blocking signals")?;
 
-    agent(&agent_bin, &["keygen", "--state-dir", &agent_dir.to_string_lossy()])?;
-    let id = agent(&agent_bin, &["id", "--state-dir", &agent_dir.to_string_lossy()])?;
+    agent(
+        &agent_bin,
+        &["keygen", "--state-dir", &agent_dir.to_string_lossy()],
+    )?;
+    let id = agent(
+        &agent_bin,
+        &["id", "--state-dir", &agent_dir.to_string_lossy()],
+    )?;
     let key = id
         .lines()
         .find_map(|l| l.strip_prefix("key "))
@@ -83,10 +89,18 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
         state_dir: collector_dir.clone(),
         listen: Some(([127, 0, 0, 1], 0).into()),
         silence_s: 30,
-        sinks: vec![Sink::Json { path: alerts_file.clone() }],
+        sinks: vec![Sink::Json {
+            path: alerts_file.clone(),
+        }],
         ..Config::default()
     };
-    let device = Store::open(&cfg.db_path())?.enroll(&key, &host, "quickstart", "quickstart", crate::writer::now_ms())?;
+    let device = Store::open(&cfg.db_path())?.enroll(
+        &key,
+        &host,
+        "quickstart",
+        "quickstart",
+        crate::writer::now_ms(),
+    )?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -127,7 +141,11 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
 
     out!("Vigil quickstart");
     out!("  collector  TLS 1.3 on {addr}, certificate pin {pin}");
-    out!("  agent      {} (device {device}, pid {})", agent_bin.display(), child.id());
+    out!(
+        "  agent      {} (device {device}, pid {})",
+        agent_bin.display(),
+        child.id()
+    );
     out!("  state      {}", dir.display());
     out!("Ctrl-C stops both.\n");
 
@@ -145,11 +163,16 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
     let mut shown_alerts = 0i64;
     let mut next_view = Instant::now() + Duration::from_secs(2);
     loop {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) || until.is_some_and(|u| Instant::now() >= u) {
+        if stop.load(std::sync::atomic::Ordering::SeqCst)
+            || until.is_some_and(|u| Instant::now() >= u)
+        {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            eprintln!("vigil-agent exited ({status}); see {}", dir.join("agent.log").display());
+            eprintln!(
+                "vigil-agent exited ({status}); see {}",
+                dir.join("agent.log").display()
+            );
             break;
         }
         if Instant::now() >= next_view {
@@ -179,9 +202,18 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
     }
     view(&store, &mut shown_alerts);
     out!("\nState kept in {}:", dir.display());
-    out!("  vigil-collector devices --state-dir {}", collector_dir.display());
-    out!("  vigil-collector export --device {device} --state-dir {} --format csv", collector_dir.display());
-    out!("  vigil-collector audit --state-dir {}", collector_dir.display());
+    out!(
+        "  vigil-collector devices --state-dir {}",
+        collector_dir.display()
+    );
+    out!(
+        "  vigil-collector export --device {device} --state-dir {} --format csv",
+        collector_dir.display()
+    );
+    out!(
+        "  vigil-collector audit --state-dir {}",
+        collector_dir.display()
+    );
     out!("  alerts as JSON lines: {}", alerts_file.display());
     Ok(())
 }

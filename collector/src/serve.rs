@@ -29,7 +29,12 @@ pub struct Started {
 }
 
 /// Runs until `stop` turns true (or a signal, when `signals` is set).
-pub fn run(cfg: Config, signals: bool, stop: watch::Receiver<bool>, on_start: impl FnOnce(Started)) -> anyhow::Result<()> {
+pub fn run(
+    cfg: Config,
+    signals: bool,
+    stop: watch::Receiver<bool>,
+    on_start: impl FnOnce(Started),
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("state dir {}: {e}", cfg.state_dir.display()))?;
     let db = cfg.db_path();
@@ -48,7 +53,11 @@ pub fn run(cfg: Config, signals: bool, stop: watch::Receiver<bool>, on_start: im
         },
     )?;
     let identity = match cfg.listen {
-        Some(_) => Some(tls::identity(&cfg.state_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?),
+        Some(_) => Some(tls::identity(
+            &cfg.state_dir,
+            cfg.tls_cert.as_deref(),
+            cfg.tls_key.as_deref(),
+        )?),
         None => None,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
@@ -57,7 +66,12 @@ pub fn run(cfg: Config, signals: bool, stop: watch::Receiver<bool>, on_start: im
         .spawn(move || writer.run(jobs_rx))?;
     let sink_stop = Arc::new(AtomicBool::new(false));
     let sink_thread = {
-        let (db, sinks, m, s) = (db.clone(), cfg.sinks.clone(), Arc::clone(&metrics), Arc::clone(&sink_stop));
+        let (db, sinks, m, s) = (
+            db.clone(),
+            cfg.sinks.clone(),
+            Arc::clone(&metrics),
+            Arc::clone(&sink_stop),
+        );
         std::thread::Builder::new()
             .name("sinks".into())
             .spawn(move || sink::run(db, sinks, m, s))?
@@ -65,7 +79,12 @@ pub fn run(cfg: Config, signals: bool, stop: watch::Receiver<bool>, on_start: im
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let ctx = Arc::new(Ctx::new(registry.clone(), Arc::clone(&metrics), jobs_tx.clone(), cfg.limits.clone()));
+    let ctx = Arc::new(Ctx::new(
+        registry.clone(),
+        Arc::clone(&metrics),
+        jobs_tx.clone(),
+        cfg.limits.clone(),
+    ));
     let (conn_stop_tx, conn_stop) = watch::channel(false);
     let serial_stop = Arc::new(AtomicBool::new(false));
     let result = rt.block_on(async {
@@ -146,7 +165,10 @@ pub fn run(cfg: Config, signals: bool, stop: watch::Receiver<bool>, on_start: im
 async fn wait_for_stop(signals: bool, mut stop: watch::Receiver<bool>) {
     if signals {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = stop.wait_for(|s| *s).await;
             return;
         };

@@ -70,7 +70,11 @@ impl Target {
                 out: net(*address, *transport)?,
                 last_warn: None,
             },
-            Sink::Cef { address, transport, path } => match (address, path) {
+            Sink::Cef {
+                address,
+                transport,
+                path,
+            } => match (address, path) {
                 (Some(a), _) => Target {
                     name: format!("cef:{a}"),
                     format: Format::Cef,
@@ -115,7 +119,10 @@ impl Target {
                 o.flush()
             }
             Out::File(p) => {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&*p)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&*p)?;
                 let mut buf = String::new();
                 for l in lines {
                     buf.push_str(l);
@@ -206,7 +213,10 @@ fn deliver(store: &Store, t: &mut Target, host: &str, metrics: &Metrics) {
             }
         };
         let now = crate::writer::now_ms();
-        let lines: Vec<String> = events.iter().map(|(_, ev)| t.render(ev, host, now)).collect();
+        let lines: Vec<String> = events
+            .iter()
+            .map(|(_, ev)| t.render(ev, host, now))
+            .collect();
         if let Err(e) = t.send(&lines) {
             metrics.sink_errors.fetch_add(1, Relaxed);
             if t.last_warn.is_none_or_elapsed(Duration::from_secs(60)) {

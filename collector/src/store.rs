@@ -289,13 +289,22 @@ impl Store {
     }
 
     /// Approves a device ahead of time (or a pending one) under a name.
-    pub fn enroll(&mut self, key: &VerifyingKey, name: &str, model: &str, actor: &str, now_ms: u64) -> Result<String> {
+    pub fn enroll(
+        &mut self,
+        key: &VerifyingKey,
+        name: &str,
+        model: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<String> {
         let id = DeviceId::of(key).to_string();
         let mut text = String::new();
         let _ = vigil_protocol::frame::write_public_key(&mut text, key);
         let tx = self.transaction()?;
         let existing: Option<String> = tx
-            .query_row("SELECT state FROM devices WHERE id = ?1", [&id], |r| r.get(0))
+            .query_row("SELECT state FROM devices WHERE id = ?1", [&id], |r| {
+                r.get(0)
+            })
             .optional()?;
         match existing.as_deref() {
             Some("revoked") => {
@@ -317,14 +326,27 @@ impl Store {
                 )?;
             }
         }
-        admin(&tx, actor, "enroll", &id, json!({"name": name, "model": model, "key": text}), now_ms)?;
+        admin(
+            &tx,
+            actor,
+            "enroll",
+            &id,
+            json!({"name": name, "model": model, "key": text}),
+            now_ms,
+        )?;
         bump_registry(&tx)?;
         tx.commit()?;
         Ok(id)
     }
 
     /// `approve` / `revoke`.
-    pub fn set_state(&mut self, what: &str, state: DeviceState, actor: &str, now_ms: u64) -> Result<Device> {
+    pub fn set_state(
+        &mut self,
+        what: &str,
+        state: DeviceState,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<Device> {
         let d = self.find_device(what)?;
         if d.state == DeviceState::Revoked && state != DeviceState::Revoked {
             return Err(StoreError::Refused(format!(
@@ -342,7 +364,14 @@ impl Store {
             DeviceState::Revoked => "revoke",
             DeviceState::Pending => "pend",
         };
-        admin(&tx, actor, action, &d.id, json!({"name": d.name, "previous": d.state.name()}), now_ms)?;
+        admin(
+            &tx,
+            actor,
+            action,
+            &d.id,
+            json!({"name": d.name, "previous": d.state.name()}),
+            now_ms,
+        )?;
         bump_registry(&tx)?;
         tx.commit()?;
         self.find_device(&d.id)
@@ -350,7 +379,12 @@ impl Store {
 
     // ---- alerts --------------------------------------------------------
 
-    pub fn alerts(&self, open_only: bool, device: Option<&str>, min_severity: Option<crate::alert::Severity>) -> Result<Vec<Alert>> {
+    pub fn alerts(
+        &self,
+        open_only: bool,
+        device: Option<&str>,
+        min_severity: Option<crate::alert::Severity>,
+    ) -> Result<Vec<Alert>> {
         let mut st = self.conn.prepare(
             "SELECT a.id, a.device, d.name, a.rule, a.severity, a.first_seen_ms, a.last_seen_ms,
                     a.count, a.evidence, a.state
@@ -361,7 +395,9 @@ impl Store {
         let rows = st.query_map(params![i64::from(open_only), device], alert_row)?;
         let mut out: Vec<Alert> = rows.collect::<std::result::Result<_, _>>()?;
         if let Some(min) = min_severity {
-            out.retain(|a| crate::alert::Severity::from_name(&a.severity).is_some_and(|s| s >= min));
+            out.retain(|a| {
+                crate::alert::Severity::from_name(&a.severity).is_some_and(|s| s >= min)
+            });
         }
         Ok(out)
     }
@@ -380,12 +416,32 @@ impl Store {
     }
 
     /// `ack` / `resolve`: changes an alert's state, audited and emitted.
-    pub fn set_alert_state(&mut self, id: i64, state: &str, actor: &str, now_ms: u64) -> Result<Alert> {
+    pub fn set_alert_state(
+        &mut self,
+        id: i64,
+        state: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<Alert> {
         let before = self.alert(id)?;
         let tx = self.transaction()?;
-        tx.execute("UPDATE alerts SET state = ?2 WHERE id = ?1", params![id, state])?;
-        let action = if state == "resolved" { "resolve" } else { "ack" };
-        admin(&tx, actor, action, &id.to_string(), json!({"rule": before.rule, "device": before.device, "previous": before.state}), now_ms)?;
+        tx.execute(
+            "UPDATE alerts SET state = ?2 WHERE id = ?1",
+            params![id, state],
+        )?;
+        let action = if state == "resolved" {
+            "resolve"
+        } else {
+            "ack"
+        };
+        admin(
+            &tx,
+            actor,
+            action,
+            &id.to_string(),
+            json!({"rule": before.rule, "device": before.device, "previous": before.state}),
+            now_ms,
+        )?;
         tx.commit()?;
         let after = self.alert(id)?;
         let tx = self.transaction()?;
@@ -537,20 +593,31 @@ impl Store {
                 _ => Vec::new(),
             };
             let Some(Some(key)) = keys.get(&device) else {
-                report.problems.push(format!("{at}: no key on record for the device"));
+                report
+                    .problems
+                    .push(format!("{at}: no key on record for the device"));
                 continue;
             };
-            let verified = SignedFrame::parse(&bytes).ok().and_then(|f| f.verify(key).ok());
+            let verified = SignedFrame::parse(&bytes)
+                .ok()
+                .and_then(|f| f.verify(key).ok());
             let Some(v) = verified else {
-                report.problems.push(format!("{at}: signature does not verify"));
+                report
+                    .problems
+                    .push(format!("{at}: signature does not verify"));
                 continue;
             };
             let h = v.header();
             if h.device.to_string() != device || h.boot != boot || h.seq != seq {
-                report.problems.push(format!("{at}: row key does not match the signed header"));
+                report
+                    .problems
+                    .push(format!("{at}: row key does not match the signed header"));
                 continue;
             }
-            if !layout.as_ref().is_some_and(|(d, b, _)| *d == device && *b == boot) {
+            if !layout
+                .as_ref()
+                .is_some_and(|(d, b, _)| *d == device && *b == boot)
+            {
                 layout = Some((device.clone(), boot, Layout::default()));
             }
             let Ok(body) = v.body() else { continue };
@@ -582,7 +649,9 @@ impl Store {
                 |r| r.get(0),
             )?;
             if orphans > 0 {
-                report.problems.push(format!("{table}: {orphans} rows without a signed frame"));
+                report
+                    .problems
+                    .push(format!("{table}: {orphans} rows without a signed frame"));
             }
         }
         Ok(report)
@@ -674,7 +743,14 @@ fn push_event(tx: &Connection, body: &Value, now_ms: u64) -> Result<()> {
 }
 
 /// Records an administrative action and queues it as an audit event.
-pub fn admin(tx: &Connection, actor: &str, action: &str, target: &str, detail: Value, now_ms: u64) -> Result<()> {
+pub fn admin(
+    tx: &Connection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: Value,
+    now_ms: u64,
+) -> Result<()> {
     tx.execute(
         "INSERT INTO admin_log(time_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![i(now_ms), actor, action, target, detail.to_string()],
@@ -741,7 +817,13 @@ pub fn raise(tx: &Connection, r: &Raise) -> Result<(i64, bool)> {
 }
 
 /// Inserts a device seen for the first time with a valid self-signed Hello.
-pub fn insert_pending(tx: &Connection, key: &VerifyingKey, hello: &Hello, peer: &str, now_ms: u64) -> Result<()> {
+pub fn insert_pending(
+    tx: &Connection,
+    key: &VerifyingKey,
+    hello: &Hello,
+    peer: &str,
+    now_ms: u64,
+) -> Result<()> {
     let mut text = String::new();
     let _ = vigil_protocol::frame::write_public_key(&mut text, key);
     tx.execute(
@@ -762,7 +844,13 @@ pub fn insert_pending(tx: &Connection, key: &VerifyingKey, hello: &Hello, peer: 
 
 /// Stores a verified frame once; `false` when (device, boot, seq) is
 /// already archived (a resend), in which case nothing else is written.
-pub fn store_frame(tx: &Connection, v: &VerifiedFrame<'_>, body: Option<&Body>, layout: &Layout, received_ms: u64) -> Result<bool> {
+pub fn store_frame(
+    tx: &Connection,
+    v: &VerifiedFrame<'_>,
+    body: Option<&Body>,
+    layout: &Layout,
+    received_ms: u64,
+) -> Result<bool> {
     let h = v.header();
     let device = h.device.to_string();
     let kind = v.kind().map_or("unknown", |k| k.name());
@@ -793,7 +881,15 @@ pub fn store_frame(tx: &Connection, v: &VerifiedFrame<'_>, body: Option<&Body>, 
 
 /// Updates a device after a batch: counters, last seen, sequence track,
 /// inventory (when a Hello came).
-pub fn update_device(tx: &Connection, device: &str, frames: u64, last_seen_ms: u64, track: &Track, hello: Option<&Hello>, peer: &str) -> Result<()> {
+pub fn update_device(
+    tx: &Connection,
+    device: &str,
+    frames: u64,
+    last_seen_ms: u64,
+    track: &Track,
+    hello: Option<&Hello>,
+    peer: &str,
+) -> Result<()> {
     tx.prepare_cached(
         "UPDATE devices SET frames_received = frames_received + ?2, last_seen_ms = max(coalesce(last_seen_ms, 0), ?3),
                 boot = ?4, high_seq = ?5, acked_seq = ?6, above = ?7, hole_since_ms = ?8, peer = ?9,
@@ -901,6 +997,21 @@ impl Layout {
     }
 }
 
+/// One socket change as stored: idx, time, snapshot, change, kind, proto,
+/// local, remote, uid, process.
+type SocketRow = (
+    i64,
+    i64,
+    bool,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    String,
+);
+
 /// The rows one frame decodes to; built the same way at ingest and at
 /// audit, so the audit compares like with like.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -908,13 +1019,15 @@ struct Rows {
     samples: Vec<[Option<i64>; 25]>,
     net: Vec<(i64, String, [i64; 8])>,
     disk: Vec<(i64, String, [i64; 5])>,
-    sockets: Vec<(i64, i64, bool, String, String, String, String, Option<String>, i64, String)>,
+    sockets: Vec<SocketRow>,
 }
 
 fn endpoint(e: &vigil_protocol::body::Endpoint) -> String {
     match e.addr {
         vigil_protocol::body::Addr::V4(a) => format!("{}:{}", std::net::Ipv4Addr::from(a), e.port),
-        vigil_protocol::body::Addr::V6(a) => format!("[{}]:{}", std::net::Ipv6Addr::from(a), e.port),
+        vigil_protocol::body::Addr::V6(a) => {
+            format!("[{}]:{}", std::net::Ipv6Addr::from(a), e.port)
+        }
     }
 }
 
@@ -962,7 +1075,17 @@ impl Rows {
                         self.net.push((
                             idx,
                             Layout::name(&layout.interfaces, n.iface),
-                            [n.rx_bytes, n.rx_packets, n.rx_errors, n.rx_dropped, n.tx_bytes, n.tx_packets, n.tx_errors, n.tx_dropped].map(i),
+                            [
+                                n.rx_bytes,
+                                n.rx_packets,
+                                n.rx_errors,
+                                n.rx_dropped,
+                                n.tx_bytes,
+                                n.tx_packets,
+                                n.tx_errors,
+                                n.tx_dropped,
+                            ]
+                            .map(i),
                         ));
                     }
                     for d in &s.disk {
@@ -1019,7 +1142,9 @@ impl Rows {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for (idx, iface, c) in &self.net {
-                st.execute(params![device, boot, seq, idx, iface, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])?;
+                st.execute(params![
+                    device, boot, seq, idx, iface, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+                ])?;
             }
         }
         if !self.disk.is_empty() {
@@ -1028,7 +1153,9 @@ impl Rows {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for (idx, disk, c) in &self.disk {
-                st.execute(params![device, boot, seq, idx, disk, c[0], c[1], c[2], c[3], c[4]])?;
+                st.execute(params![
+                    device, boot, seq, idx, disk, c[0], c[1], c[2], c[3], c[4]
+                ])?;
             }
         }
         if !self.sockets.is_empty() {
@@ -1037,7 +1164,9 @@ impl Rows {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for s in &self.sockets {
-                st.execute(params![device, boot, seq, s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7, s.8, s.9])?;
+                st.execute(params![
+                    device, boot, seq, s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7, s.8, s.9
+                ])?;
             }
         }
         Ok(())

@@ -32,7 +32,10 @@ pub struct Identity {
 }
 
 pub fn pin_of(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn file_err(path: &Path, message: impl ToString) -> TlsError {
@@ -44,7 +47,11 @@ fn file_err(path: &Path, message: impl ToString) -> TlsError {
 
 /// Loads the configured certificate and key, or the state dir's own,
 /// creating that one on first start.
-pub fn identity(state_dir: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<Identity, TlsError> {
+pub fn identity(
+    state_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Identity, TlsError> {
     let (cert_path, key_path, created) = match (cert, key) {
         (Some(c), Some(k)) => (c.to_owned(), k.to_owned(), false),
         _ => {
@@ -76,21 +83,29 @@ pub fn identity(state_dir: &Path, cert: Option<&Path>, key: Option<&Path>) -> Re
 
 fn generate(dir: &Path, cert: &Path, key: &Path) -> Result<(), TlsError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "vigil-collector".into());
     let mut names = vec![host, "localhost".to_string()];
     names.dedup();
-    let mut params = rcgen::CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "vigil-collector");
-    params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+            127, 0, 0, 1,
+        ])));
     // Long-lived on purpose: agents pin this exact certificate.
     params.not_after = rcgen::date_time_ymd(2099, 12, 31);
-    let c = params.self_signed(&key_pair).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let c = params
+        .self_signed(&key_pair)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     let mut kf = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -51,7 +51,10 @@ fn device_json(d: &Device) -> Value {
 
 pub fn devices(devices: &[Device], as_json: bool) {
     if as_json {
-        out!("{}", Value::Array(devices.iter().map(device_json).collect()));
+        out!(
+            "{}",
+            Value::Array(devices.iter().map(device_json).collect())
+        );
         return;
     }
     let rows: Vec<Vec<String>> = devices
@@ -70,7 +73,18 @@ pub fn devices(devices: &[Device], as_json: bool) {
         .collect();
     out!(
         "{}",
-        table(&["ID", "NAME", "MODEL", "STATE", "LAST SEEN", "FRAMES", "OPEN ALERTS"], &rows)
+        table(
+            &[
+                "ID",
+                "NAME",
+                "MODEL",
+                "STATE",
+                "LAST SEEN",
+                "FRAMES",
+                "OPEN ALERTS"
+            ],
+            &rows
+        )
     );
 }
 
@@ -89,16 +103,30 @@ pub fn cpu_busy(s: &Value) -> Option<f64> {
 
 pub fn sample_line(s: &Value) -> String {
     let mem = s.get("memory");
-    let m = |k: &str| mem.and_then(|m| m.get(k)).and_then(Value::as_u64).unwrap_or(0);
+    let m = |k: &str| {
+        mem.and_then(|m| m.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
     let (mut rx, mut tx) = (0u64, 0u64);
-    for n in s.get("network").and_then(Value::as_array).into_iter().flatten() {
+    for n in s
+        .get("network")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if n.get("iface").and_then(Value::as_str) == Some("lo") {
             continue;
         }
         rx += n.get("rx_bytes").and_then(Value::as_u64).unwrap_or(0);
         tx += n.get("tx_bytes").and_then(Value::as_u64).unwrap_or(0);
     }
-    let secs = s.get("interval_ms").and_then(Value::as_f64).unwrap_or(1000.0).max(1.0) / 1000.0;
+    let secs = s
+        .get("interval_ms")
+        .and_then(Value::as_f64)
+        .unwrap_or(1000.0)
+        .max(1.0)
+        / 1000.0;
     format!(
         "{}  cpu {:5.1} %  mem avail {} / {} MiB  net rx {:.1} KiB/s tx {:.1} KiB/s  procs {}",
         s.get("time").and_then(Value::as_str).unwrap_or("-"),
@@ -126,12 +154,24 @@ pub fn device(d: &Device, latest: Option<&Value>, alerts: &[Alert], as_json: boo
     out!("state      {}", d.state.name());
     out!("key        {}", d.public_key);
     out!("enrolled   {}", rfc3339(d.created_ms));
-    out!("last seen  {}", d.last_seen_ms.map_or_else(|| "never".into(), rfc3339));
+    out!(
+        "last seen  {}",
+        d.last_seen_ms.map_or_else(|| "never".into(), rfc3339)
+    );
     out!("frames     {}", d.frames_received);
     if let Some(h) = &d.hello {
         let f = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        out!("host       {} ({}, {})", f("hostname"), f("os_release"), f("arch"));
-        out!("kernel     {} (booted {})", f("kernel_release"), f("boot_time"));
+        out!(
+            "host       {} ({}, {})",
+            f("hostname"),
+            f("os_release"),
+            f("arch")
+        );
+        out!(
+            "kernel     {} (booted {})",
+            f("kernel_release"),
+            f("boot_time")
+        );
         out!("agent      {}", f("agent_version"));
         let ifaces: Vec<String> = h
             .get("interfaces")
@@ -174,19 +214,38 @@ fn alert_table(alerts: &[Alert]) {
                 },
                 rfc3339(a.last_seen_ms),
                 a.count.to_string(),
-                a.evidence.get("seen").and_then(Value::as_str).unwrap_or("").to_string(),
+                a.evidence
+                    .get("seen")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
             ]
         })
         .collect();
     out!(
         "{}",
-        table(&["ID", "SEVERITY", "STATE", "RULE", "DEVICE", "LAST SEEN", "COUNT", "SEEN"], &rows)
+        table(
+            &[
+                "ID",
+                "SEVERITY",
+                "STATE",
+                "RULE",
+                "DEVICE",
+                "LAST SEEN",
+                "COUNT",
+                "SEEN"
+            ],
+            &rows
+        )
     );
 }
 
 pub fn alerts(alerts: &[Alert], as_json: bool) {
     if as_json {
-        out!("{}", Value::Array(alerts.iter().map(Alert::to_json).collect()));
+        out!(
+            "{}",
+            Value::Array(alerts.iter().map(Alert::to_json).collect())
+        );
     } else if alerts.is_empty() {
         out!("no alerts");
     } else {
@@ -216,10 +275,31 @@ pub fn export(d: &Device, rows: &[Value], format: &str) {
         out!("{}", Value::Array(out));
         return;
     }
-    let cpu = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
-    let mem = ["total_kib", "available_kib", "swap_total_kib", "swap_used_kib"];
-    let net = ["rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "tx_bytes", "tx_packets", "tx_errors", "tx_dropped"];
-    let mut header = vec!["device".to_string(), "time".into(), "interval_ms".into(), "uptime_s".into()];
+    let cpu = [
+        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+    ];
+    let mem = [
+        "total_kib",
+        "available_kib",
+        "swap_total_kib",
+        "swap_used_kib",
+    ];
+    let net = [
+        "rx_bytes",
+        "rx_packets",
+        "rx_errors",
+        "rx_dropped",
+        "tx_bytes",
+        "tx_packets",
+        "tx_errors",
+        "tx_dropped",
+    ];
+    let mut header = vec![
+        "device".to_string(),
+        "time".into(),
+        "interval_ms".into(),
+        "uptime_s".into(),
+    ];
     header.extend(cpu.iter().map(|c| format!("cpu_{c}")));
     header.extend(mem.iter().map(|m| format!("mem_{m}")));
     header.extend(["load1", "load5", "load15", "processes", "iface"].map(String::from));
@@ -234,12 +314,19 @@ pub fn export(d: &Device, rows: &[Value], format: &str) {
             g(r.get("uptime_s")),
         ];
         base.extend(cpu.iter().map(|c| g(r.get("cpu").and_then(|x| x.get(*c)))));
-        base.extend(mem.iter().map(|m| g(r.get("memory").and_then(|x| x.get(*m)))));
+        base.extend(
+            mem.iter()
+                .map(|m| g(r.get("memory").and_then(|x| x.get(*m)))),
+        );
         for i in 0..3 {
             base.push(g(r.get("load").and_then(|l| l.get(i))));
         }
         base.push(g(r.get("processes")));
-        let ifaces = r.get("network").and_then(Value::as_array).cloned().unwrap_or_default();
+        let ifaces = r
+            .get("network")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if ifaces.is_empty() {
             // Empty iface and counter columns.
             out!("{}{}", base.join(","), ",".repeat(net.len() + 1));

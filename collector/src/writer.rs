@@ -84,7 +84,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl Writer {
-    pub fn new(store: Store, registry: Registry, metrics: Arc<Metrics>, settings: Settings) -> Result<Writer, store::StoreError> {
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Result<Writer, store::StoreError> {
         let mut w = Writer {
             store,
             registry,
@@ -171,27 +176,52 @@ impl Writer {
                         received_ms,
                         reply,
                     } => {
-                        let r = ingest(&tx, &mut self.devices, &self.metrics, device, &peer, &frames, received_ms)?;
+                        let r = ingest(
+                            &tx,
+                            &mut self.devices,
+                            &self.metrics,
+                            device,
+                            &peer,
+                            &frames,
+                            received_ms,
+                        )?;
                         replies.push((reply, r));
                     }
-                    Job::Pending { key, hello, peer, reply } => {
+                    Job::Pending {
+                        key,
+                        hello,
+                        peer,
+                        reply,
+                    } => {
                         let pending = self.registry.pending_count();
                         let id = DeviceId::of(&key).to_string();
                         let now = now_ms();
                         if u32::try_from(pending).unwrap_or(u32::MAX) >= self.settings.max_pending {
                             let ev = json!({"peer": &*peer, "device": id, "pending": pending,
                                             "limit": self.settings.max_pending});
-                            raise(&tx, &self.metrics, Raise::new(alert::PENDING_LIMIT, "", "", ev, now))?;
+                            raise(
+                                &tx,
+                                &self.metrics,
+                                Raise::new(alert::PENDING_LIMIT, "", "", ev, now),
+                            )?;
                         } else {
                             store::insert_pending(&tx, &key, &hello, &peer, now)?;
-                            self.registry.insert(DeviceId::of(&key), key, DeviceState::Pending);
+                            self.registry
+                                .insert(DeviceId::of(&key), key, DeviceState::Pending);
                             let ev = json!({"peer": &*peer, "hostname": hello.hostname.as_str(),
                                             "kernel_release": hello.kernel_release.as_str(),
                                             "expected": "an enrolled device",
                                             "seen": "a valid self-signed Hello from a new key",
                                             "approve_with": format!("vigil-collector approve {id}")});
-                            raise(&tx, &self.metrics, Raise::new(alert::PENDING_DEVICE, id.clone(), "", ev, now))?;
-                            log::info!("device {id} ({}) from {peer} is pending enrollment", hello.hostname);
+                            raise(
+                                &tx,
+                                &self.metrics,
+                                Raise::new(alert::PENDING_DEVICE, id.clone(), "", ev, now),
+                            )?;
+                            log::info!(
+                                "device {id} ({}) from {peer} is pending enrollment",
+                                hello.hostname
+                            );
                         }
                         replies.push((reply, Reply::default()));
                     }
@@ -239,7 +269,11 @@ impl Writer {
                 "seen": last.map_or_else(|| "nothing since enrollment".to_string(),
                                           |t| format!("last frame at {}", alert::rfc3339(t))),
             });
-            raise(&tx, &self.metrics, Raise::new(alert::SILENCE, id, "", ev, now))?;
+            raise(
+                &tx,
+                &self.metrics,
+                Raise::new(alert::SILENCE, id, "", ev, now),
+            )?;
         }
         for id in self.silent.difference(&still) {
             store::resolve_rule(&tx, id, alert::SILENCE.id)?;
@@ -248,7 +282,9 @@ impl Writer {
         // Holes nobody filled or explained in time.
         for (id, d) in &mut self.devices {
             let Some(t) = d.track.as_mut() else { continue };
-            let Some(since) = t.hole_since_ms else { continue };
+            let Some(since) = t.hole_since_ms else {
+                continue;
+            };
             if now.saturating_sub(since) < self.settings.loss_grace_ms {
                 continue;
             }
@@ -261,7 +297,17 @@ impl Writer {
                 "seen": format!("{} frames missing for {} s", upto.saturating_sub(next),
                                 now.saturating_sub(since) / 1000),
             });
-            raise(&tx, &self.metrics, Raise::new(alert::SEQUENCE_LOSS, id.to_string(), format!("{}/{next}", t.boot), ev, now))?;
+            raise(
+                &tx,
+                &self.metrics,
+                Raise::new(
+                    alert::SEQUENCE_LOSS,
+                    id.to_string(),
+                    format!("{}/{next}", t.boot),
+                    ev,
+                    now,
+                ),
+            )?;
             // Alert once per hole; a resend can still fill it.
             t.hole_since_ms = Some(u64::MAX / 2);
         }
@@ -311,7 +357,12 @@ fn raise(tx: &rusqlite::Connection, metrics: &Metrics, r: Raise) -> Result<(), s
     let (_, new) = store::raise(tx, &r)?;
     if new {
         metrics.alert(r.rule.severity);
-        log::warn!("alert {} on {}: {}", r.rule.id, if r.device.is_empty() { "-" } else { &r.device }, r.evidence);
+        log::warn!(
+            "alert {} on {}: {}",
+            r.rule.id,
+            if r.device.is_empty() { "-" } else { &r.device },
+            r.evidence
+        );
     }
     Ok(())
 }
@@ -376,7 +427,10 @@ fn ingest(
     for buf in frames {
         let v = buf.frame();
         let h = *v.header();
-        let highest = d.track.as_ref().map(|t| Position { boot: t.boot, seq: t.high });
+        let highest = d.track.as_ref().map(|t| Position {
+            boot: t.boot,
+            seq: t.high,
+        });
         let standing = stand(highest, &h);
         match standing {
             Standing::StaleBoot => {
@@ -386,7 +440,11 @@ fn ingest(
                 let ev = json!({"peer": peer, "boot": h.boot, "seq": h.seq,
                                 "expected": format!("boot {cur} or later"),
                                 "seen": format!("a frame of older boot {}", h.boot)});
-                raise(tx, metrics, Raise::new(alert::REPLAY, id.clone(), "stale-boot", ev, received_ms))?;
+                raise(
+                    tx,
+                    metrics,
+                    Raise::new(alert::REPLAY, id.clone(), "stale-boot", ev, received_ms),
+                )?;
                 continue;
             }
             Standing::First | Standing::NewBoot { .. } => {
@@ -395,7 +453,17 @@ fn ingest(
                     let ev = json!({"boot": old.boot, "missing_from": next, "highest": old.high,
                                     "expected": "every frame of the previous boot",
                                     "seen": format!("a new boot {} with frames of boot {} missing", h.boot, old.boot)});
-                    raise(tx, metrics, Raise::new(alert::SEQUENCE_LOSS, id.clone(), format!("{}/{next}", old.boot), ev, received_ms))?;
+                    raise(
+                        tx,
+                        metrics,
+                        Raise::new(
+                            alert::SEQUENCE_LOSS,
+                            id.clone(),
+                            format!("{}/{next}", old.boot),
+                            ev,
+                            received_ms,
+                        ),
+                    )?;
                 }
                 d.track = Some(Track {
                     boot: h.boot,
@@ -415,7 +483,11 @@ fn ingest(
             metrics.reject("malformed");
             let ev = json!({"boot": h.boot, "seq": h.seq, "kind": v.kind().map(|k| k.name()),
                             "expected": "a body this collector decodes", "seen": "archived undecoded"});
-            raise(tx, metrics, Raise::new(alert::MALFORMED, id.clone(), "", ev, received_ms))?;
+            raise(
+                tx,
+                metrics,
+                Raise::new(alert::MALFORMED, id.clone(), "", ev, received_ms),
+            )?;
         }
         if let Some(Body::Hello(hello)) = &body {
             d.layout = Layout::of(hello);
@@ -436,7 +508,11 @@ fn ingest(
         metrics.stored();
         match &body {
             Some(Body::Hello(hello)) => {
-                let boot_id: String = hello.kernel_boot_id.iter().map(|b| format!("{b:02x}")).collect();
+                let boot_id: String = hello
+                    .kernel_boot_id
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
                 if h.seq == 0 {
                     if let Some(prev) = &d.boot_id {
                         let (rule, seen) = if *prev == boot_id {
@@ -447,7 +523,11 @@ fn ingest(
                         let ev = json!({"boot": h.boot, "kernel_boot_id": boot_id, "previous_kernel_boot_id": prev,
                                         "boot_time": alert::rfc3339(hello.boot_time_s.saturating_mul(1000)),
                                         "expected": "the same sequence space", "seen": seen});
-                        raise(tx, metrics, Raise::new(rule, id.clone(), format!("{}", h.boot), ev, received_ms))?;
+                        raise(
+                            tx,
+                            metrics,
+                            Raise::new(rule, id.clone(), format!("{}", h.boot), ev, received_ms),
+                        )?;
                     }
                 }
                 d.boot_id = Some(boot_id);
@@ -463,7 +543,17 @@ fn ingest(
                     "ranges": g.ranges.iter().map(|r| json!([r.first, r.count])).collect::<Vec<_>>(),
                     "expected": "no telemetry dropped", "seen": format!("the agent dropped {} samples in {} frames", g.samples, g.frames()),
                 });
-                raise(tx, metrics, Raise::new(alert::AGENT_GAP, id.clone(), format!("{}/{}", h.boot, h.seq), ev, received_ms))?;
+                raise(
+                    tx,
+                    metrics,
+                    Raise::new(
+                        alert::AGENT_GAP,
+                        id.clone(),
+                        format!("{}/{}", h.boot, h.seq),
+                        ev,
+                        received_ms,
+                    ),
+                )?;
             }
             Some(Body::Integrity(i)) => {
                 for f in &i.findings {
@@ -474,14 +564,28 @@ fn ingest(
                         "path": path, "finding": finding(&f.kind),
                         "expected": "exactly what the signed manifest lists",
                     });
-                    raise(tx, metrics, Raise::new(alert::INTEGRITY, id.clone(), path, ev, received_ms))?;
+                    raise(
+                        tx,
+                        metrics,
+                        Raise::new(alert::INTEGRITY, id.clone(), path, ev, received_ms),
+                    )?;
                 }
             }
             Some(Body::Posture(p)) => {
                 for c in p.results.iter().filter(|c| c.status == CheckStatus::Fail) {
                     let ev = json!({"check": c.id.as_str(), "title": c.title.as_str(),
                                     "seen": c.evidence.as_str(), "expected": "pass"});
-                    raise(tx, metrics, Raise::new(alert::POSTURE, id.clone(), c.id.to_string(), ev, received_ms))?;
+                    raise(
+                        tx,
+                        metrics,
+                        Raise::new(
+                            alert::POSTURE,
+                            id.clone(),
+                            c.id.to_string(),
+                            ev,
+                            received_ms,
+                        ),
+                    )?;
                 }
             }
             _ => {}
@@ -496,7 +600,15 @@ fn ingest(
     }
     if touched {
         let track = d.track.clone().unwrap_or_default();
-        store::update_device(tx, &id, u64::try_from(frames.len()).unwrap_or(0), received_ms, &track, latest_hello.as_ref(), peer)?;
+        store::update_device(
+            tx,
+            &id,
+            u64::try_from(frames.len()).unwrap_or(0),
+            received_ms,
+            &track,
+            latest_hello.as_ref(),
+            peer,
+        )?;
     }
     reply.ack = d.track.as_ref().and_then(|t| {
         t.acked.map(|seq| Ack {

@@ -26,12 +26,12 @@ pub mod sample;
 mod varint;
 
 pub use body::{Body, BodyKind};
+#[cfg(feature = "alloc")]
+pub use frame::VerifiedBuf;
 pub use frame::{
     to_wire, Ack, DecodeError, DeviceId, EncodeError, Frame, Header, SignedFrame, VerifiedFrame,
     VerifyError, MAX_FRAME_LEN, MAX_WIRE_LEN, VERSION,
 };
-#[cfg(feature = "alloc")]
-pub use frame::VerifiedBuf;
 pub use sample::{Sample, Samples};
 
 /// Re-exported so users name the same key types the protocol signs with.

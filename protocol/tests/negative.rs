@@ -251,7 +251,10 @@ fn self_signed_hello_proves_its_key_and_nothing_else_does() {
     assert_eq!(verify_hello(&consistent), Some(other.verifying_key()));
 
     // Not a Hello.
-    assert_eq!(verify_hello(&signed(&k, 1, Body::Heartbeat(heartbeat()))), None);
+    assert_eq!(
+        verify_hello(&signed(&k, 1, Body::Heartbeat(heartbeat()))),
+        None
+    );
 
     // Every bit flip of a self-signed Hello fails.
     for bit in 0..good.len() * 8 {

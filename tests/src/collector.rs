@@ -93,7 +93,11 @@ impl Collector {
     /// `devices --json`.
     pub fn devices(&self) -> Vec<Value> {
         let out = self.cli(&["devices", "--json"]);
-        assert!(out.status.success(), "devices: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "devices: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<Value>(&out.stdout)
             .unwrap()
             .as_array()
@@ -108,7 +112,11 @@ impl Collector {
     /// `alerts --json`.
     pub fn alerts(&self) -> Vec<Value> {
         let out = self.cli(&["alerts", "--json"]);
-        assert!(out.status.success(), "alerts: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "alerts: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<Value>(&out.stdout)
             .unwrap()
             .as_array()
@@ -234,10 +242,28 @@ impl Device {
             time_ms: t - (n as u64 - 1 - i) * 1000,
             interval_ms: 1000,
             uptime_s: 100 + i,
-            cpu: CpuTicks { user: 10 + i, system: 5, idle: 185, ..Default::default() },
-            memory: Memory { total_kib: 4_000_000, available_kib: 3_000_000 - i, swap_total_kib: 0, swap_used_kib: 0 },
+            cpu: CpuTicks {
+                user: 10 + i,
+                system: 5,
+                idle: 185,
+                ..Default::default()
+            },
+            memory: Memory {
+                total_kib: 4_000_000,
+                available_kib: 3_000_000 - i,
+                swap_total_kib: 0,
+                swap_used_kib: 0,
+            },
             pressure: None,
-            net: heapless::Vec::from_slice(&[NetCounters { iface: 0, rx_bytes: 1000 + i, rx_packets: 10, tx_bytes: 500, tx_packets: 5, ..Default::default() }]).unwrap(),
+            net: heapless::Vec::from_slice(&[NetCounters {
+                iface: 0,
+                rx_bytes: 1000 + i,
+                rx_packets: 10,
+                tx_bytes: 500,
+                tx_packets: 5,
+                ..Default::default()
+            }])
+            .unwrap(),
             disk: heapless::Vec::new(),
             load_centi: [10, 20, 30],
             processes: 80,
@@ -277,8 +303,12 @@ pub struct Link {
 impl Link {
     pub fn connect(addr: &str) -> Link {
         let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        Link { s, dec: FrameDecoder::new() }
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Link {
+            s,
+            dec: FrameDecoder::new(),
+        }
     }
 
     pub fn send(&mut self, frames: &[Vec<u8>]) {
@@ -310,7 +340,12 @@ impl Link {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if last.is_some() {
                         break;
                     }
@@ -329,7 +364,11 @@ impl Link {
             match self.s.read(&mut buf) {
                 Ok(0) => return true,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return true,
             }
         }

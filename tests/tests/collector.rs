@@ -49,8 +49,23 @@ impl Drop for Agent {
 }
 
 fn enroll(state: &std::path::Path, key: &str, name: &str) -> String {
-    let out = cli(state, &["enroll", "--key", key, "--name", name, "--model", "test-model"]);
-    assert!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        state,
+        &[
+            "enroll",
+            "--key",
+            key,
+            "--name",
+            name,
+            "--model",
+            "test-model",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -70,7 +85,9 @@ fn mem_total_kib() -> u64 {
 }
 
 fn frames_of(d: &Option<Value>) -> u64 {
-    d.as_ref().and_then(|d| d["frames_received"].as_u64()).unwrap_or(0)
+    d.as_ref()
+        .and_then(|d| d["frames_received"].as_u64())
+        .unwrap_or(0)
 }
 
 fn db(c: &Collector) -> rusqlite::Connection {
@@ -79,7 +96,11 @@ fn db(c: &Collector) -> rusqlite::Connection {
 
 fn stored_frames(c: &Collector, device: &str) -> i64 {
     db(c)
-        .query_row("SELECT count(*) FROM frames WHERE device = ?1", [device], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM frames WHERE device = ?1",
+            [device],
+            |r| r.get(0),
+        )
         .unwrap()
 }
 
@@ -97,9 +118,16 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     let (addr, pin) = (c.tls.clone().unwrap(), c.pin.clone().unwrap());
     assert_eq!(pin.len(), 64);
     let agent = Agent::start(&[
-        "--state-dir", agent_dir.to_str().unwrap(),
-        "--collector", &addr, "--pin", &pin,
-        "--interval-ms", "200", "--batch", "2",
+        "--state-dir",
+        agent_dir.to_str().unwrap(),
+        "--collector",
+        &addr,
+        "--pin",
+        &pin,
+        "--interval-ms",
+        "200",
+        "--batch",
+        "2",
     ]);
     assert!(
         c.wait_for(Duration::from_secs(30), |c| frames_of(&c.device(&id)) >= 8),
@@ -116,13 +144,32 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     assert!(log.contains("0 frames left unacknowledged"), "{log}");
 
     // Samples are exported as the agent measured them.
-    let out = c.cli(&["export", "--device", &id, "--format", "json", "--from", "2020-01-01"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.cli(&[
+        "export",
+        "--device",
+        &id,
+        "--format",
+        "json",
+        "--from",
+        "2020-01-01",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(rows.len() >= 10, "{} samples", rows.len());
     for r in &rows {
         assert_eq!(r["memory"]["total_kib"].as_u64().unwrap(), mem_total_kib());
-        assert!(r["network"].as_array().unwrap().iter().any(|n| n["iface"] == "lo"), "{r}");
+        assert!(
+            r["network"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["iface"] == "lo"),
+            "{r}"
+        );
     }
     let csv = c.cli(&["export", "--device", "ct-scanner-01", "--format", "csv"]);
     let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
@@ -138,7 +185,10 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     let out = c.cli(&["device", "ct-scanner-01", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["inventory"]["arch"], std::env::consts::ARCH);
-    assert_eq!(v["latest_sample"]["memory"]["total_kib"].as_u64().unwrap(), mem_total_kib());
+    assert_eq!(
+        v["latest_sample"]["memory"]["total_kib"].as_u64().unwrap(),
+        mem_total_kib()
+    );
 
     // Clean archive: the audit re-verifies everything and passes.
     let out = c.cli(&["audit"]);
@@ -164,7 +214,10 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     let out = c.cli(&["audit"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains(&format!("frame {id}/{boot}/{seq}: decoded rows differ")), "{text}");
+    assert!(
+        text.contains(&format!("frame {id}/{boot}/{seq}: decoded rows differ")),
+        "{text}"
+    );
     assert!(text.contains(" 1 problems"), "{text}");
 
     // A signed frame altered in place: one bit of the Hello flipped.
@@ -187,8 +240,18 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     let out = c.cli(&["audit", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let problems: Vec<String> = v["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
-    assert!(problems.iter().any(|p| p == &format!("frame {id}/{boot}/0: signature does not verify")), "{problems:?}");
+    let problems: Vec<String> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == &format!("frame {id}/{boot}/0: signature does not verify")),
+        "{problems:?}"
+    );
 
     assert_eq!(c.stop(), Some(0));
 }
@@ -212,11 +275,19 @@ fn agent_streams_over_a_serial_pty_pair() {
     while !(a.exists() && b.exists()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let c = Collector::start(&state, &["--no-tls", "--serial", &format!("{}:115200", a.display())]);
+    let c = Collector::start(
+        &state,
+        &["--no-tls", "--serial", &format!("{}:115200", a.display())],
+    );
     let agent = Agent::start(&[
-        "--state-dir", agent_dir.to_str().unwrap(),
-        "--serial", b.to_str().unwrap(),
-        "--interval-ms", "200", "--batch", "2",
+        "--state-dir",
+        agent_dir.to_str().unwrap(),
+        "--serial",
+        b.to_str().unwrap(),
+        "--interval-ms",
+        "200",
+        "--batch",
+        "2",
     ]);
     assert!(
         c.wait_for(Duration::from_secs(30), |c| frames_of(&c.device(&id)) >= 6),
@@ -225,7 +296,10 @@ fn agent_streams_over_a_serial_pty_pair() {
         c.log()
     );
     let log = agent.stop();
-    assert!(log.contains("0 frames left unacknowledged"), "acks did not reach the agent:\n{log}");
+    assert!(
+        log.contains("0 frames left unacknowledged"),
+        "acks did not reach the agent:\n{log}"
+    );
     let d = c.device(&id).unwrap();
     assert!(d["acked_seq"].as_u64().unwrap() >= 5, "{d}");
     let out = c.cli(&["export", "--device", &id, "--format", "json"]);
@@ -246,8 +320,14 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     enroll(&state, &dev.public_key(), "mri-1");
     let c = Collector::start(
         &state,
-        &["--no-tls", "--plain-listen", "127.0.0.1:0", "--insecure-plaintext",
-          "--sink-json", alerts_file.to_str().unwrap()],
+        &[
+            "--no-tls",
+            "--plain-listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--sink-json",
+            alerts_file.to_str().unwrap(),
+        ],
     );
     let addr = c.plain.clone().unwrap();
     assert!(c.log().contains("INSECURE"), "{}", c.log());
@@ -270,7 +350,9 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     // Forged: claims the device, signed by another key. Not stored, not acked.
     let forged = dev.frame_signed_by(dev.sample_body(1), &SigningKey::from_bytes(&[9; 32]));
     link.send(&[forged]);
-    assert!(c.wait_for(Duration::from_secs(10), |c| c.alert("transport.bad-signature").is_some()));
+    assert!(c.wait_for(Duration::from_secs(10), |c| c
+        .alert("transport.bad-signature")
+        .is_some()));
     let a = c.alert("transport.bad-signature").unwrap();
     assert_eq!(a["device"], id.as_str());
     assert_eq!(a["severity"], "high");
@@ -280,12 +362,22 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     // Replayed capture on a new connection: duplicates, acked again, stored once.
     let mut link = Link::connect(&addr);
     link.send(&captured);
-    let ack = link.ack(Duration::from_secs(5)).expect("ack for the resend");
+    let ack = link
+        .ack(Duration::from_secs(5))
+        .expect("ack for the resend");
     assert_eq!(ack.seq, 3);
     assert_eq!(stored_frames(&c, &id), 4);
     // Backwards on one connection: rejected as a splice.
     link.send(&[captured[1].clone()]);
-    assert!(c.wait_for(Duration::from_secs(10), |c| c.alerts().iter().any(|a| a["rule"] == "transport.replay" && a["evidence"]["seen"].as_str().unwrap_or("").contains("at or below"))));
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c.alerts().iter().any(|a| a
+            ["rule"]
+            == "transport.replay"
+            && a["evidence"]["seen"]
+                .as_str()
+                .unwrap_or("")
+                .contains("at or below")))
+    );
     drop(link);
 
     // A frame of an older boot after a newer one: stale, a replay.
@@ -295,11 +387,22 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     let b2 = dev.frame(hello2);
     let mut link = Link::connect(&addr);
     link.send(&[b2]);
-    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| (a.boot, a.seq)), Some((2, 0)));
+    assert_eq!(
+        link.ack(Duration::from_secs(5)).map(|a| (a.boot, a.seq)),
+        Some((2, 0))
+    );
     drop(link);
     let mut link = Link::connect(&addr);
     link.send(&[captured[0].clone()]);
-    assert!(c.wait_for(Duration::from_secs(10), |c| c.alerts().iter().any(|a| a["rule"] == "transport.replay" && a["evidence"]["seen"].as_str().unwrap_or("").contains("older boot"))));
+    assert!(
+        c.wait_for(Duration::from_secs(10), |c| c.alerts().iter().any(|a| a
+            ["rule"]
+            == "transport.replay"
+            && a["evidence"]["seen"]
+                .as_str()
+                .unwrap_or("")
+                .contains("older boot")))
+    );
     // The reboot itself was noticed (the scripted Hello changes boot id).
     assert!(c.alert("device.reboot").is_some(), "{:?}", c.alerts());
     drop(link);
@@ -309,7 +412,9 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     let mut link = Link::connect(&addr);
     link.send(&[stranger.frame(stranger.sample_body(1))]);
     assert!(link.closed(Duration::from_secs(5)));
-    assert!(c.wait_for(Duration::from_secs(10), |c| c.alert("enrollment.unknown-device").is_some()));
+    assert!(c.wait_for(Duration::from_secs(10), |c| c
+        .alert("enrollment.unknown-device")
+        .is_some()));
     assert!(c.device(&stranger.id()).is_none());
 
     // A new device with a valid self-signed Hello: pending, nothing stored.
@@ -320,12 +425,18 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     let mut link = Link::connect(&addr);
     link.send(&[h.clone(), s1.clone()]);
     assert_eq!(link.ack(Duration::from_secs(2)), None);
-    assert!(c.wait_for(Duration::from_secs(10), |c| c.device(&nid).is_some_and(|d| d["state"] == "pending")));
+    assert!(c.wait_for(Duration::from_secs(10), |c| c
+        .device(&nid)
+        .is_some_and(|d| d["state"] == "pending")));
     assert!(c.alert("enrollment.pending").is_some());
     assert_eq!(stored_frames(&c, &nid), 0);
     // Approved while serve runs: the resend is accepted.
     let out = c.cli(&["approve", &nid]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ok = c.wait_for(Duration::from_secs(10), |_| {
         let mut link = Link::connect(&addr);
         link.send(&[h.clone(), s1.clone()]);
@@ -343,10 +454,16 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
         link.closed(Duration::from_secs(1))
     });
     assert!(ok);
-    assert!(c.wait_for(Duration::from_secs(10), |c| c.alert("enrollment.revoked-device").is_some()));
+    assert!(c.wait_for(Duration::from_secs(10), |c| c
+        .alert("enrollment.revoked-device")
+        .is_some()));
 
     // Repeated occurrences update one alert.
-    let bad_sig: Vec<Value> = c.alerts().into_iter().filter(|a| a["rule"] == "transport.bad-signature").collect();
+    let bad_sig: Vec<Value> = c
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "transport.bad-signature")
+        .collect();
     assert_eq!(bad_sig.len(), 1);
 
     // ack / resolve change state, and every admin action is audited.
@@ -355,18 +472,28 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     assert!(c.cli(&["resolve", &aid]).status.success());
     let open = c.cli(&["alerts", "--open", "--json"]);
     let open: Vec<Value> = serde_json::from_slice(&open.stdout).unwrap();
-    assert!(open.iter().all(|a| a["id"].as_i64().unwrap().to_string() != aid));
+    assert!(open
+        .iter()
+        .all(|a| a["id"].as_i64().unwrap().to_string() != aid));
     let admin = c.cli(&["admin-log", "--json"]);
     let admin: Vec<Value> = serde_json::from_slice(&admin.stdout).unwrap();
-    let actions: Vec<&str> = admin.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = admin
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["enroll", "approve", "revoke", "ack", "resolve"]);
 
     // The JSON sink received the alerts and the audit events.
     let ok = c.wait_for(Duration::from_secs(10), |_| {
         let text = std::fs::read_to_string(&alerts_file).unwrap_or_default();
-        text.contains("\"rule\":\"enrollment.revoked-device\"") && text.contains("\"action\":\"resolve\"")
+        text.contains("\"rule\":\"enrollment.revoked-device\"")
+            && text.contains("\"action\":\"resolve\"")
     });
-    assert!(ok, "{}", std::fs::read_to_string(&alerts_file).unwrap_or_default());
+    assert!(
+        ok,
+        "{}",
+        std::fs::read_to_string(&alerts_file).unwrap_or_default()
+    );
     for line in std::fs::read_to_string(&alerts_file).unwrap().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
         assert!(v["type"] == "alert" || v["type"] == "audit", "{v}");
@@ -380,11 +507,20 @@ fn bad_configuration_exits_78_naming_the_field() {
     let dir = tempdir("collector-config");
     let cfg = dir.join("c.toml");
     std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nlisten_port = 3\n").unwrap();
-    let out = Command::new(binary("vigil-collector")).args(["serve", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(binary("vigil-collector"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
     let out = Command::new(binary("vigil-collector"))
-        .args(["serve", "--state-dir", dir.to_str().unwrap(), "--plain-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--state-dir",
+            dir.to_str().unwrap(),
+            "--plain-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
@@ -401,9 +537,17 @@ fn quickstart_streams_a_local_agent() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("approved"), "{text}");
-    assert!(text.contains("mem avail"), "no sample in the live view:\n{text}");
+    assert!(
+        text.contains("mem avail"),
+        "no sample in the live view:\n{text}"
+    );
     let state = text
         .lines()
         .find_map(|l| l.strip_prefix("State kept in "))
