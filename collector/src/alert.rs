@@ -413,14 +413,14 @@ mod tests {
 
     #[test]
     fn rfc3339_round_trips_seconds() {
-        assert_eq!(rfc3339(1_795_948_000_123), "2026-11-29T06:26:40.123Z");
+        assert_eq!(rfc3339(1_795_948_000_123), "2026-11-29T10:26:40.123Z");
         assert_eq!(
-            parse_rfc3339("2026-11-29T06:26:40Z"),
+            parse_rfc3339("2026-11-29T10:26:40Z"),
             Some(1_795_948_000_000)
         );
         assert_eq!(parse_rfc3339("2026-11-29"), Some(1_795_910_400_000));
         assert_eq!(
-            parse_rfc3339("2026-11-29T06:26:40.123Z"),
+            parse_rfc3339("2026-11-29T10:26:40.123Z"),
             Some(1_795_948_000_123)
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
@@ -429,7 +429,7 @@ mod tests {
     #[test]
     fn syslog_structured_data_is_escaped() {
         let line = syslog_5424(&alert(), "collector1", 42, 1_795_948_000_000);
-        assert!(line.starts_with("<35>1 2026-11-29T06:26:40.000Z collector1 vigil-collector 42 alert [vigil@32473 id=\"7\""), "{line}");
+        assert!(line.starts_with("<35>1 2026-11-29T10:26:40.000Z collector1 vigil-collector 42 alert [vigil@32473 id=\"7\""), "{line}");
         assert!(
             line.contains(r#"device_name="ct|scanner=7 \"east\]""#),
             "{line}"
