@@ -39,6 +39,7 @@ pub fn run(
         .map_err(|e| anyhow::anyhow!("state dir {}: {e}", cfg.state_dir.display()))?;
     let db = cfg.db_path();
     let store = Store::open(&db)?;
+    store.manual_checkpoints()?;
     let registry = Registry::default();
     let metrics = Arc::new(Metrics::default());
     let writer = Writer::new(
@@ -65,6 +66,12 @@ pub fn run(
         .name("archive-writer".into())
         .spawn(move || writer.run(jobs_rx))?;
     let sink_stop = Arc::new(AtomicBool::new(false));
+    let checkpointer = {
+        let (db, stop) = (db.clone(), Arc::clone(&sink_stop));
+        std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || checkpoints(&db, &stop))?
+    };
     let sink_thread = {
         let (db, sinks, m, s) = (
             db.clone(),
@@ -159,7 +166,29 @@ pub fn run(
     let _ = writer_thread.join();
     sink_stop.store(true, Relaxed);
     let _ = sink_thread.join();
+    let _ = checkpointer.join();
     result
+}
+
+/// Checkpoints the WAL a few times a second until `stop`, then once more.
+fn checkpoints(db: &std::path::Path, stop: &AtomicBool) {
+    let store = match Store::open(db) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("checkpointer: {e}");
+            return;
+        }
+    };
+    loop {
+        let stopping = stop.load(Relaxed);
+        if let Err(e) = store.checkpoint() {
+            log::warn!("WAL checkpoint: {e}");
+        }
+        if stopping {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 async fn wait_for_stop(signals: bool, mut stop: watch::Receiver<bool>) {

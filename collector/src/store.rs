@@ -209,8 +209,30 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
+        // 64 MiB of page cache: inserts from many devices interleave
+        // across the tables' B-trees.
+        conn.pragma_update(None, "cache_size", -65_536)
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        // Every statement of the ingest path stays prepared (the default
+        // cache of 16 thrashes and re-prepares per frame).
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Store { conn })
+    }
+
+    /// For the writer: leave WAL checkpoints to `checkpoint` on another
+    /// connection (thread), so copying pages back does not delay acks.
+    pub fn manual_checkpoints(&self) -> Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies committed WAL pages into the database without blocking the
+    /// writer (`PASSIVE`).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
