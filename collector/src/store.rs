@@ -117,6 +117,10 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+// Decoded rows are keyed by their frame's rowid, which only grows, so
+// ingest appends to them; the one index that takes an insertion point per
+// device is `frames_key`, the exactly-once guard. The per-batch device state
+// lives in the small `tracks` table.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices(
@@ -126,18 +130,20 @@ CREATE TABLE IF NOT EXISTS devices(
   model TEXT NOT NULL DEFAULT '',
   state TEXT NOT NULL CHECK(state IN ('pending','approved','revoked')),
   created_ms INTEGER NOT NULL,
-  last_seen_ms INTEGER,
-  frames_received INTEGER NOT NULL DEFAULT 0,
-  boot INTEGER, high_seq INTEGER, acked_seq INTEGER,
-  above TEXT NOT NULL DEFAULT '', hole_since_ms INTEGER,
   hello TEXT, peer TEXT);
+CREATE TABLE IF NOT EXISTS tracks(
+  device TEXT PRIMARY KEY,
+  last_seen_ms INTEGER NOT NULL, frames_received INTEGER NOT NULL,
+  boot INTEGER NOT NULL, high_seq INTEGER NOT NULL, acked_seq INTEGER,
+  above TEXT NOT NULL, hole_since_ms INTEGER) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS frames(
+  id INTEGER PRIMARY KEY,
   device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
   kind TEXT NOT NULL, time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
-  bytes BLOB NOT NULL,
-  PRIMARY KEY(device, boot, seq)) WITHOUT ROWID;
+  bytes BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS frames_key ON frames(device, boot, seq);
 CREATE TABLE IF NOT EXISTS samples(
-  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+  frame INTEGER NOT NULL, idx INTEGER NOT NULL,
   time_ms INTEGER NOT NULL, interval_ms INTEGER NOT NULL, uptime_s INTEGER NOT NULL,
   cpu_user INTEGER NOT NULL, cpu_nice INTEGER NOT NULL, cpu_system INTEGER NOT NULL,
   cpu_idle INTEGER NOT NULL, cpu_iowait INTEGER NOT NULL, cpu_irq INTEGER NOT NULL,
@@ -148,19 +154,17 @@ CREATE TABLE IF NOT EXISTS samples(
   psi_io_some_ms INTEGER, psi_io_full_ms INTEGER,
   load1_centi INTEGER NOT NULL, load5_centi INTEGER NOT NULL, load15_centi INTEGER NOT NULL,
   processes INTEGER NOT NULL,
-  PRIMARY KEY(device, boot, seq, idx)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS samples_by_time ON samples(device, time_ms);
+  PRIMARY KEY(frame, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sample_net(
-  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
-  iface TEXT NOT NULL,
+  frame INTEGER NOT NULL, idx INTEGER NOT NULL, iface TEXT NOT NULL,
   rx_bytes INTEGER NOT NULL, rx_packets INTEGER NOT NULL, rx_errors INTEGER NOT NULL, rx_dropped INTEGER NOT NULL,
   tx_bytes INTEGER NOT NULL, tx_packets INTEGER NOT NULL, tx_errors INTEGER NOT NULL, tx_dropped INTEGER NOT NULL,
-  PRIMARY KEY(device, boot, seq, idx, iface)) WITHOUT ROWID;
+  PRIMARY KEY(frame, idx, iface)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sample_disk(
-  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
-  disk TEXT NOT NULL, reads INTEGER NOT NULL, read_sectors INTEGER NOT NULL,
+  frame INTEGER NOT NULL, idx INTEGER NOT NULL, disk TEXT NOT NULL,
+  reads INTEGER NOT NULL, read_sectors INTEGER NOT NULL,
   writes INTEGER NOT NULL, write_sectors INTEGER NOT NULL, io_ms INTEGER NOT NULL,
-  PRIMARY KEY(device, boot, seq, idx, disk)) WITHOUT ROWID;
+  PRIMARY KEY(frame, idx, disk)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS samples_minute(
   device TEXT NOT NULL, minute_ms INTEGER NOT NULL, samples INTEGER NOT NULL,
   cpu_busy INTEGER NOT NULL, cpu_total INTEGER NOT NULL,
@@ -169,10 +173,10 @@ CREATE TABLE IF NOT EXISTS samples_minute(
   rx_bytes INTEGER NOT NULL, tx_bytes INTEGER NOT NULL,
   PRIMARY KEY(device, minute_ms)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS socket_changes(
-  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+  frame INTEGER NOT NULL, idx INTEGER NOT NULL,
   time_ms INTEGER NOT NULL, snapshot INTEGER NOT NULL, change TEXT NOT NULL, kind TEXT NOT NULL,
   proto TEXT NOT NULL, local TEXT NOT NULL, remote TEXT, uid INTEGER NOT NULL, process TEXT NOT NULL,
-  PRIMARY KEY(device, boot, seq, idx)) WITHOUT ROWID;
+  PRIMARY KEY(frame, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts(
   id INTEGER PRIMARY KEY,
   device TEXT NOT NULL, rule TEXT NOT NULL, severity TEXT NOT NULL, dedup TEXT NOT NULL,
@@ -259,10 +263,10 @@ impl Store {
 
     pub fn devices(&self) -> Result<Vec<Device>> {
         let mut st = self.conn.prepare(
-            "SELECT d.id, d.public_key, d.name, d.model, d.state, d.created_ms, d.last_seen_ms,
-                    d.frames_received, d.boot, d.high_seq, d.acked_seq, d.above, d.hole_since_ms, d.hello,
+            "SELECT d.id, d.public_key, d.name, d.model, d.state, d.created_ms, t.last_seen_ms,
+                    coalesce(t.frames_received, 0), t.boot, t.high_seq, t.acked_seq, t.above, t.hole_since_ms, d.hello,
                     (SELECT count(*) FROM alerts a WHERE a.device = d.id AND a.state != 'resolved')
-             FROM devices d ORDER BY d.name, d.id",
+             FROM devices d LEFT JOIN tracks t ON t.device = d.id ORDER BY d.name, d.id",
         )?;
         let rows = st.query_map([], |r| {
             let boot: Option<i64> = r.get(8)?;
@@ -510,61 +514,58 @@ impl Store {
     /// Samples of a device in `[from, to)`, oldest first, as JSON objects.
     pub fn export(&self, device: &str, from_ms: u64, to_ms: u64) -> Result<Vec<Value>> {
         let mut st = self.conn.prepare(
-            "SELECT boot, seq, idx, time_ms, interval_ms, uptime_s,
+            "SELECT s.frame, s.idx, s.time_ms, s.interval_ms, s.uptime_s,
                     cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
                     mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
                     load1_centi, load5_centi, load15_centi, processes
-             FROM samples WHERE device = ?1 AND time_ms >= ?2 AND time_ms < ?3
-             ORDER BY time_ms, boot, seq, idx",
+             FROM frames f JOIN samples s ON s.frame = f.id
+             WHERE f.device = ?1 AND s.time_ms >= ?2 AND s.time_ms < ?3
+             ORDER BY s.time_ms, f.boot, f.seq, s.idx",
         )?;
-        let mut net = self.conn.prepare_cached(
-            "SELECT iface, rx_bytes, rx_packets, rx_errors, rx_dropped, tx_bytes, tx_packets, tx_errors, tx_dropped
-             FROM sample_net WHERE device = ?1 AND boot = ?2 AND seq = ?3 AND idx = ?4 ORDER BY iface",
-        )?;
-        let rows = st.query_map(params![device, i(from_ms), i(to_ms)], |r| {
-            let g = |k: usize| r.get::<_, i64>(k);
-            Ok((
-                [g(0)?, g(1)?, g(2)?],
-                json!({
-                    "time": crate::alert::rfc3339(u(g(3)?)),
-                    "time_ms": g(3)?,
-                    "interval_ms": g(4)?,
-                    "uptime_s": g(5)?,
-                    "cpu": {"user": g(6)?, "nice": g(7)?, "system": g(8)?, "idle": g(9)?,
-                            "iowait": g(10)?, "irq": g(11)?, "softirq": g(12)?, "steal": g(13)?},
-                    "memory": {"total_kib": g(14)?, "available_kib": g(15)?,
-                               "swap_total_kib": g(16)?, "swap_used_kib": g(17)?},
-                    "load": [g(18)? as f64 / 100.0, g(19)? as f64 / 100.0, g(20)? as f64 / 100.0],
-                    "processes": g(21)?,
-                }),
-            ))
-        })?;
+        let rows = st.query_map(params![device, i(from_ms), i(to_ms)], sample_json)?;
         let mut out = Vec::new();
         for row in rows {
-            let (key, mut v) = row?;
-            let ifaces = net.query_map(params![device, key[0], key[1], key[2]], |r| {
-                Ok(json!({
-                    "iface": r.get::<_, String>(0)?,
-                    "rx_bytes": r.get::<_, i64>(1)?, "rx_packets": r.get::<_, i64>(2)?,
-                    "rx_errors": r.get::<_, i64>(3)?, "rx_dropped": r.get::<_, i64>(4)?,
-                    "tx_bytes": r.get::<_, i64>(5)?, "tx_packets": r.get::<_, i64>(6)?,
-                    "tx_errors": r.get::<_, i64>(7)?, "tx_dropped": r.get::<_, i64>(8)?,
-                }))
-            })?;
-            v["network"] = Value::Array(ifaces.collect::<std::result::Result<_, _>>()?);
-            out.push(v);
+            let (key, v) = row?;
+            out.push(self.with_network(key, v)?);
         }
         Ok(out)
     }
 
-    pub fn latest_sample(&self, device: &str) -> Result<Option<Value>> {
-        let t: Option<i64> = self.conn.query_row(
-            "SELECT max(time_ms) FROM samples WHERE device = ?1",
-            [device],
-            |r| r.get(0),
+    fn with_network(&self, (frame, idx): (i64, i64), mut v: Value) -> Result<Value> {
+        let mut net = self.conn.prepare_cached(
+            "SELECT iface, rx_bytes, rx_packets, rx_errors, rx_dropped, tx_bytes, tx_packets, tx_errors, tx_dropped
+             FROM sample_net WHERE frame = ?1 AND idx = ?2 ORDER BY iface",
         )?;
-        let Some(t) = t else { return Ok(None) };
-        Ok(self.export(device, u(t), u(t) + 1)?.pop())
+        let ifaces = net.query_map(params![frame, idx], |r| {
+            Ok(json!({
+                "iface": r.get::<_, String>(0)?,
+                "rx_bytes": r.get::<_, i64>(1)?, "rx_packets": r.get::<_, i64>(2)?,
+                "rx_errors": r.get::<_, i64>(3)?, "rx_dropped": r.get::<_, i64>(4)?,
+                "tx_bytes": r.get::<_, i64>(5)?, "tx_packets": r.get::<_, i64>(6)?,
+                "tx_errors": r.get::<_, i64>(7)?, "tx_dropped": r.get::<_, i64>(8)?,
+            }))
+        })?;
+        v["network"] = Value::Array(ifaces.collect::<std::result::Result<_, _>>()?);
+        Ok(v)
+    }
+
+    /// The newest sample of a device (highest boot and sequence).
+    pub fn latest_sample(&self, device: &str) -> Result<Option<Value>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT s.frame, s.idx, s.time_ms, s.interval_ms, s.uptime_s,
+                        cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
+                        mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
+                        load1_centi, load5_centi, load15_centi, processes
+                 FROM frames f JOIN samples s ON s.frame = f.id
+                 WHERE f.device = ?1 AND f.kind = 'samples'
+                 ORDER BY f.boot DESC, f.seq DESC, s.idx DESC LIMIT 1",
+                [device],
+                sample_json,
+            )
+            .optional()?;
+        row.map(|(key, v)| self.with_network(key, v)).transpose()
     }
 
     pub fn admin_log(&self) -> Result<Vec<Value>> {
@@ -595,9 +596,9 @@ impl Store {
             .map(|d| (d.id, vigil_protocol::frame::parse_public_key(&d.public_key)))
             .collect();
         let mut report = AuditReport::default();
-        let mut st = self
-            .conn
-            .prepare("SELECT device, boot, seq, bytes FROM frames ORDER BY device, boot, seq")?;
+        let mut st = self.conn.prepare(
+            "SELECT device, boot, seq, bytes, id FROM frames ORDER BY device, boot, seq",
+        )?;
         let mut rows = st.query([])?;
         // The Hello in force names interfaces and disks for later samples.
         let mut layout: Option<(String, u32, Layout)> = None;
@@ -606,6 +607,7 @@ impl Store {
             let device: String = r.get(0)?;
             let boot = u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX);
             let seq = u(r.get(2)?);
+            let frame_id: i64 = r.get(4)?;
             report.frames += 1;
             let at = format!("frame {device}/{boot}/{seq}");
             // Whatever was written into the column, audit it as bytes.
@@ -650,7 +652,7 @@ impl Store {
             if let Some((_, _, l)) = &layout {
                 expected.add(&v, &body, l);
             }
-            let mut stored = Rows::load(&self.conn, &device, boot, seq)?;
+            let mut stored = Rows::load(&self.conn, frame_id)?;
             stored.sort();
             expected.sort();
             if stored != expected {
@@ -664,8 +666,7 @@ impl Store {
         for table in ["samples", "sample_net", "sample_disk", "socket_changes"] {
             let orphans: i64 = self.conn.query_row(
                 &format!(
-                    "SELECT count(*) FROM {table} t WHERE NOT EXISTS
-                     (SELECT 1 FROM frames f WHERE f.device = t.device AND f.boot = t.boot AND f.seq = t.seq)"
+                    "SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM frames f WHERE f.id = t.frame)"
                 ),
                 [],
                 |r| r.get(0),
@@ -690,15 +691,16 @@ impl Store {
             "INSERT INTO samples_minute(device, minute_ms, samples, cpu_busy, cpu_total,
                 mem_available_kib_min, mem_available_kib_avg, swap_used_kib_max, processes_max,
                 load1_centi_max, rx_bytes, tx_bytes)
-             SELECT s.device, s.time_ms / 60000 * 60000, count(*),
+             SELECT f.device, s.time_ms / 60000 * 60000, count(*),
                 sum(cpu_user + cpu_nice + cpu_system + cpu_iowait + cpu_irq + cpu_softirq + cpu_steal),
                 sum(cpu_user + cpu_nice + cpu_system + cpu_idle + cpu_iowait + cpu_irq + cpu_softirq + cpu_steal),
                 min(mem_available_kib), avg(mem_available_kib), max(swap_used_kib), max(processes),
                 max(load1_centi),
-                coalesce(sum((SELECT sum(rx_bytes) FROM sample_net n WHERE n.device = s.device AND n.boot = s.boot AND n.seq = s.seq AND n.idx = s.idx)), 0),
-                coalesce(sum((SELECT sum(tx_bytes) FROM sample_net n WHERE n.device = s.device AND n.boot = s.boot AND n.seq = s.seq AND n.idx = s.idx)), 0)
-             FROM samples s WHERE s.time_ms < ?1
-             GROUP BY s.device, s.time_ms / 60000
+                coalesce(sum((SELECT sum(rx_bytes) FROM sample_net n WHERE n.frame = s.frame AND n.idx = s.idx)), 0),
+                coalesce(sum((SELECT sum(tx_bytes) FROM sample_net n WHERE n.frame = s.frame AND n.idx = s.idx)), 0)
+             FROM frames f JOIN samples s ON s.frame = f.id
+             WHERE f.kind = 'samples' AND f.time_ms < ?1
+             GROUP BY f.device, s.time_ms / 60000
              ON CONFLICT(device, minute_ms) DO UPDATE SET
                 samples = samples + excluded.samples, cpu_busy = cpu_busy + excluded.cpu_busy,
                 cpu_total = cpu_total + excluded.cpu_total,
@@ -709,20 +711,20 @@ impl Store {
                 rx_bytes = rx_bytes + excluded.rx_bytes, tx_bytes = tx_bytes + excluded.tx_bytes",
             [i(cutoff_ms)],
         )?;
-        // A frame goes only when all of its samples are past the cutoff.
+        for table in ["samples", "sample_net", "sample_disk"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE frame IN
+                     (SELECT id FROM frames WHERE kind = 'samples' AND time_ms < ?1)"
+                ),
+                [i(cutoff_ms)],
+            )?;
+        }
+        // Security frames and their rows are kept.
         let frames = tx.execute(
             "DELETE FROM frames WHERE kind = 'samples' AND time_ms < ?1",
             [i(cutoff_ms)],
         )?;
-        for table in ["samples", "sample_net", "sample_disk"] {
-            tx.execute(
-                &format!(
-                    "DELETE FROM {table} WHERE NOT EXISTS
-                     (SELECT 1 FROM frames f WHERE f.device = {table}.device AND f.boot = {table}.boot AND f.seq = {table}.seq)"
-                ),
-                [],
-            )?;
-        }
         tx.commit()?;
         Ok(u64::try_from(frames).unwrap_or(0))
     }
@@ -732,6 +734,27 @@ impl Store {
 pub struct AuditReport {
     pub frames: u64,
     pub problems: Vec<String>,
+}
+
+/// A `samples` row (frame, idx, then the columns in `export`'s order) as
+/// JSON, with its key for the network rows.
+fn sample_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<((i64, i64), Value)> {
+    let g = |k: usize| r.get::<_, i64>(k);
+    Ok((
+        (g(0)?, g(1)?),
+        json!({
+            "time": crate::alert::rfc3339(u(g(2)?)),
+            "time_ms": g(2)?,
+            "interval_ms": g(3)?,
+            "uptime_s": g(4)?,
+            "cpu": {"user": g(5)?, "nice": g(6)?, "system": g(7)?, "idle": g(8)?,
+                    "iowait": g(9)?, "irq": g(10)?, "softirq": g(11)?, "steal": g(12)?},
+            "memory": {"total_kib": g(13)?, "available_kib": g(14)?,
+                       "swap_total_kib": g(15)?, "swap_used_kib": g(16)?},
+            "load": [g(17)? as f64 / 100.0, g(18)? as f64 / 100.0, g(19)? as f64 / 100.0],
+            "processes": g(20)?,
+        }),
+    ))
 }
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
@@ -849,8 +872,8 @@ pub fn insert_pending(
     let mut text = String::new();
     let _ = vigil_protocol::frame::write_public_key(&mut text, key);
     tx.execute(
-        "INSERT OR IGNORE INTO devices(id, public_key, name, state, created_ms, last_seen_ms, hello, peer)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO devices(id, public_key, name, state, created_ms, hello, peer)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
         params![
             DeviceId::of(key).to_string(),
             text,
@@ -896,7 +919,7 @@ pub fn store_frame(
     if let Some(body) = body {
         let mut rows = Rows::default();
         rows.add(v, body, layout);
-        rows.insert(tx, &device, h.boot, h.seq)?;
+        rows.insert(tx, tx.last_insert_rowid())?;
     }
     Ok(true)
 }
@@ -913,10 +936,13 @@ pub fn update_device(
     peer: &str,
 ) -> Result<()> {
     tx.prepare_cached(
-        "UPDATE devices SET frames_received = frames_received + ?2, last_seen_ms = max(coalesce(last_seen_ms, 0), ?3),
-                boot = ?4, high_seq = ?5, acked_seq = ?6, above = ?7, hole_since_ms = ?8, peer = ?9,
-                hello = coalesce(?10, hello)
-         WHERE id = ?1",
+        "INSERT INTO tracks(device, last_seen_ms, frames_received, boot, high_seq, acked_seq, above, hole_since_ms)
+         VALUES (?1, ?3, ?2, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(device) DO UPDATE SET
+            frames_received = frames_received + excluded.frames_received,
+            last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
+            boot = excluded.boot, high_seq = excluded.high_seq, acked_seq = excluded.acked_seq,
+            above = excluded.above, hole_since_ms = excluded.hole_since_ms",
     )?
     .execute(params![
         device,
@@ -927,9 +953,11 @@ pub fn update_device(
         track.acked.map(i),
         track.encode_above(),
         track.hole_since_ms.map(i),
-        peer,
-        hello.map(|h| hello_json(h).to_string()),
     ])?;
+    if let Some(h) = hello {
+        tx.prepare_cached("UPDATE devices SET hello = ?2, peer = ?3 WHERE id = ?1")?
+            .execute(params![device, hello_json(h).to_string(), peer])?;
+    }
     Ok(())
 }
 
@@ -937,8 +965,8 @@ pub fn update_device(
 /// from enrollment).
 pub fn silent_devices(conn: &Connection, cutoff_ms: u64) -> Result<Vec<(String, Option<u64>)>> {
     let mut st = conn.prepare_cached(
-        "SELECT id, last_seen_ms FROM devices WHERE state = 'approved'
-         AND coalesce(last_seen_ms, created_ms) < ?1",
+        "SELECT d.id, t.last_seen_ms FROM devices d LEFT JOIN tracks t ON t.device = d.id
+         WHERE d.state = 'approved' AND coalesce(t.last_seen_ms, d.created_ms) < ?1",
     )?;
     let rows = st.query_map([i(cutoff_ms)], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?.map(u)))
@@ -1139,63 +1167,59 @@ impl Rows {
         }
     }
 
-    fn insert(&self, tx: &Connection, device: &str, boot: u32, seq: u64) -> Result<()> {
-        let seq = i(seq);
+    fn insert(&self, tx: &Connection, frame: i64) -> Result<()> {
         if !self.samples.is_empty() {
             let mut st = tx.prepare_cached(
-                "INSERT INTO samples(device, boot, seq, idx, time_ms, interval_ms, uptime_s,
+                "INSERT INTO samples(frame, idx, time_ms, interval_ms, uptime_s,
                     cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
                     mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
                     psi_cpu_some_ms, psi_memory_some_ms, psi_memory_full_ms, psi_io_some_ms, psi_io_full_ms,
                     load1_centi, load5_centi, load15_centi, processes)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                         ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
+                         ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
             )?;
             for s in &self.samples {
-                let mut p: Vec<&dyn rusqlite::ToSql> = vec![&device, &boot, &seq];
+                let mut p: Vec<&dyn rusqlite::ToSql> = vec![&frame];
                 p.extend(s.iter().map(|v| v as &dyn rusqlite::ToSql));
                 st.execute(p.as_slice())?;
             }
         }
         if !self.net.is_empty() {
             let mut st = tx.prepare_cached(
-                "INSERT INTO sample_net(device, boot, seq, idx, iface, rx_bytes, rx_packets, rx_errors, rx_dropped,
+                "INSERT INTO sample_net(frame, idx, iface, rx_bytes, rx_packets, rx_errors, rx_dropped,
                     tx_bytes, tx_packets, tx_errors, tx_dropped)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for (idx, iface, c) in &self.net {
                 st.execute(params![
-                    device, boot, seq, idx, iface, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+                    frame, idx, iface, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
                 ])?;
             }
         }
         if !self.disk.is_empty() {
             let mut st = tx.prepare_cached(
-                "INSERT INTO sample_disk(device, boot, seq, idx, disk, reads, read_sectors, writes, write_sectors, io_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO sample_disk(frame, idx, disk, reads, read_sectors, writes, write_sectors, io_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for (idx, disk, c) in &self.disk {
-                st.execute(params![
-                    device, boot, seq, idx, disk, c[0], c[1], c[2], c[3], c[4]
-                ])?;
+                st.execute(params![frame, idx, disk, c[0], c[1], c[2], c[3], c[4]])?;
             }
         }
         if !self.sockets.is_empty() {
             let mut st = tx.prepare_cached(
-                "INSERT INTO socket_changes(device, boot, seq, idx, time_ms, snapshot, change, kind, proto, local, remote, uid, process)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                "INSERT INTO socket_changes(frame, idx, time_ms, snapshot, change, kind, proto, local, remote, uid, process)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for s in &self.sockets {
                 st.execute(params![
-                    device, boot, seq, s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7, s.8, s.9
+                    frame, s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7, s.8, s.9
                 ])?;
             }
         }
         Ok(())
     }
 
-    fn load(conn: &Connection, device: &str, boot: u32, seq: u64) -> Result<Rows> {
-        let seq = i(seq);
+    fn load(conn: &Connection, frame: i64) -> Result<Rows> {
         let mut rows = Rows::default();
         let mut st = conn.prepare_cached(
             "SELECT idx, time_ms, interval_ms, uptime_s,
@@ -1203,9 +1227,9 @@ impl Rows {
                     mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
                     psi_cpu_some_ms, psi_memory_some_ms, psi_memory_full_ms, psi_io_some_ms, psi_io_full_ms,
                     load1_centi, load5_centi, load15_centi, processes
-             FROM samples WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx",
+             FROM samples WHERE frame = ?1 ORDER BY idx",
         )?;
-        let mut q = st.query(params![device, boot, seq])?;
+        let mut q = st.query([frame])?;
         while let Some(r) = q.next()? {
             let mut s = [None; 25];
             for (k, slot) in s.iter_mut().enumerate() {
@@ -1215,9 +1239,9 @@ impl Rows {
         }
         let mut st = conn.prepare_cached(
             "SELECT idx, iface, rx_bytes, rx_packets, rx_errors, rx_dropped, tx_bytes, tx_packets, tx_errors, tx_dropped
-             FROM sample_net WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx, iface",
+             FROM sample_net WHERE frame = ?1 ORDER BY idx, iface",
         )?;
-        let mut q = st.query(params![device, boot, seq])?;
+        let mut q = st.query([frame])?;
         while let Some(r) = q.next()? {
             let mut c = [0i64; 8];
             for (k, slot) in c.iter_mut().enumerate() {
@@ -1227,9 +1251,9 @@ impl Rows {
         }
         let mut st = conn.prepare_cached(
             "SELECT idx, disk, reads, read_sectors, writes, write_sectors, io_ms
-             FROM sample_disk WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx, disk",
+             FROM sample_disk WHERE frame = ?1 ORDER BY idx, disk",
         )?;
-        let mut q = st.query(params![device, boot, seq])?;
+        let mut q = st.query([frame])?;
         while let Some(r) = q.next()? {
             let mut c = [0i64; 5];
             for (k, slot) in c.iter_mut().enumerate() {
@@ -1239,9 +1263,9 @@ impl Rows {
         }
         let mut st = conn.prepare_cached(
             "SELECT idx, time_ms, snapshot, change, kind, proto, local, remote, uid, process
-             FROM socket_changes WHERE device = ?1 AND boot = ?2 AND seq = ?3 ORDER BY idx",
+             FROM socket_changes WHERE frame = ?1 ORDER BY idx",
         )?;
-        let mut q = st.query(params![device, boot, seq])?;
+        let mut q = st.query([frame])?;
         while let Some(r) = q.next()? {
             rows.sockets.push((
                 r.get(0)?,
@@ -1281,5 +1305,86 @@ impl Rows {
             what.push("socket_changes");
         }
         what.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use vigil_protocol::sample::{CpuTicks, Memory};
+    use vigil_protocol::{Frame, Header, Sample, Samples, SigningKey, VERSION};
+
+    fn frame(key: &SigningKey, seq: u64, time_ms: u64) -> Vec<u8> {
+        let s = Sample {
+            time_ms,
+            interval_ms: 1000,
+            cpu: CpuTicks {
+                user: 10,
+                idle: 90,
+                ..Default::default()
+            },
+            memory: Memory {
+                total_kib: 1000,
+                available_kib: 500,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let h = Header {
+            version: VERSION,
+            device: DeviceId::of(&key.verifying_key()),
+            boot: 1,
+            seq,
+            time_ms,
+        };
+        Frame::new(h, Body::Samples(Samples::new(s)))
+            .sign(key)
+            .unwrap()
+            .to_vec()
+    }
+
+    fn put(store: &mut Store, key: &SigningKey, bytes: &[u8]) -> bool {
+        let v = SignedFrame::parse(bytes)
+            .unwrap()
+            .verify(&key.verifying_key())
+            .unwrap();
+        let body = v.body().unwrap();
+        let tx = store.transaction().unwrap();
+        let fresh = store_frame(&tx, &v, Some(&body), &Layout::default(), 0).unwrap();
+        tx.commit().unwrap();
+        fresh
+    }
+
+    #[test]
+    fn frames_are_stored_once_and_old_samples_roll_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("a.sqlite")).unwrap();
+        let key = SigningKey::from_bytes(&[5; 32]);
+        store
+            .enroll(&key.verifying_key(), "dev", "", "test", 0)
+            .unwrap();
+        let id = DeviceId::of(&key.verifying_key()).to_string();
+        let (old, new) = (frame(&key, 0, 60_000), frame(&key, 1, 10 * 86_400_000));
+        assert!(put(&mut store, &key, &old));
+        assert!(!put(&mut store, &key, &old), "a resend is not stored twice");
+        assert!(put(&mut store, &key, &new));
+        assert_eq!(store.export(&id, 0, u64::MAX / 2).unwrap().len(), 2);
+        assert!(store.audit().unwrap().problems.is_empty());
+
+        assert_eq!(store.roll_up(86_400_000).unwrap(), 1);
+        let rows = store.export(&id, 0, u64::MAX / 2).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["time_ms"], 10 * 86_400_000);
+        let (n, busy, total): (i64, i64, i64) = store
+            .conn
+            .query_row("SELECT samples, cpu_busy, cpu_total FROM samples_minute WHERE device = ?1 AND minute_ms = 60000", [&id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((n, busy, total), (1, 10, 100));
+        let report = store.audit().unwrap();
+        assert_eq!(report.frames, 1);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 }

@@ -197,17 +197,18 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     assert!(text.contains(" 0 problems"), "{text}");
 
     // A decoded row altered directly in the SQLite file.
-    let (boot, seq): (i64, i64) = db(&c)
+    let (boot, seq, frame): (i64, i64, i64) = db(&c)
         .query_row(
-            "SELECT boot, seq FROM samples WHERE device = ?1 ORDER BY seq DESC LIMIT 1",
+            "SELECT f.boot, f.seq, f.id FROM frames f JOIN samples s ON s.frame = f.id
+             WHERE f.device = ?1 ORDER BY f.seq DESC LIMIT 1",
             [&id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
     let n = db(&c)
         .execute(
-            "UPDATE samples SET cpu_user = cpu_user + 50 WHERE device = ?1 AND boot = ?2 AND seq = ?3 AND idx = 0",
-            rusqlite::params![id, boot, seq],
+            "UPDATE samples SET cpu_user = cpu_user + 50 WHERE frame = ?1 AND idx = 0",
+            [frame],
         )
         .unwrap();
     assert_eq!(n, 1);
