@@ -559,3 +559,83 @@ fn quickstart_streams_a_local_agent() {
     assert_eq!(cli(&state, &["audit"]).status.code(), Some(0));
     let _ = std::fs::remove_dir_all(state.parent().unwrap());
 }
+
+#[test]
+fn holes_are_alerted_as_loss_gaps_explain_them_and_silence_is_noticed() {
+    use vigil_protocol::body::{Gap, GapReason, SeqRange};
+    use vigil_protocol::{Body, BodyKind};
+    let dir = tempdir("collector-loss");
+    let state = dir.join("collector");
+    let mut dev = Device::new(11);
+    enroll(&state, &dev.public_key(), "xray-2");
+    let c = Collector::start(
+        &state,
+        &[
+            "--no-tls",
+            "--plain-listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--loss-grace-s",
+            "1",
+            "--silence-s",
+            "3",
+        ],
+    );
+    let addr = c.plain.clone().unwrap();
+    let id = dev.id();
+    let hello = dev.hello_body();
+    let f0 = dev.frame(hello);
+    let f1 = dev.frame(dev.sample_body(1));
+    let (f2, f3, f4) = (
+        dev.frame(dev.sample_body(1)),
+        dev.frame(dev.sample_body(1)),
+        dev.frame(dev.sample_body(1)),
+    );
+    let f5 = dev.frame(dev.sample_body(1));
+    // 2..=4 never arrive: the ack stays at 1 and, after the grace, loss is alerted.
+    let mut link = Link::connect(&addr);
+    link.send(&[f0, f1, f5]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(1));
+    assert!(c.wait_for(Duration::from_secs(10), |c| c
+        .alert("transport.sequence-loss")
+        .is_some()));
+    let a = c.alert("transport.sequence-loss").unwrap();
+    assert_eq!(a["evidence"]["missing_from"], 2);
+    assert_eq!(a["evidence"]["missing_to"], 4);
+    // A resend of 2 fills part of the hole.
+    let mut link = Link::connect(&addr);
+    link.send(&[f2]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(2));
+    drop((f3, f4));
+    // The agent says it dropped 3..=4: explained, the ack moves past them.
+    let gap = Body::Gap(Gap {
+        reason: GapReason::QueueFull,
+        kind: BodyKind::Samples,
+        samples: 2,
+        ranges: heapless::Vec::from_slice(&[SeqRange { first: 3, count: 2 }]).unwrap(),
+    });
+    link.send(&[dev.frame(gap)]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(6));
+    let g = c.alert("transport.agent-gap").expect("gap alert");
+    assert_eq!(g["evidence"]["dropped_samples"], 2);
+    assert_eq!(g["evidence"]["dropped_frames"], 2);
+    drop(link);
+    // Silence: nothing for more than 3 s.
+    assert!(
+        c.wait_for(Duration::from_secs(15), |c| c.alerts().iter().any(|a| a
+            ["rule"]
+            == "device.silence"
+            && a["device"] == id.as_str()
+            && a["state"] == "open"))
+    );
+    // It ends when the device speaks again.
+    let mut link = Link::connect(&addr);
+    link.send(&[dev.frame(dev.sample_body(1))]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(7));
+    assert!(c.wait_for(Duration::from_secs(10), |c| c
+        .alerts()
+        .iter()
+        .any(|a| a["rule"] == "device.silence" && a["state"] == "resolved")));
+    assert_eq!(c.cli(&["audit"]).status.code(), Some(0));
+    assert_eq!(c.stop(), Some(0));
+}
