@@ -64,6 +64,8 @@ impl DeviceState {
 #[derive(Debug, Clone)]
 pub struct Device {
     pub id: String,
+    /// Small integer naming the device inside the archive.
+    pub num: i64,
     pub public_key: String,
     pub name: String,
     pub model: String,
@@ -119,12 +121,14 @@ fn u(v: i64) -> u64 {
 
 // Decoded rows are keyed by their frame's rowid, which only grows, so
 // ingest appends to them; the one index that takes an insertion point per
-// device is `frames_key`, the exactly-once guard. The per-batch device state
+// device is `frames_key`, the exactly-once guard, kept small by naming the
+// device by its number (`devices.num`) rather than its hex id. The per-batch device state
 // lives in the small `tracks` table.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices(
   id TEXT PRIMARY KEY,
+  num INTEGER NOT NULL UNIQUE,
   public_key TEXT NOT NULL,
   name TEXT NOT NULL DEFAULT '',
   model TEXT NOT NULL DEFAULT '',
@@ -138,7 +142,7 @@ CREATE TABLE IF NOT EXISTS tracks(
   above TEXT NOT NULL, hole_since_ms INTEGER) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS frames(
   id INTEGER PRIMARY KEY,
-  device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+  device INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
   kind TEXT NOT NULL, time_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
   bytes BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS frames_key ON frames(device, boot, seq);
@@ -265,7 +269,7 @@ impl Store {
         let mut st = self.conn.prepare(
             "SELECT d.id, d.public_key, d.name, d.model, d.state, d.created_ms, t.last_seen_ms,
                     coalesce(t.frames_received, 0), t.boot, t.high_seq, t.acked_seq, t.above, t.hole_since_ms, d.hello,
-                    (SELECT count(*) FROM alerts a WHERE a.device = d.id AND a.state != 'resolved')
+                    (SELECT count(*) FROM alerts a WHERE a.device = d.id AND a.state != 'resolved'), d.num
              FROM devices d LEFT JOIN tracks t ON t.device = d.id ORDER BY d.name, d.id",
         )?;
         let rows = st.query_map([], |r| {
@@ -279,6 +283,7 @@ impl Store {
             });
             Ok(Device {
                 id: r.get(0)?,
+                num: r.get(15)?,
                 public_key: r.get(1)?,
                 name: r.get(2)?,
                 model: r.get(3)?,
@@ -346,8 +351,8 @@ impl Store {
             }
             None => {
                 tx.execute(
-                    "INSERT INTO devices(id, public_key, name, model, state, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, 'approved', ?5)",
+                    "INSERT INTO devices(id, num, public_key, name, model, state, created_ms)
+                     VALUES (?1, (SELECT coalesce(max(num), 0) + 1 FROM devices), ?2, ?3, ?4, 'approved', ?5)",
                     params![id, text, name, model, i(now_ms)],
                 )?;
             }
@@ -519,7 +524,7 @@ impl Store {
                     mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
                     load1_centi, load5_centi, load15_centi, processes
              FROM frames f JOIN samples s ON s.frame = f.id
-             WHERE f.device = ?1 AND s.time_ms >= ?2 AND s.time_ms < ?3
+             WHERE f.device = (SELECT num FROM devices WHERE id = ?1) AND s.time_ms >= ?2 AND s.time_ms < ?3
              ORDER BY s.time_ms, f.boot, f.seq, s.idx",
         )?;
         let rows = st.query_map(params![device, i(from_ms), i(to_ms)], sample_json)?;
@@ -559,7 +564,7 @@ impl Store {
                         mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
                         load1_centi, load5_centi, load15_centi, processes
                  FROM frames f JOIN samples s ON s.frame = f.id
-                 WHERE f.device = ?1 AND f.kind = 'samples'
+                 WHERE f.device = (SELECT num FROM devices WHERE id = ?1) AND f.kind = 'samples'
                  ORDER BY f.boot DESC, f.seq DESC, s.idx DESC LIMIT 1",
                 [device],
                 sample_json,
@@ -597,7 +602,8 @@ impl Store {
             .collect();
         let mut report = AuditReport::default();
         let mut st = self.conn.prepare(
-            "SELECT device, boot, seq, bytes, id FROM frames ORDER BY device, boot, seq",
+            "SELECT d.id, f.boot, f.seq, f.bytes, f.id FROM frames f JOIN devices d ON d.num = f.device
+                 ORDER BY f.device, f.boot, f.seq",
         )?;
         let mut rows = st.query([])?;
         // The Hello in force names interfaces and disks for later samples.
@@ -691,7 +697,7 @@ impl Store {
             "INSERT INTO samples_minute(device, minute_ms, samples, cpu_busy, cpu_total,
                 mem_available_kib_min, mem_available_kib_avg, swap_used_kib_max, processes_max,
                 load1_centi_max, rx_bytes, tx_bytes)
-             SELECT f.device, s.time_ms / 60000 * 60000, count(*),
+             SELECT (SELECT id FROM devices d WHERE d.num = f.device), s.time_ms / 60000 * 60000, count(*),
                 sum(cpu_user + cpu_nice + cpu_system + cpu_iowait + cpu_irq + cpu_softirq + cpu_steal),
                 sum(cpu_user + cpu_nice + cpu_system + cpu_idle + cpu_iowait + cpu_irq + cpu_softirq + cpu_steal),
                 min(mem_available_kib), avg(mem_available_kib), max(swap_used_kib), max(processes),
@@ -872,8 +878,8 @@ pub fn insert_pending(
     let mut text = String::new();
     let _ = vigil_protocol::frame::write_public_key(&mut text, key);
     tx.execute(
-        "INSERT OR IGNORE INTO devices(id, public_key, name, state, created_ms, hello, peer)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO devices(id, num, public_key, name, state, created_ms, hello, peer)
+         VALUES (?1, (SELECT coalesce(max(num), 0) + 1 FROM devices), ?2, ?3, 'pending', ?4, ?5, ?6)",
         params![
             DeviceId::of(key).to_string(),
             text,
@@ -891,13 +897,13 @@ pub fn insert_pending(
 /// already archived (a resend), in which case nothing else is written.
 pub fn store_frame(
     tx: &Connection,
+    num: i64,
     v: &VerifiedFrame<'_>,
     body: Option<&Body>,
     layout: &Layout,
     received_ms: u64,
 ) -> Result<bool> {
     let h = v.header();
-    let device = h.device.to_string();
     let kind = v.kind().map_or("unknown", |k| k.name());
     let inserted = tx
         .prepare_cached(
@@ -905,7 +911,7 @@ pub fn store_frame(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
-            device,
+            num,
             h.boot,
             i(h.seq),
             kind,
@@ -963,6 +969,14 @@ pub fn update_device(
 
 /// Approved devices silent since before `cutoff_ms` (never seen counts
 /// from enrollment).
+/// The archive's number for a device id.
+pub fn device_num(tx: &Connection, id: &str) -> Result<Option<i64>> {
+    Ok(tx
+        .prepare_cached("SELECT num FROM devices WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
 pub fn silent_devices(conn: &Connection, cutoff_ms: u64) -> Result<Vec<(String, Option<u64>)>> {
     let mut st = conn.prepare_cached(
         "SELECT d.id, t.last_seen_ms FROM devices d LEFT JOIN tracks t ON t.device = d.id
@@ -1345,13 +1359,15 @@ mod tests {
     }
 
     fn put(store: &mut Store, key: &SigningKey, bytes: &[u8]) -> bool {
+        let id = DeviceId::of(&key.verifying_key()).to_string();
+        let num = store.find_device(&id).unwrap().num;
         let v = SignedFrame::parse(bytes)
             .unwrap()
             .verify(&key.verifying_key())
             .unwrap();
         let body = v.body().unwrap();
         let tx = store.transaction().unwrap();
-        let fresh = store_frame(&tx, &v, Some(&body), &Layout::default(), 0).unwrap();
+        let fresh = store_frame(&tx, num, &v, Some(&body), &Layout::default(), 0).unwrap();
         tx.commit().unwrap();
         fresh
     }

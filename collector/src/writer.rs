@@ -59,6 +59,7 @@ pub struct Settings {
 }
 
 struct DeviceTrack {
+    num: i64,
     track: Option<Track>,
     layout: Layout,
     boot_id: Option<String>,
@@ -114,6 +115,7 @@ impl Writer {
         for d in &devices {
             if let Some(id) = DeviceId::from_hex(&d.id) {
                 self.devices.entry(id).or_insert_with(|| DeviceTrack {
+                    num: d.num,
                     track: d.track.clone(),
                     layout: d.hello.as_ref().map(Layout::from_json).unwrap_or_default(),
                     boot_id: d
@@ -167,6 +169,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(jobs.len());
         let result = (|| -> Result<(), store::StoreError> {
             let tx = self.store.transaction()?;
+            let mut touched = HashMap::new();
             for job in jobs {
                 match job {
                     Job::Frames {
@@ -179,6 +182,7 @@ impl Writer {
                         let r = ingest(
                             &tx,
                             &mut self.devices,
+                            &mut touched,
                             &self.metrics,
                             device,
                             &peer,
@@ -228,6 +232,24 @@ impl Writer {
                     Job::Raise(r) => raise(&tx, &self.metrics, r)?,
                     Job::Tick => {}
                 }
+            }
+            // One row update per device per transaction, however many
+            // batches it sent.
+            for (device, t) in touched {
+                let track = self
+                    .devices
+                    .get(&device)
+                    .and_then(|d| d.track.clone())
+                    .unwrap_or_default();
+                store::update_device(
+                    &tx,
+                    &device.to_string(),
+                    t.frames,
+                    t.last_seen_ms,
+                    &track,
+                    t.hello.as_ref(),
+                    &t.peer,
+                )?;
             }
             tx.commit()?;
             Ok(())
@@ -406,21 +428,47 @@ fn has_hole(t: &Track) -> bool {
     next <= t.high
 }
 
+/// What a transaction changed about one device, written once at its end.
+struct Touched {
+    frames: u64,
+    last_seen_ms: u64,
+    hello: Option<Hello>,
+    peer: Arc<str>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn ingest(
     tx: &rusqlite::Connection,
     devices: &mut HashMap<DeviceId, DeviceTrack>,
+    touched_devices: &mut HashMap<DeviceId, Touched>,
     metrics: &Metrics,
     device: DeviceId,
-    peer: &str,
+    peer: &Arc<str>,
     frames: &[VerifiedBuf],
     received_ms: u64,
 ) -> Result<Reply, store::StoreError> {
     let id = device.to_string();
-    let d = devices.entry(device).or_insert_with(|| DeviceTrack {
-        track: None,
-        layout: Layout::default(),
-        boot_id: None,
-    });
+    if let std::collections::hash_map::Entry::Vacant(e) = devices.entry(device) {
+        // Approved since the last registry refresh.
+        let Some(num) = store::device_num(tx, &id)? else {
+            for _ in frames {
+                metrics.reject("unknown_device");
+            }
+            return Ok(Reply {
+                rejected: frames.len(),
+                ..Reply::default()
+            });
+        };
+        e.insert(DeviceTrack {
+            num,
+            track: None,
+            layout: Layout::default(),
+            boot_id: None,
+        });
+    }
+    let Some(d) = devices.get_mut(&device) else {
+        return Ok(Reply::default());
+    };
     let mut reply = Reply::default();
     let mut latest_hello = None;
     let mut touched = false;
@@ -437,7 +485,7 @@ fn ingest(
                 reply.rejected += 1;
                 metrics.reject("replay");
                 let cur = d.track.as_ref().map_or(0, |t| t.boot);
-                let ev = json!({"peer": peer, "boot": h.boot, "seq": h.seq,
+                let ev = json!({"peer": &**peer, "boot": h.boot, "seq": h.seq,
                                 "expected": format!("boot {cur} or later"),
                                 "seen": format!("a frame of older boot {}", h.boot)});
                 raise(
@@ -492,7 +540,7 @@ fn ingest(
         if let Some(Body::Hello(hello)) = &body {
             d.layout = Layout::of(hello);
         }
-        let inserted = store::store_frame(tx, &v, body.as_ref(), &d.layout, received_ms)?;
+        let inserted = store::store_frame(tx, d.num, &v, body.as_ref(), &d.layout, received_ms)?;
         touched = true;
         let Some(t) = d.track.as_mut() else { continue };
         if t.boot != h.boot {
@@ -599,16 +647,18 @@ fn ingest(
         }
     }
     if touched {
-        let track = d.track.clone().unwrap_or_default();
-        store::update_device(
-            tx,
-            &id,
-            u64::try_from(frames.len()).unwrap_or(0),
-            received_ms,
-            &track,
-            latest_hello.as_ref(),
-            peer,
-        )?;
+        let t = touched_devices.entry(device).or_insert_with(|| Touched {
+            frames: 0,
+            last_seen_ms: 0,
+            hello: None,
+            peer: Arc::clone(peer),
+        });
+        t.frames += u64::try_from(frames.len()).unwrap_or(0);
+        t.last_seen_ms = t.last_seen_ms.max(received_ms);
+        t.peer = Arc::clone(peer);
+        if latest_hello.is_some() {
+            t.hello = latest_hello;
+        }
     }
     reply.ack = d.track.as_ref().and_then(|t| {
         t.acked.map(|seq| Ack {

@@ -97,7 +97,7 @@ fn db(c: &Collector) -> rusqlite::Connection {
 fn stored_frames(c: &Collector, device: &str) -> i64 {
     db(c)
         .query_row(
-            "SELECT count(*) FROM frames WHERE device = ?1",
+            "SELECT count(*) FROM frames f JOIN devices d ON d.num = f.device WHERE d.id = ?1",
             [device],
             |r| r.get(0),
         )
@@ -200,7 +200,7 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     let (boot, seq, frame): (i64, i64, i64) = db(&c)
         .query_row(
             "SELECT f.boot, f.seq, f.id FROM frames f JOIN samples s ON s.frame = f.id
-             WHERE f.device = ?1 ORDER BY f.seq DESC LIMIT 1",
+             JOIN devices d ON d.num = f.device WHERE d.id = ?1 ORDER BY f.seq DESC LIMIT 1",
             [&id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -224,7 +224,8 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     // A signed frame altered in place: one bit of the Hello flipped.
     let mut bytes: Vec<u8> = db(&c)
         .query_row(
-            "SELECT bytes FROM frames WHERE device = ?1 AND boot = ?2 AND seq = 0",
+            "SELECT bytes FROM frames WHERE device = (SELECT num FROM devices WHERE id = ?1)
+             AND boot = ?2 AND seq = 0",
             rusqlite::params![id, boot],
             |r| r.get(0),
         )
@@ -233,7 +234,8 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     bytes[mid] ^= 0x10;
     let n = db(&c)
         .execute(
-            "UPDATE frames SET bytes = ?3 WHERE device = ?1 AND boot = ?2 AND seq = 0",
+            "UPDATE frames SET bytes = ?3 WHERE device = (SELECT num FROM devices WHERE id = ?1)
+             AND boot = ?2 AND seq = 0",
             rusqlite::params![id, boot, bytes],
         )
         .unwrap();
