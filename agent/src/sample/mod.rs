@@ -10,6 +10,7 @@ pub mod net_dev;
 pub mod pressure;
 pub mod proc_stat;
 pub mod reading;
+pub mod sock_diag;
 pub mod sockets;
 pub mod uptime;
 

@@ -244,12 +244,35 @@ pub type Owners = HashMap<u64, String>;
 /// Reads the four tables and the inode owners under `root`.
 pub fn read(root: &Path, owners_cache: &mut Owners, issues: &mut Vec<Issue>) -> BTreeSet<Entry> {
     let mut rows = Vec::new();
+    // On the live system TCP comes from sock_diag (one kernel walk for both
+    // families, only the states we use); /proc is the fallback and the
+    // source for a snapshot root.
+    let diag = if root == Path::new("/") {
+        match super::sock_diag::tcp() {
+            Ok(tcp) => {
+                rows.extend(tcp.into_iter().map(|r| (Proto::Tcp, r)));
+                true
+            }
+            Err(e) => {
+                issues.push(Issue::new(
+                    "sock_diag",
+                    format!("{e}; reading /proc/net/tcp instead"),
+                ));
+                false
+            }
+        }
+    } else {
+        false
+    };
     for (rel, proto) in [
         ("proc/net/tcp", Proto::Tcp),
         ("proc/net/tcp6", Proto::Tcp),
         ("proc/net/udp", Proto::Udp),
         ("proc/net/udp6", Proto::Udp),
     ] {
+        if diag && proto == Proto::Tcp {
+            continue;
+        }
         let Ok(f) = std::fs::File::open(root.join(rel)) else {
             continue;
         }; // no IPv6, no UDP: fine
