@@ -157,6 +157,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn msg(
         family: u8,
         state: u8,
