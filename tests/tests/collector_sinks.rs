@@ -306,3 +306,131 @@ fn metrics_pass_promtool_and_count_what_happened() {
     drop(link);
     assert_eq!(c.stop(), Some(0));
 }
+
+/// Accepts any certificate: the test is about the protocol version only.
+#[derive(Debug)]
+struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    scrape(addr)
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn tls12_clients_idle_handshakes_and_excess_connections_are_refused() {
+    let dir = tempdir("limits");
+    let c = Collector::start(
+        &dir.join("collector"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--handshake-timeout-s",
+            "1",
+            "--max-connections",
+            "3",
+        ],
+    );
+    let (addr, metrics) = (c.tls.clone().unwrap(), c.metrics.clone().unwrap());
+
+    // A client that offers only TLS 1.2 gets no session.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut failed = false;
+    for _ in 0..10 {
+        match conn.complete_io(&mut tcp) {
+            Err(_) => {
+                failed = true;
+                break;
+            }
+            Ok(_) if !conn.is_handshaking() => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        failed && conn.is_handshaking(),
+        "a TLS 1.2 handshake succeeded"
+    );
+    drop(tcp);
+
+    // Three connections that never start a handshake hold every slot ...
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    assert!(c.wait_for(Duration::from_secs(5), |_| metric(
+        &metrics,
+        "vigil_collector_connections_open"
+    ) == 3.0));
+    // ... so a fourth is refused at once ...
+    let mut fourth = TcpStream::connect(&addr).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 16];
+    assert!(
+        matches!(fourth.read(&mut b), Ok(0) | Err(_)),
+        "the fourth connection was served"
+    );
+    assert!(metric(&metrics, "vigil_collector_connections_refused_total") >= 1.0);
+    // ... and the handshake timeout closes the idle ones (slow-loris).
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "an idle handshake was kept open"
+        );
+    }
+    assert!(c.wait_for(Duration::from_secs(5), |_| metric(
+        &metrics,
+        "vigil_collector_connections_open"
+    ) == 0.0));
+    assert!(metric(&metrics, "vigil_collector_tls_handshake_failures_total") >= 4.0);
+    assert_eq!(c.stop(), Some(0));
+}
