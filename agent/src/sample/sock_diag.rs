@@ -133,7 +133,7 @@ pub fn tcp() -> std::io::Result<Vec<Row>> {
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkSockDiag,
     )?;
-    let result = (|| {
+    let result = (|| -> std::io::Result<Vec<Row>> {
         let req = request(1);
         sendto(fd, &req, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
         let mut rows = Vec::new();
@@ -149,7 +149,7 @@ pub fn tcp() -> std::io::Result<Vec<Row>> {
         }
     })();
     let _ = nix::unistd::close(fd);
-    result.map_err(|e: std::io::Error| e)
+    result
 }
 
 #[cfg(test)]

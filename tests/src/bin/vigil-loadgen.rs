@@ -227,7 +227,7 @@ fn run(args: &[String]) {
     );
     let stats = Arc::new(Stats::default());
     let per_device_rate = rate / devices as f64;
-    let started = rt.block_on(async {
+    rt.block_on(async {
         // Connect everyone first (handshakes are not part of the measurement).
         let connector = tokio_rustls::TlsConnector::from(config);
         let mut conns = Vec::new();
@@ -243,8 +243,7 @@ fn run(args: &[String]) {
             "{devices} TLS connections up; sending for {} s",
             duration.as_secs()
         );
-        let started = Instant::now();
-        let deadline = started + duration;
+        let deadline = Instant::now() + duration;
         let mut tasks = Vec::new();
         for (conn, frames) in conns.into_iter().zip(frames) {
             let stats = Arc::clone(&stats);
@@ -328,7 +327,6 @@ fn run(args: &[String]) {
         for t in tasks {
             let _ = t.await;
         }
-        started
     });
     let elapsed = duration.as_secs_f64();
     let mut lat = stats.latencies_us.lock().unwrap().clone();
@@ -338,7 +336,6 @@ fn run(args: &[String]) {
             .map_or(0.0, |v| *v as f64 / 1000.0)
     };
     let acked = stats.acked.load(Relaxed);
-    let _ = started;
     println!(
         "{{\"devices\":{devices},\"rate\":{rate},\"acked\":{acked},\"frames_per_s\":{:.0},\"ack_p50_ms\":{:.2},\"ack_p99_ms\":{:.2}}}",
         acked as f64 / elapsed,
