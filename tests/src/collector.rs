@@ -90,12 +90,12 @@ impl Collector {
         cli(&self.state, args)
     }
 
-    /// `devices --json`.
-    pub fn devices(&self) -> Vec<Value> {
-        let out = self.cli(&["devices", "--json"]);
+    /// The JSON array an admin command prints with `--json`.
+    fn json_list(&self, command: &str) -> Vec<Value> {
+        let out = self.cli(&[command, "--json"]);
         assert!(
             out.status.success(),
-            "devices: {}",
+            "{command}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice::<Value>(&out.stdout)
@@ -103,6 +103,11 @@ impl Collector {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// `devices --json`.
+    pub fn devices(&self) -> Vec<Value> {
+        self.json_list("devices")
     }
 
     pub fn device(&self, id: &str) -> Option<Value> {
@@ -111,17 +116,7 @@ impl Collector {
 
     /// `alerts --json`.
     pub fn alerts(&self) -> Vec<Value> {
-        let out = self.cli(&["alerts", "--json"]);
-        assert!(
-            out.status.success(),
-            "alerts: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.json_list("alerts")
     }
 
     pub fn alert(&self, rule: &str) -> Option<Value> {

@@ -6,9 +6,14 @@
 
 pub mod collector;
 pub mod receiver;
+pub mod tls;
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::sync::Once;
 
 /// Path of a workspace binary (`vigil-agent`, `vigil-collector`), built
@@ -66,4 +71,48 @@ pub fn keygen(dir: &std::path::Path) -> vigil_protocol::VerifyingKey {
         .find_map(|l| l.strip_prefix("key "))
         .expect("key line");
     vigil_protocol::frame::parse_public_key(key).expect("public key")
+}
+
+/// The real `vigil-agent run` as a child process (debug logging, stderr
+/// captured); killed if the test ends early.
+pub struct Agent(pub Child);
+
+impl Agent {
+    pub fn start(args: &[&str]) -> Agent {
+        let child = Command::new(binary("vigil-agent"))
+            .arg("run")
+            .args(args)
+            .env("VIGIL_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        Agent(child)
+    }
+
+    /// SIGTERM, then the exit code and what it logged.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

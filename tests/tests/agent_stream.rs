@@ -5,56 +5,14 @@
 //! checks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vigil_protocol::Body;
 use vigil_tests::receiver::{listen, serve, Log, Policy, Received};
-use vigil_tests::{binary, keygen, tempdir};
-
-struct Agent(Child);
-
-impl Agent {
-    fn start(args: &[&str]) -> Agent {
-        let child = Command::new(binary("vigil-agent"))
-            .arg("run")
-            .args(args)
-            .env("VIGIL_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start agent");
-        Agent(child)
-    }
-
-    /// SIGTERM, then the exit code and what it logged.
-    fn stop(mut self) -> (Option<i32>, String) {
-        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.0.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use vigil_tests::{binary, keygen, tempdir, Agent};
 
 /// Starts the agent streaming over pinned TLS to `server`, with `extra` flags.
 fn start_tls(

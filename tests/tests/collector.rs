@@ -4,49 +4,13 @@
 //! altered in the SQLite file, and `quickstart`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 use vigil_protocol::SigningKey;
 use vigil_tests::collector::{cli, Collector, Device, Link};
-use vigil_tests::{binary, keygen, tempdir};
-
-struct Agent(Child);
-
-impl Agent {
-    fn start(args: &[&str]) -> Agent {
-        Agent(
-            Command::new(binary("vigil-agent"))
-                .arg("run")
-                .args(args)
-                .env("VIGIL_LOG", "debug")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start agent"),
-        )
-    }
-
-    fn stop(mut self) -> String {
-        kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && self.0.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use vigil_tests::{binary, keygen, tempdir, Agent};
 
 fn enroll(state: &std::path::Path, key: &str, name: &str) -> String {
     let out = cli(
@@ -140,7 +104,7 @@ fn agent_streams_over_tls_and_the_audit_catches_altered_rows() {
     assert_eq!(d["model"], "test-model");
     assert_eq!(d["state"], "approved");
     assert!(d["last_seen"].as_str().unwrap().ends_with('Z'));
-    let log = agent.stop();
+    let log = agent.stop().1;
     assert!(log.contains("0 frames left unacknowledged"), "{log}");
 
     // Samples are exported as the agent measured them.
@@ -298,7 +262,7 @@ fn agent_streams_over_a_serial_pty_pair() {
         c.device(&id),
         c.log()
     );
-    let log = agent.stop();
+    let log = agent.stop().1;
     assert!(
         log.contains("0 frames left unacknowledged"),
         "acks did not reach the agent:\n{log}"
