@@ -25,6 +25,46 @@ pub struct Config {
     pub sockets_interval_s: u64,
     pub collector: Option<Collector>,
     pub serial: Option<Serial>,
+    #[serde(default)]
+    pub integrity: Integrity,
+    #[serde(default)]
+    pub posture: crate::posture::PostureConfig,
+}
+
+/// Signed manifests in force and how often the tree is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Integrity {
+    /// Minisign public keys (`*.pub`) whose signatures are trusted.
+    #[serde(default = "default_trust_dir")]
+    pub trust_dir: PathBuf,
+    /// Manifest files, each with `FILE.minisig` beside it.
+    #[serde(default)]
+    pub manifests: Vec<PathBuf>,
+    /// Full pass cadence (also at start; config files are watched too).
+    #[serde(default = "default_integrity_interval_s")]
+    pub interval_s: u64,
+    /// Hashing threads; 0 = one per core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_trust_dir() -> PathBuf {
+    PathBuf::from("/etc/vigil/trust")
+}
+fn default_integrity_interval_s() -> u64 {
+    3600
+}
+
+impl Default for Integrity {
+    fn default() -> Self {
+        Integrity {
+            trust_dir: default_trust_dir(),
+            manifests: Vec::new(),
+            interval_s: default_integrity_interval_s(),
+            threads: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,6 +120,8 @@ impl Default for Config {
             sockets_interval_s: default_sockets_interval_s(),
             collector: None,
             serial: None,
+            integrity: Integrity::default(),
+            posture: crate::posture::PostureConfig::default(),
         }
     }
 }
@@ -119,8 +161,37 @@ impl Config {
         })
     }
 
+    /// Checks everything `check` relies on (all but the link).
+    pub fn validate_local(&self) -> Result<(), ConfigError> {
+        if !(1..=604_800).contains(&self.integrity.interval_s) {
+            return Err(invalid("integrity.interval_s", "must be between 1 and 604800"));
+        }
+        if self.integrity.threads > 64 {
+            return Err(invalid("integrity.threads", "must be between 0 (one per core) and 64"));
+        }
+        if self.integrity.manifests.len() > vigil_protocol::body::MAX_MANIFESTS {
+            return Err(invalid(
+                "integrity.manifests",
+                format!("at most {} manifests", vigil_protocol::body::MAX_MANIFESTS),
+            ));
+        }
+        if !(1..=604_800).contains(&self.posture.interval_s) {
+            return Err(invalid("posture.interval_s", "must be between 1 and 604800"));
+        }
+        if let Some(id) = self
+            .posture
+            .skip
+            .iter()
+            .find(|id| !crate::posture::IDS.contains(&id.as_str()))
+        {
+            return Err(invalid("posture.skip", format!("unknown check id `{id}`")));
+        }
+        Ok(())
+    }
+
     /// Checks everything a running agent relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_local()?;
         if !(10..=3_600_000).contains(&self.interval_ms) {
             return Err(invalid("interval_ms", "must be between 10 and 3600000"));
         }

@@ -3,10 +3,13 @@
 //! runtime; never depends on the collector.
 
 pub mod config;
+pub mod guard;
 pub mod identity;
 pub mod inventory;
 pub mod link;
 pub mod logger;
+pub mod manifest;
+pub mod posture;
 pub mod privilege;
 pub mod queue;
 pub mod report;

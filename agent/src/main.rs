@@ -19,6 +19,20 @@ usage:
                                          print one reading of this machine's counters
   vigil-agent run [--config FILE] [options]
                                          sample, sign and stream to the collector
+  vigil-agent check --config FILE [--root DIR] [--json]
+                                         integrity and posture once: exit 0 clean,
+                                         1 findings, 2 error
+  vigil-agent manifest keygen --secret-key FILE --public-key FILE
+                                         minisign key pair (secret key 0600, no password)
+  vigil-agent manifest build --root DIR --class firmware|model|config --version N
+        [--include PATH]... [--exclusive DIR]... [--issuer NAME] [--scope NAME]
+        [--model NAME] [--threads N] --out FILE
+                                         record files, links and directories (SHA-256,
+                                         size, mode, owner); SOURCE_DATE_EPOCH is honoured
+  vigil-agent manifest sign --secret-key FILE MANIFEST
+                                         write MANIFEST.minisig (minisign format)
+  vigil-agent manifest verify --public-key FILE --root DIR [--threads N] [--json] MANIFEST
+                                         check the tree: exit 0 clean, 1 findings, 2 error
   vigil-agent --version | --help
 
 run options (each overrides the same setting in --config):
@@ -137,6 +151,38 @@ fn cli() -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        "manifest" => manifest_cmd(&mut p),
+        "check" => {
+            let (mut config, mut root, mut json) = (None, None, false);
+            while let Some(a) = p.next()? {
+                match a {
+                    Long("config") => config = Some(PathBuf::from(p.value()?)),
+                    Long("root") => root = Some(PathBuf::from(p.value()?)),
+                    Long("json") => json = true,
+                    other => return Err(Failure::Usage(other.unexpected().to_string())),
+                }
+            }
+            let path = config.ok_or_else(|| Failure::Usage("--config is required".into()))?;
+            let mut cfg = Config::from_file(&path).map_err(|e| Failure::Config(e.to_string()))?;
+            if let Some(r) = root {
+                cfg.root = r;
+            }
+            cfg.validate_local()
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            let out = vigil_agent::guard::once(&cfg, Some(&path));
+            if json {
+                println!("{}", vigil_agent::report::outcome_json(&out));
+            } else {
+                print!("{}", vigil_agent::report::outcome_text(&out));
+            }
+            Ok(ExitCode::from(if !out.errors.is_empty() {
+                2
+            } else if out.has_findings() {
+                1
+            } else {
+                0
+            }))
+        }
         "run" => {
             let (cfg, path) = run_config(&mut p)?;
             stream::run(cfg, path.as_deref())?;
@@ -216,4 +262,157 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
     }
     cfg.validate().map_err(|e| Failure::Config(e.to_string()))?;
     Ok((cfg, path))
+}
+
+fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
+    use lexopt::prelude::*;
+    use vigil_agent::manifest::{self, tool};
+    let sub = match p.next()? {
+        Some(Value(v)) => v.string()?,
+        _ => return Err(Failure::Usage("manifest: keygen, build, sign or verify".into())),
+    };
+    let mut o: std::collections::HashMap<&'static str, String> = Default::default();
+    let (mut include, mut exclusive, mut free, mut json) = (vec![], vec![], vec![], false);
+    while let Some(a) = p.next()? {
+        let key = match a {
+            Long("json") => {
+                json = true;
+                continue;
+            }
+            Long("include") => {
+                include.push(p.value()?.string()?);
+                continue;
+            }
+            Long("exclusive") => {
+                exclusive.push(p.value()?.string()?);
+                continue;
+            }
+            Long("secret-key") => "secret-key",
+            Long("public-key") => "public-key",
+            Long("root") => "root",
+            Long("class") => "class",
+            Long("version") => "version",
+            Long("issuer") => "issuer",
+            Long("scope") => "scope",
+            Long("model") => "model",
+            Long("threads") => "threads",
+            Long("out") => "out",
+            Value(v) => {
+                free.push(PathBuf::from(v));
+                continue;
+            }
+            other => return Err(Failure::Usage(other.unexpected().to_string())),
+        };
+        o.insert(key, p.value()?.string()?);
+    }
+    let need = |k: &str| {
+        o.get(k)
+            .cloned()
+            .ok_or_else(|| Failure::Usage(format!("manifest {sub}: --{k} is required")))
+    };
+    let one_file = |free: &[PathBuf]| match free {
+        [f] => Ok(f.clone()),
+        _ => Err(Failure::Usage(format!("manifest {sub}: give exactly one MANIFEST"))),
+    };
+    let threads = match o.get("threads") {
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=64).contains(&n))
+            .ok_or_else(|| Failure::Usage(format!("--threads: 1..64, not {t}")))?,
+        None => manifest::workers(0),
+    };
+    match sub.as_str() {
+        "keygen" => {
+            let id = tool::keygen(
+                std::path::Path::new(&need("secret-key")?),
+                std::path::Path::new(&need("public-key")?),
+            )?;
+            println!("key id {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "sign" => {
+            let out = tool::sign(
+                std::path::Path::new(&need("secret-key")?),
+                &one_file(&free)?,
+                stream::now_ms() / 1000,
+            )?;
+            println!("{}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        "build" => {
+            let class = need("class")?;
+            let class = vigil_protocol::body::Class::from_name(&class).ok_or_else(|| {
+                Failure::Usage(format!("--class: firmware, model or config, not {class}"))
+            })?;
+            let version = need("version")?;
+            let version = version
+                .parse::<u64>()
+                .map_err(|_| Failure::Usage(format!("--version: not a number: {version}")))?;
+            let paths = |v: &[String], flag: &str| -> Result<Vec<Vec<u8>>, Failure> {
+                v.iter()
+                    .map(|s| {
+                        manifest::manifest_path(s).ok_or_else(|| {
+                            Failure::Usage(format!("--{flag} {s}: `..` is not allowed"))
+                        })
+                    })
+                    .collect()
+            };
+            let created = std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or_else(|| i64::try_from(stream::now_ms() / 1000).unwrap_or(0));
+            let opts = manifest::BuildOptions {
+                root: PathBuf::from(need("root")?),
+                class,
+                version,
+                issuer: o.get("issuer").cloned().unwrap_or_else(|| "vendor".into()),
+                scope: o
+                    .get("scope")
+                    .cloned()
+                    .unwrap_or_else(|| class.name().to_string()),
+                model: o.get("model").cloned().unwrap_or_else(|| "any".into()),
+                created,
+                include: paths(&include, "include")?,
+                exclusive: paths(&exclusive, "exclusive")?,
+                threads,
+            };
+            let out = PathBuf::from(need("out")?);
+            let (m, special) = manifest::build(&opts)?;
+            for s in special {
+                log::warn!(
+                    "left out (not a file, directory or symlink): {}",
+                    vigil_protocol::manifest::display_path(&s)
+                );
+            }
+            std::fs::write(&out, m.to_text())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            eprintln!("{}: {} entries", out.display(), m.entries.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        "verify" => {
+            let v = tool::verify(
+                std::path::Path::new(&need("public-key")?),
+                std::path::Path::new(&need("root")?),
+                &one_file(&free)?,
+                threads,
+            )?;
+            if json {
+                let list: Vec<String> =
+                    v.findings.iter().map(vigil_agent::report::finding_json).collect();
+                println!(
+                    "{{\"checked\":{},\"findings\":[{}]}}",
+                    v.checked,
+                    list.join(",")
+                );
+            } else {
+                for f in &v.findings {
+                    println!("{}", manifest::describe(f));
+                }
+                eprintln!("{} entries checked, {} findings", v.checked, v.findings.len());
+            }
+            Ok(ExitCode::from(u8::from(!v.findings.is_empty())))
+        }
+        other => Err(Failure::Usage(format!("unknown manifest command `{other}`"))),
+    }
 }

@@ -13,7 +13,7 @@ fn ticks_per_second() -> f64 {
 }
 
 /// A JSON string literal.
-fn string(s: &str) -> String {
+pub(crate) fn string(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {
@@ -33,7 +33,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 }
 
 /// `{"k": v, ...}` from already-encoded values.
-fn object(fields: &[(&str, String)]) -> String {
+pub(crate) fn object(fields: &[(&str, String)]) -> String {
     let body: Vec<String> = fields
         .iter()
         .map(|(k, v)| format!("{}:{v}", string(k)))
@@ -203,4 +203,83 @@ pub fn text(r: &Reading) -> String {
         );
     }
     o
+}
+
+/// A finding as JSON: `kind`, `path` (escaped like the manifest writes it),
+/// `detail` (the readable line).
+pub fn finding_json(f: &crate::manifest::Found) -> String {
+    object(&[
+        ("kind", string(crate::manifest::kind_name(&f.kind))),
+        (
+            "path",
+            string(&vigil_protocol::manifest::display_path(&f.path)),
+        ),
+        ("detail", string(&crate::manifest::describe(f))),
+    ])
+}
+
+fn list(items: impl Iterator<Item = String>) -> String {
+    format!("[{}]", items.collect::<Vec<_>>().join(","))
+}
+
+/// `vigil-agent check --json`: integrity reports, posture results, errors.
+pub fn outcome_json(o: &crate::guard::Outcome) -> String {
+    let reports = list(o.reports.iter().map(|r| {
+        object(&[
+            ("source", string(&r.source.display().to_string())),
+            ("class", string(r.manifest.class.name())),
+            ("issuer", string(&r.manifest.issuer)),
+            ("scope", string(&r.manifest.scope)),
+            ("version", r.manifest.version.to_string()),
+            ("checked", r.checked.to_string()),
+            ("findings", list(r.findings.iter().map(finding_json))),
+        ])
+    }));
+    let posture = list(o.posture.iter().map(|c| {
+        object(&[
+            ("id", string(c.id)),
+            ("title", string(&c.title)),
+            ("status", string(crate::posture::status_name(c.status))),
+            ("evidence", string(&c.evidence)),
+        ])
+    }));
+    object(&[
+        ("integrity", reports),
+        ("posture", posture),
+        ("errors", list(o.errors.iter().map(|e| string(e)))),
+        ("clean", (!o.has_findings() && o.errors.is_empty()).to_string()),
+    ])
+}
+
+/// `vigil-agent check` for people.
+pub fn outcome_text(o: &crate::guard::Outcome) -> String {
+    let mut s = String::new();
+    for r in &o.reports {
+        s.push_str(&format!(
+            "integrity {} ({} {} {} version {}): {} entries, {} findings\n",
+            r.source.display(),
+            r.manifest.class.name(),
+            r.manifest.issuer,
+            r.manifest.scope,
+            r.manifest.version,
+            r.checked,
+            r.findings.len()
+        ));
+        for f in &r.findings {
+            s.push_str(&format!("  {}\n", crate::manifest::describe(f)));
+        }
+    }
+    for c in &o.posture {
+        s.push_str(&format!(
+            "posture {:<5} {:<24} {}: {}\n",
+            crate::posture::status_name(c.status),
+            c.id,
+            c.title,
+            c.evidence
+        ));
+    }
+    for e in &o.errors {
+        s.push_str(&format!("error {e}\n"));
+    }
+    s
 }

@@ -194,7 +194,28 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
             .name("link".into())
             .spawn(move || link_loop(&shared))?
     };
-    sample_loop(&shared);
+    let guard = crate::guard::Guard::new(&shared.config(), config_path, true);
+    let manifests = guard.in_force();
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("guard".into())
+            .spawn(move || {
+                crate::guard::run(
+                    guard,
+                    |bodies| {
+                        let mut st = shared.lock();
+                        for b in bodies {
+                            st.enqueue(b, 0);
+                        }
+                        drop(st);
+                        shared.wake.notify_all();
+                    },
+                    || shared.stop.load(Ordering::SeqCst),
+                );
+            })?;
+    }
+    sample_loop(&shared, &manifests);
     let _ = link.join();
     let st = shared.lock().queue.stats();
     log::info!("stopped; {} frames left unacknowledged", st.frames);
@@ -238,7 +259,7 @@ impl IssueLog {
     }
 }
 
-fn sample_loop(shared: &Shared) {
+fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersion]) {
     let mut cfg = shared.config();
     let mut issues = Vec::new();
     let mut seen = IssueLog::default();
@@ -256,7 +277,7 @@ fn sample_loop(shared: &Shared) {
                 layout,
                 boot_time_s: r.boot_time_s,
                 cpus: r.cpus,
-                manifests: &[],
+                manifests,
             },
             issues,
         )

@@ -317,6 +317,14 @@ fn normal_path(p: &[u8]) -> bool {
         .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
+/// A path as the manifest writes it (non-printable bytes as `\xHH`): safe
+/// to print in a terminal or a log line.
+pub fn display_path(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    escape(&mut out, bytes);
+    out
+}
+
 /// Path bytes as a token: printable ASCII other than space and `\` as is,
 /// `\\` for a backslash, `\xHH` for every other byte.
 fn escape(out: &mut String, bytes: &[u8]) {

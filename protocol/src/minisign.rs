@@ -22,6 +22,11 @@ pub enum MinisignError {
     BadSignature,
     /// The signature over the trusted comment does not verify.
     BadTrustedComment,
+    /// A secret key protected with a password (scrypt): not supported here;
+    /// sign with `minisign -S`, or make the key with `minisign -G -W`.
+    EncryptedKey,
+    /// A secret key whose checksum does not match its content.
+    Checksum,
 }
 
 /// Signature algorithm: `Ed` signs the content itself, `ED` its BLAKE2b-512 hash.
@@ -251,6 +256,18 @@ mod signing {
         Ok(out)
     }
 
+    /// The secret key file text, as `minisign -G -W` writes it (no
+    /// password: protect the file itself, mode 0600).
+    pub fn secret_key_file(key: &super::SecretKey) -> Result<String, MinisignError> {
+        let raw = key.to_raw();
+        let mut b64 = [0u8; 212];
+        let line = <base64ct::Base64 as base64ct::Encoding>::encode(&raw, &mut b64)
+            .map_err(|_| MinisignError::Encoding)?;
+        Ok(alloc::format!(
+            "{UNTRUSTED}minisign secret key (no password)\n{line}\n"
+        ))
+    }
+
     /// The public key file text for `key`, as `minisign -G` writes it.
     pub fn public_key_file(key: &PublicKey) -> Result<String, MinisignError> {
         let mut line = [0u8; 56];
@@ -267,4 +284,99 @@ mod signing {
 }
 
 #[cfg(feature = "alloc")]
-pub use signing::{public_key_file, sign};
+pub use signing::{public_key_file, secret_key_file, sign};
+
+/// Raw secret key record: `Ed`, KDF `\0\0` (no password), checksum `B2`,
+/// salt, opslimit, memlimit, key id, secret key (seed then public key), and
+/// BLAKE2b-256 over algorithm, key id and secret key.
+const SECRET_LEN: usize = 2 + 2 + 2 + 32 + 8 + 8 + 8 + 64 + 32;
+
+/// A minisign secret key without a password (`minisign -G -W`, or ours).
+pub struct SecretKey {
+    pub key_id: [u8; 8],
+    pub key: ed25519_dalek::SigningKey,
+}
+
+impl core::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "SecretKey({})", KeyIdDisplay(self.key_id))
+    }
+}
+
+fn secret_checksum(key_id: &[u8; 8], sk: &[u8; 64]) -> [u8; 32] {
+    use blake2::digest::consts::U32;
+    let mut h = blake2::Blake2b::<U32>::new();
+    h.update(b"Ed");
+    h.update(key_id);
+    h.update(sk);
+    h.finalize().into()
+}
+
+impl SecretKey {
+    /// Parses a secret key file. Password-protected keys are refused with
+    /// `EncryptedKey`: decrypting them needs scrypt, which the device binary
+    /// does not carry.
+    pub fn parse(text: &str) -> Result<Self, MinisignError> {
+        let mut lines = text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l));
+        if !lines
+            .next()
+            .ok_or(MinisignError::Malformed)?
+            .starts_with(UNTRUSTED)
+        {
+            return Err(MinisignError::Malformed);
+        }
+        let b64 = lines.next().ok_or(MinisignError::Malformed)?;
+        if lines.any(|l| !l.trim().is_empty()) {
+            return Err(MinisignError::Malformed);
+        }
+        let mut raw = [0u8; SECRET_LEN];
+        decode_exact(b64.trim(), &mut raw)?;
+        if raw.get(..2) != Some(b"Ed".as_slice()) || raw.get(4..6) != Some(b"B2".as_slice()) {
+            return Err(MinisignError::Algorithm);
+        }
+        if raw.get(2..4) != Some([0u8, 0].as_slice()) {
+            return Err(MinisignError::EncryptedKey);
+        }
+        let at = 2 + 2 + 2 + 32 + 8 + 8;
+        let bad = |_| MinisignError::Encoding;
+        let key_id: [u8; 8] = raw.get(at..at + 8).unwrap_or(&[]).try_into().map_err(bad)?;
+        let sk: [u8; 64] = raw
+            .get(at + 8..at + 72)
+            .unwrap_or(&[])
+            .try_into()
+            .map_err(bad)?;
+        let chk: [u8; 32] = raw
+            .get(at + 72..)
+            .unwrap_or(&[])
+            .try_into()
+            .map_err(bad)?;
+        // minisign 0.11 leaves the checksum zero in keys made with `-W`.
+        if chk != [0u8; 32] && secret_checksum(&key_id, &sk) != chk {
+            return Err(MinisignError::Checksum);
+        }
+        // Also checks that the public half belongs to the seed.
+        let key = ed25519_dalek::SigningKey::from_keypair_bytes(&sk)
+            .map_err(|_| MinisignError::Checksum)?;
+        Ok(SecretKey { key_id, key })
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey {
+            key_id: self.key_id,
+            key: self.key.verifying_key(),
+        }
+    }
+
+    /// The raw record, as it goes into the file's base64 line.
+    fn to_raw(&self) -> [u8; SECRET_LEN] {
+        let mut raw = [0u8; SECRET_LEN];
+        raw[..2].copy_from_slice(b"Ed");
+        raw[4..6].copy_from_slice(b"B2");
+        let at = 2 + 2 + 2 + 32 + 8 + 8;
+        let sk = self.key.to_keypair_bytes();
+        raw[at..at + 8].copy_from_slice(&self.key_id);
+        raw[at + 8..at + 72].copy_from_slice(&sk);
+        raw[at + 72..].copy_from_slice(&secret_checksum(&self.key_id, &sk));
+        raw
+    }
+}

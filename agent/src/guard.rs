@@ -1,0 +1,325 @@
+//! Integrity and posture on the device: one pass (`vigil-agent check`, and
+//! the agent at start), then, in the agent, a thread that repeats full
+//! passes on a schedule and re-runs the configuration manifests and the
+//! posture checks within a second or two of a watched file changing
+//! (inotify on the directories that hold them).
+
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vigil_protocol::body::{
+    Body, CheckResult, Class, Finding, Integrity, ManifestVersion, Posture, MAX_CHECKS,
+    MAX_FINDINGS, MAX_PATH,
+};
+
+use crate::config::Config;
+use crate::manifest::trust::{self, Keys, Refused, Report, SelfCheck, Versions};
+use crate::posture::{self, Check};
+use crate::sample::sockets;
+
+/// What one pass found; `errors` are things that kept a check from running.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub reports: Vec<Report>,
+    pub posture: Vec<Check>,
+    pub errors: Vec<String>,
+}
+
+impl Outcome {
+    pub fn has_findings(&self) -> bool {
+        self.reports.iter().any(|r| !r.findings.is_empty())
+            || self
+                .posture
+                .iter()
+                .any(|c| c.status == vigil_protocol::body::CheckStatus::Fail)
+    }
+}
+
+pub struct Guard {
+    cfg: Config,
+    versions: Versions,
+    self_check: SelfCheck,
+    /// Accepted manifests: file, class, config-class entry paths.
+    in_force: Vec<(PathBuf, ManifestVersion, Vec<PathBuf>)>,
+    owners: sockets::Owners,
+}
+
+impl Guard {
+    /// Loads the rollback record and opens every configured manifest once
+    /// (signature and version only: cheap), so the first `Hello` names
+    /// the manifests in force.
+    pub fn new(cfg: &Config, config_path: Option<&Path>, persist: bool) -> Guard {
+        let versions = if persist {
+            Versions::load(&cfg.state_dir).unwrap_or_else(|e| {
+                log::error!("{e}: starting with no rollback record");
+                Versions::none()
+            })
+        } else {
+            Versions::none()
+        };
+        let mut g = Guard {
+            cfg: cfg.clone(),
+            versions,
+            self_check: SelfCheck::start(config_path),
+            in_force: Vec::new(),
+            owners: sockets::Owners::new(),
+        };
+        let _ = g.open_all();
+        g
+    }
+
+    fn keys(&self) -> Result<Keys, String> {
+        Keys::load(&self.cfg.integrity.trust_dir).map_err(|e| e.to_string())
+    }
+
+    /// Opens every manifest; the accepted ones become `in_force`.
+    fn open_all(&mut self) -> (Vec<(PathBuf, vigil_protocol::manifest::Manifest)>, Vec<Report>, Vec<String>) {
+        let (mut ok, mut refused, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        if self.cfg.integrity.manifests.is_empty() {
+            return (ok, refused, errors);
+        }
+        let keys = match self.keys() {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(e);
+                return (ok, refused, errors);
+            }
+        };
+        for p in &self.cfg.integrity.manifests {
+            match trust::open(p, &keys, &mut self.versions) {
+                Ok(m) => ok.push((p.clone(), m)),
+                Err(Refused::Finding(r)) => refused.push(r),
+                Err(Refused::Unusable(e)) => errors.push(e),
+            }
+        }
+        self.in_force = ok
+            .iter()
+            .map(|(p, m)| {
+                let config_files = m
+                    .entries
+                    .iter()
+                    .filter(|e| e.class == Class::Config)
+                    .map(|e| crate::manifest::under(&self.cfg.root, &e.path))
+                    .collect();
+                (p.clone(), trust::version_of(m), config_files)
+            })
+            .collect();
+        (ok, refused, errors)
+    }
+
+    /// The manifests in force, for `Hello`.
+    pub fn in_force(&self) -> Vec<ManifestVersion> {
+        self.in_force.iter().map(|(_, v, _)| v.clone()).collect()
+    }
+
+    /// Integrity: every manifest (or only configuration ones) and the
+    /// agent's own files.
+    pub fn integrity(&mut self, only_config: bool, out: &mut Outcome) {
+        let (ok, refused, errors) = self.open_all();
+        out.reports.extend(refused);
+        out.errors.extend(errors);
+        let threads = crate::manifest::workers(self.cfg.integrity.threads);
+        for (path, m) in ok {
+            if only_config && trust::class_of(&m) != Class::Config {
+                continue;
+            }
+            out.reports.push(Report {
+                findings: crate::manifest::check(&self.cfg.root, &m, threads),
+                checked: u32::try_from(m.entries.len()).unwrap_or(u32::MAX),
+                manifest: trust::version_of(&m),
+                source: path,
+            });
+        }
+        out.reports.push(self.self_check.check());
+    }
+
+    pub fn posture(&mut self, out: &mut Outcome) {
+        let mut issues = Vec::new();
+        let table = sockets::read(&self.cfg.root, &mut self.owners, &mut issues);
+        for i in issues {
+            log::debug!("posture: sockets: {i}");
+        }
+        out.posture = posture::run(&self.cfg.root, &self.cfg.posture, &table);
+    }
+
+    /// Directories to watch: those holding configuration-class files of the
+    /// manifests in force, the SSH configuration and the agent's own files.
+    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .in_force
+            .iter()
+            .flat_map(|(p, _, cf)| cf.iter().cloned().chain([p.clone()]))
+            .collect();
+        files.extend(posture::watched_files(&self.cfg.root));
+        files.extend(self.self_check.paths().map(Path::to_path_buf));
+        files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+}
+
+/// One full pass (for `vigil-agent check`).
+pub fn once(cfg: &Config, config_path: Option<&Path>) -> Outcome {
+    let mut g = Guard::new(cfg, config_path, cfg.state_dir.is_dir());
+    let mut out = Outcome::default();
+    g.integrity(false, &mut out);
+    g.posture(&mut out);
+    out
+}
+
+fn cut_path(p: &[u8]) -> heapless::Vec<u8, MAX_PATH> {
+    heapless::Vec::from_slice(p.get(..p.len().min(MAX_PATH)).unwrap_or(&[])).unwrap_or_default()
+}
+
+fn cut<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// The outcome as frame bodies: per manifest one or more `Integrity`
+/// frames (one even when clean: it proves the pass ran), then `Posture`.
+pub fn bodies(out: &Outcome) -> Vec<Body> {
+    let mut v = Vec::new();
+    for r in &out.reports {
+        let chunks: Vec<_> = r.findings.chunks(MAX_FINDINGS).collect();
+        let n = chunks.len().max(1);
+        for i in 0..n {
+            let findings = chunks
+                .get(i)
+                .map(|c| {
+                    c.iter()
+                        .map(|f| Finding {
+                            kind: f.kind.clone(),
+                            path: cut_path(&f.path),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.push(Body::Integrity(Integrity {
+                manifest: r.manifest.clone(),
+                checked: r.checked,
+                continued: i + 1 < n,
+                findings,
+            }));
+        }
+    }
+    let chunks: Vec<_> = out.posture.chunks(MAX_CHECKS).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        v.push(Body::Posture(Posture {
+            continued: i + 1 < chunks.len(),
+            results: c
+                .iter()
+                .map(|c| CheckResult {
+                    id: cut(c.id),
+                    title: cut(&c.title),
+                    status: c.status,
+                    evidence: cut(&c.evidence),
+                })
+                .collect(),
+        }));
+    }
+    v
+}
+
+/// Runs until `stop()` is true: a full pass now and every
+/// `integrity.interval_s`, posture every `posture.interval_s`, and both
+/// (configuration manifests only) when a watched directory changes.
+pub fn run(mut g: Guard, emit: impl Fn(Vec<Body>), stop: impl Fn() -> bool) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            log::warn!("inotify unavailable ({e}): configuration changes wait for the next pass");
+            None
+        }
+    };
+    let mask = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_ATTRIB;
+    let mut watched = BTreeSet::new();
+    let rewatch = |g: &Guard, watched: &mut BTreeSet<PathBuf>| {
+        let Some(ino) = &inotify else { return };
+        for d in g.watched_dirs() {
+            if !watched.contains(&d) {
+                match ino.add_watch(&d, mask) {
+                    Ok(_) => {
+                        watched.insert(d);
+                    }
+                    Err(e) => log::warn!("cannot watch {}: {e}", d.display()),
+                }
+            }
+        }
+    };
+    let full = Duration::from_secs(g.cfg.integrity.interval_s);
+    let posture_every = Duration::from_secs(g.cfg.posture.interval_s);
+    let mut next_full = Instant::now();
+    let mut next_posture = Instant::now();
+    let mut dirty: Option<Instant> = None;
+    while !stop() {
+        let now = Instant::now();
+        let mut out = Outcome::default();
+        let mut ran = false;
+        if now >= next_full {
+            g.integrity(false, &mut out);
+            next_full = Instant::now() + full;
+            ran = true;
+        } else if dirty.is_some_and(|t| now >= t) {
+            g.integrity(true, &mut out);
+            ran = true;
+        }
+        if ran || now >= next_posture || dirty.is_some_and(|t| now >= t) {
+            g.posture(&mut out);
+            next_posture = Instant::now() + posture_every;
+            ran = true;
+        }
+        if ran {
+            dirty = None;
+            for e in &out.errors {
+                log::error!("integrity: {e}");
+            }
+            let n: usize = out.reports.iter().map(|r| r.findings.len()).sum();
+            if n > 0 {
+                log::warn!("integrity: {n} findings");
+            }
+            emit(bodies(&out));
+            rewatch(&g, &mut watched);
+        }
+        // Sleep until the next deadline, a watched change, or 500 ms (to
+        // notice `stop`).
+        let deadline = [Some(next_full), Some(next_posture), dirty]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_full);
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(500));
+        match &inotify {
+            Some(ino) => {
+                let mut fds = [nix::poll::PollFd::new(ino.as_raw_fd(), nix::poll::PollFlags::POLLIN)];
+                let ms = i32::try_from(wait.as_millis()).unwrap_or(500);
+                if matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0) {
+                    if let Ok(events) = ino.read_events() {
+                        if !events.is_empty() && dirty.is_none() {
+                            // Let an editor finish writing and renaming.
+                            dirty = Some(Instant::now() + Duration::from_millis(200));
+                        }
+                    }
+                }
+            }
+            None => std::thread::sleep(wait),
+        }
+    }
+}
