@@ -164,10 +164,16 @@ impl Config {
     /// Checks everything `check` relies on (all but the link).
     pub fn validate_local(&self) -> Result<(), ConfigError> {
         if !(1..=604_800).contains(&self.integrity.interval_s) {
-            return Err(invalid("integrity.interval_s", "must be between 1 and 604800"));
+            return Err(invalid(
+                "integrity.interval_s",
+                "must be between 1 and 604800",
+            ));
         }
         if self.integrity.threads > 64 {
-            return Err(invalid("integrity.threads", "must be between 0 (one per core) and 64"));
+            return Err(invalid(
+                "integrity.threads",
+                "must be between 0 (one per core) and 64",
+            ));
         }
         if self.integrity.manifests.len() > vigil_protocol::body::MAX_MANIFESTS {
             return Err(invalid(
@@ -176,7 +182,18 @@ impl Config {
             ));
         }
         if !(1..=604_800).contains(&self.posture.interval_s) {
-            return Err(invalid("posture.interval_s", "must be between 1 and 604800"));
+            return Err(invalid(
+                "posture.interval_s",
+                "must be between 1 and 604800",
+            ));
+        }
+        if let Some(m) = &self.posture.min_kernel {
+            if crate::posture::release_numbers(m).is_empty() {
+                return Err(invalid(
+                    "posture.min_kernel",
+                    "must be a release such as \"5.10\"",
+                ));
+            }
         }
         if let Some(id) = self
             .posture

@@ -75,7 +75,13 @@ impl Guard {
     }
 
     /// Opens every manifest; the accepted ones become `in_force`.
-    fn open_all(&mut self) -> (Vec<(PathBuf, vigil_protocol::manifest::Manifest)>, Vec<Report>, Vec<String>) {
+    fn open_all(
+        &mut self,
+    ) -> (
+        Vec<(PathBuf, vigil_protocol::manifest::Manifest)>,
+        Vec<Report>,
+        Vec<String>,
+    ) {
         let (mut ok, mut refused, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         if self.cfg.integrity.manifests.is_empty() {
             return (ok, refused, errors);
@@ -90,7 +96,7 @@ impl Guard {
         for p in &self.cfg.integrity.manifests {
             match trust::open(p, &keys, &mut self.versions) {
                 Ok(m) => ok.push((p.clone(), m)),
-                Err(Refused::Finding(r)) => refused.push(r),
+                Err(Refused::Finding(r)) => refused.push(*r),
                 Err(Refused::Unusable(e)) => errors.push(e),
             }
         }
@@ -308,7 +314,10 @@ pub fn run(mut g: Guard, emit: impl Fn(Vec<Body>), stop: impl Fn() -> bool) {
             .min(Duration::from_millis(500));
         match &inotify {
             Some(ino) => {
-                let mut fds = [nix::poll::PollFd::new(ino.as_raw_fd(), nix::poll::PollFlags::POLLIN)];
+                let mut fds = [nix::poll::PollFd::new(
+                    ino.as_raw_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
                 let ms = i32::try_from(wait.as_millis()).unwrap_or(500);
                 if matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0) {
                     if let Ok(events) = ino.read_events() {

@@ -269,7 +269,11 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
     use vigil_agent::manifest::{self, tool};
     let sub = match p.next()? {
         Some(Value(v)) => v.string()?,
-        _ => return Err(Failure::Usage("manifest: keygen, build, sign or verify".into())),
+        _ => {
+            return Err(Failure::Usage(
+                "manifest: keygen, build, sign or verify".into(),
+            ))
+        }
     };
     let mut o: std::collections::HashMap<&'static str, String> = Default::default();
     let (mut include, mut exclusive, mut free, mut json) = (vec![], vec![], vec![], false);
@@ -312,7 +316,9 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
     };
     let one_file = |free: &[PathBuf]| match free {
         [f] => Ok(f.clone()),
-        _ => Err(Failure::Usage(format!("manifest {sub}: give exactly one MANIFEST"))),
+        _ => Err(Failure::Usage(format!(
+            "manifest {sub}: give exactly one MANIFEST"
+        ))),
     };
     let threads = match o.get("threads") {
         Some(t) => t
@@ -398,8 +404,11 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
                 threads,
             )?;
             if json {
-                let list: Vec<String> =
-                    v.findings.iter().map(vigil_agent::report::finding_json).collect();
+                let list: Vec<String> = v
+                    .findings
+                    .iter()
+                    .map(vigil_agent::report::finding_json)
+                    .collect();
                 println!(
                     "{{\"checked\":{},\"findings\":[{}]}}",
                     v.checked,
@@ -409,10 +418,16 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
                 for f in &v.findings {
                     println!("{}", manifest::describe(f));
                 }
-                eprintln!("{} entries checked, {} findings", v.checked, v.findings.len());
+                eprintln!(
+                    "{} entries checked, {} findings",
+                    v.checked,
+                    v.findings.len()
+                );
             }
             Ok(ExitCode::from(u8::from(!v.findings.is_empty())))
         }
-        other => Err(Failure::Usage(format!("unknown manifest command `{other}`"))),
+        other => Err(Failure::Usage(format!(
+            "unknown manifest command `{other}`"
+        ))),
     }
 }

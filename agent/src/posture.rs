@@ -30,6 +30,10 @@ pub struct PostureConfig {
     /// Check ids not to run (reported as not applicable, with the reason).
     #[serde(default)]
     pub skip: Vec<String>,
+    /// Lowest acceptable kernel release (e.g. "5.10"); without it the
+    /// release is only reported, for the collector's policy.
+    #[serde(default)]
+    pub min_kernel: Option<String>,
 }
 
 fn default_interval_s() -> u64 {
@@ -43,6 +47,7 @@ impl Default for PostureConfig {
             allow_ports: Vec::new(),
             routes: false,
             skip: Vec::new(),
+            min_kernel: None,
         }
     }
 }
@@ -98,7 +103,12 @@ const SERVICES: &[(&str, &str, u8, &[u16])] = &[
     ("service.telnet", "no telnet server (23/tcp)", 0, &[23]),
     ("service.ftp", "no FTP server (21/tcp)", 0, &[21]),
     ("service.tftp", "no TFTP server (69/udp)", 1, &[69]),
-    ("service.http", "no plain HTTP (80, 8080/tcp)", 0, &[80, 8080]),
+    (
+        "service.http",
+        "no plain HTTP (80, 8080/tcp)",
+        0,
+        &[80, 8080],
+    ),
     (
         "service.r-services",
         "no rexec/rlogin/rsh (512-514/tcp)",
@@ -153,7 +163,12 @@ pub fn services(table: &BTreeSet<Entry>, cfg: &PostureConfig) -> Vec<Check> {
             if hits.is_empty() {
                 check(id, title, CheckStatus::Pass, "not listening")
             } else {
-                check(id, title, CheckStatus::Fail, format!("listening: {}", hits.join(", ")))
+                check(
+                    id,
+                    title,
+                    CheckStatus::Fail,
+                    format!("listening: {}", hits.join(", ")),
+                )
             }
         })
         .collect()
@@ -200,7 +215,10 @@ fn read_sshd(root: &Path, file: &Path, s: &mut SshSettings, depth: usize) -> Res
             continue;
         }
         let (key, value) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
-            Some((k, v)) => (k, v.trim_start_matches(|c: char| c.is_whitespace() || c == '=')),
+            Some((k, v)) => (
+                k,
+                v.trim_start_matches(|c: char| c.is_whitespace() || c == '='),
+            ),
             None => (line, ""),
         };
         let key = key.to_ascii_lowercase();
@@ -241,7 +259,10 @@ fn read_sshd(root: &Path, file: &Path, s: &mut SshSettings, depth: usize) -> Res
 /// Files matching `p` under `root`, where only the last component may hold
 /// `*` and `?` wildcards; sorted.
 fn glob_last(root: &Path, p: &Path) -> Vec<PathBuf> {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if !name.contains(['*', '?']) {
         return vec![p.to_path_buf()];
     }
@@ -338,22 +359,59 @@ fn ssh_settings(root: &Path) -> Option<Result<SshSettings, String>> {
 pub fn ssh(settings: Option<Result<SshSettings, String>>) -> Vec<Check> {
     // id, title, keyword, OpenSSH's default, accepted values
     let rules: &[(&str, &str, &str, &str, &[&str])] = &[
-        ("ssh.password-auth", "SSH password authentication off", "passwordauthentication", "yes", &["no"]),
-        ("ssh.kbd-interactive", "SSH keyboard-interactive authentication off", "kbdinteractiveauthentication", "yes", &["no"]),
-        ("ssh.root-login", "SSH root login no or key only", "permitrootlogin", "prohibit-password", &["no", "prohibit-password", "without-password"]),
-        ("ssh.empty-passwords", "SSH empty passwords refused", "permitemptypasswords", "no", &["no"]),
-        ("ssh.pubkey-auth", "SSH public-key authentication on", "pubkeyauthentication", "yes", &["yes"]),
+        (
+            "ssh.password-auth",
+            "SSH password authentication off",
+            "passwordauthentication",
+            "yes",
+            &["no"],
+        ),
+        (
+            "ssh.kbd-interactive",
+            "SSH keyboard-interactive authentication off",
+            "kbdinteractiveauthentication",
+            "yes",
+            &["no"],
+        ),
+        (
+            "ssh.root-login",
+            "SSH root login no or key only",
+            "permitrootlogin",
+            "prohibit-password",
+            &["no", "prohibit-password", "without-password"],
+        ),
+        (
+            "ssh.empty-passwords",
+            "SSH empty passwords refused",
+            "permitemptypasswords",
+            "no",
+            &["no"],
+        ),
+        (
+            "ssh.pubkey-auth",
+            "SSH public-key authentication on",
+            "pubkeyauthentication",
+            "yes",
+            &["yes"],
+        ),
     ];
     rules
         .iter()
         .map(|&(id, title, key, default, good)| match &settings {
-            None => check(id, title, CheckStatus::NotApplicable, "no SSH server in the image"),
+            None => check(
+                id,
+                title,
+                CheckStatus::NotApplicable,
+                "no SSH server in the image",
+            ),
             Some(Err(e)) => check(id, title, CheckStatus::Error, e.clone()),
             Some(Ok(s)) => {
                 let (value, source) = s
                     .values
                     .get(key)
-                    .map_or((default, "OpenSSH default"), |(v, src)| (v.as_str(), src.as_str()));
+                    .map_or((default, "OpenSSH default"), |(v, src)| {
+                        (v.as_str(), src.as_str())
+                    });
                 let status = if good.contains(&value) {
                     CheckStatus::Pass
                 } else {
@@ -374,8 +432,18 @@ pub fn sysctls(root: &Path, cfg: &PostureConfig) -> Vec<Check> {
         ("kernel.dmesg-restrict", "kernel.dmesg_restrict", 1, 1),
         ("kernel.ptrace-scope", "kernel.yama.ptrace_scope", 1, 3),
         ("net.ip-forward", "net.ipv4.ip_forward", 0, 0),
-        ("net.ipv4-redirects", "net.ipv4.conf.all.accept_redirects", 0, 0),
-        ("net.ipv6-redirects", "net.ipv6.conf.all.accept_redirects", 0, 0),
+        (
+            "net.ipv4-redirects",
+            "net.ipv4.conf.all.accept_redirects",
+            0,
+            0,
+        ),
+        (
+            "net.ipv6-redirects",
+            "net.ipv6.conf.all.accept_redirects",
+            0,
+            0,
+        ),
         ("fs.protected-symlinks", "fs.protected_symlinks", 1, 1),
         ("fs.protected-hardlinks", "fs.protected_hardlinks", 1, 1),
     ];
@@ -388,18 +456,33 @@ pub fn sysctls(root: &Path, cfg: &PostureConfig) -> Vec<Check> {
                 format!("{name}>={lo}")
             };
             if id == "net.ip-forward" && cfg.routes {
-                return check(id, &want, CheckStatus::NotApplicable, "the configuration says this device routes");
+                return check(
+                    id,
+                    &want,
+                    CheckStatus::NotApplicable,
+                    "the configuration says this device routes",
+                );
             }
             let path = root.join("proc/sys").join(name.replace('.', "/"));
             match std::fs::read_to_string(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    check(id, &want, CheckStatus::NotApplicable, format!("{name} does not exist on this kernel"))
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => check(
+                    id,
+                    &want,
+                    CheckStatus::NotApplicable,
+                    format!("{name} does not exist on this kernel"),
+                ),
                 Err(e) => check(id, &want, CheckStatus::Error, format!("{name}: {e}")),
                 Ok(t) => match t.trim().parse::<i64>() {
-                    Ok(v) if (lo..=hi).contains(&v) => check(id, &want, CheckStatus::Pass, format!("{name} = {v}")),
+                    Ok(v) if (lo..=hi).contains(&v) => {
+                        check(id, &want, CheckStatus::Pass, format!("{name} = {v}"))
+                    }
                     Ok(v) => check(id, &want, CheckStatus::Fail, format!("{name} = {v}")),
-                    Err(_) => check(id, &want, CheckStatus::Error, format!("{name}: not a number: {:?}", t.trim())),
+                    Err(_) => check(
+                        id,
+                        &want,
+                        CheckStatus::Error,
+                        format!("{name}: not a number: {:?}", t.trim()),
+                    ),
                 },
             }
         })
@@ -410,19 +493,35 @@ pub fn sysctls(root: &Path, cfg: &PostureConfig) -> Vec<Check> {
 pub fn accounts(root: &Path) -> Vec<Check> {
     let uid0_title = "no UID 0 account other than root";
     let uid0 = match std::fs::read_to_string(root.join("etc/passwd")) {
-        Err(e) => check("accounts.uid0", uid0_title, CheckStatus::NotApplicable, format!("/etc/passwd: {e}")),
+        Err(e) => check(
+            "accounts.uid0",
+            uid0_title,
+            CheckStatus::NotApplicable,
+            format!("/etc/passwd: {e}"),
+        ),
         Ok(t) => {
             let extra: Vec<&str> = t
                 .lines()
                 .filter_map(|l| {
                     let f: Vec<&str> = l.split(':').collect();
-                    (f.get(2) == Some(&"0") && f.first() != Some(&"root")).then(|| f.first().copied().unwrap_or(""))
+                    (f.get(2) == Some(&"0") && f.first() != Some(&"root"))
+                        .then(|| f.first().copied().unwrap_or(""))
                 })
                 .collect();
             if extra.is_empty() {
-                check("accounts.uid0", uid0_title, CheckStatus::Pass, "only root has UID 0")
+                check(
+                    "accounts.uid0",
+                    uid0_title,
+                    CheckStatus::Pass,
+                    "only root has UID 0",
+                )
             } else {
-                check("accounts.uid0", uid0_title, CheckStatus::Fail, format!("UID 0: {}", extra.join(", ")))
+                check(
+                    "accounts.uid0",
+                    uid0_title,
+                    CheckStatus::Fail,
+                    format!("UID 0: {}", extra.join(", ")),
+                )
             }
         }
     };
@@ -444,21 +543,61 @@ pub fn accounts(root: &Path) -> Vec<Check> {
                 })
                 .collect();
             if bad.is_empty() {
-                check("accounts.empty-password", empty_title, CheckStatus::Pass, "every account has a hash or is locked")
+                check(
+                    "accounts.empty-password",
+                    empty_title,
+                    CheckStatus::Pass,
+                    "every account has a hash or is locked",
+                )
             } else {
-                check("accounts.empty-password", empty_title, CheckStatus::Fail, format!("no password: {}", bad.join(", ")))
+                check(
+                    "accounts.empty-password",
+                    empty_title,
+                    CheckStatus::Fail,
+                    format!("no password: {}", bad.join(", ")),
+                )
             }
         }
     };
     vec![uid0, empty]
 }
 
-/// The kernel release, for the collector's policy on minimum versions.
-pub fn kernel(root: &Path) -> Check {
-    let title = "kernel release (for the collector's minimum-version policy)";
-    match std::fs::read_to_string(root.join("proc/sys/kernel/osrelease")) {
-        Ok(t) => check("kernel.release", title, CheckStatus::Pass, t.trim()),
-        Err(e) => check("kernel.release", title, CheckStatus::Error, format!("osrelease: {e}")),
+/// The numeric components of a release: "5.10.0-23-arm64" -> [5, 10, 0].
+pub fn release_numbers(r: &str) -> Vec<u64> {
+    r.split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map_while(|n| n.parse().ok())
+        .collect()
+}
+
+/// The kernel release, reported for the collector's policy on minimum
+/// versions, and held to `min_kernel` when the configuration sets one.
+pub fn kernel(root: &Path, cfg: &PostureConfig) -> Check {
+    let title = match &cfg.min_kernel {
+        Some(m) => format!("kernel release at least {m}"),
+        None => "kernel release (reported)".to_string(),
+    };
+    let release = match std::fs::read_to_string(root.join("proc/sys/kernel/osrelease")) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            return check(
+                "kernel.release",
+                &title,
+                CheckStatus::Error,
+                format!("osrelease: {e}"),
+            )
+        }
+    };
+    match &cfg.min_kernel {
+        Some(min) if release_numbers(&release) < release_numbers(min) => check(
+            "kernel.release",
+            &title,
+            CheckStatus::Fail,
+            format!("{release}, below {min}"),
+        ),
+        _ => check("kernel.release", &title, CheckStatus::Pass, release),
     }
 }
 
@@ -468,7 +607,7 @@ pub fn run(root: &Path, cfg: &PostureConfig, table: &BTreeSet<Entry>) -> Vec<Che
     all.extend(ssh(ssh_settings(root)));
     all.extend(sysctls(root, cfg));
     all.extend(accounts(root));
-    all.push(kernel(root));
+    all.push(kernel(root, cfg));
     for c in &mut all {
         if cfg.skip.iter().any(|s| s == c.id) {
             c.status = CheckStatus::NotApplicable;
@@ -481,7 +620,11 @@ pub fn run(root: &Path, cfg: &PostureConfig, table: &BTreeSet<Entry>) -> Vec<Che
 /// Files whose change re-runs the checks (besides the agent's config).
 pub fn watched_files(root: &Path) -> Vec<PathBuf> {
     let mut out = vec![root.join("etc/ssh/sshd_config")];
-    out.extend(glob_last(root, Path::new("/etc/ssh/sshd_config.d/*.conf")).iter().map(|p| root.join(p.strip_prefix("/").unwrap_or(p))));
+    out.extend(
+        glob_last(root, Path::new("/etc/ssh/sshd_config.d/*.conf"))
+            .iter()
+            .map(|p| root.join(p.strip_prefix("/").unwrap_or(p))),
+    );
     out
 }
 
@@ -508,11 +651,23 @@ mod tests {
     }
 
     #[test]
+    fn kernel_releases_compare_numerically() {
+        assert_eq!(release_numbers("5.10.0-23-arm64"), [5, 10, 0]);
+        assert_eq!(release_numbers("6.18.44-fc-v782"), [6, 18, 44]);
+        assert!(release_numbers("4.9.337") < release_numbers("4.19"));
+        assert!(release_numbers("4.19") <= release_numbers("4.19.0"));
+    }
+
+    #[test]
     fn every_check_id_fits_the_wire_and_is_listed() {
         for id in IDS {
             assert!(id.len() <= 32, "{id}");
         }
-        let all = run(Path::new("/nonexistent-root"), &PostureConfig::default(), &BTreeSet::new());
+        let all = run(
+            Path::new("/nonexistent-root"),
+            &PostureConfig::default(),
+            &BTreeSet::new(),
+        );
         let ids: Vec<&str> = all.iter().map(|c| c.id).collect();
         assert_eq!(ids, IDS);
     }

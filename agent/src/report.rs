@@ -247,7 +247,10 @@ pub fn outcome_json(o: &crate::guard::Outcome) -> String {
         ("integrity", reports),
         ("posture", posture),
         ("errors", list(o.errors.iter().map(|e| string(e)))),
-        ("clean", (!o.has_findings() && o.errors.is_empty()).to_string()),
+        (
+            "clean",
+            (!o.has_findings() && o.errors.is_empty()).to_string(),
+        ),
     ])
 }
 

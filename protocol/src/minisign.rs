@@ -345,11 +345,7 @@ impl SecretKey {
             .unwrap_or(&[])
             .try_into()
             .map_err(bad)?;
-        let chk: [u8; 32] = raw
-            .get(at + 72..)
-            .unwrap_or(&[])
-            .try_into()
-            .map_err(bad)?;
+        let chk: [u8; 32] = raw.get(at + 72..).unwrap_or(&[]).try_into().map_err(bad)?;
         // minisign 0.11 leaves the checksum zero in keys made with `-W`.
         if chk != [0u8; 32] && secret_checksum(&key_id, &sk) != chk {
             return Err(MinisignError::Checksum);
@@ -369,14 +365,14 @@ impl SecretKey {
 
     /// The raw record, as it goes into the file's base64 line.
     fn to_raw(&self) -> [u8; SECRET_LEN] {
-        let mut raw = [0u8; SECRET_LEN];
-        raw[..2].copy_from_slice(b"Ed");
-        raw[4..6].copy_from_slice(b"B2");
-        let at = 2 + 2 + 2 + 32 + 8 + 8;
         let sk = self.key.to_keypair_bytes();
-        raw[at..at + 8].copy_from_slice(&self.key_id);
-        raw[at + 8..at + 72].copy_from_slice(&sk);
-        raw[at + 72..].copy_from_slice(&secret_checksum(&self.key_id, &sk));
+        let chk = secret_checksum(&self.key_id, &sk);
+        // Algorithm, no KDF, checksum algorithm, zero salt/opslimit/memlimit.
+        let parts: [&[u8]; 7] = [b"Ed", &[0, 0], b"B2", &[0; 48], &self.key_id, &sk, &chk];
+        let mut raw = [0u8; SECRET_LEN];
+        for (o, b) in raw.iter_mut().zip(parts.iter().flat_map(|p| p.iter())) {
+            *o = *b;
+        }
         raw
     }
 }

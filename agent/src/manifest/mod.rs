@@ -44,7 +44,7 @@ pub fn under(root: &Path, path: &[u8]) -> PathBuf {
 /// SHA-256 and length of a regular file, read with `buf`. Opens without
 /// following a symlink and refuses anything but a regular file (a FIFO
 /// swapped in would otherwise block the pass).
-pub fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<([u8; 32], u64)> {
+pub fn hash_file(path: &Path, buf: &mut [u8]) -> Hashed {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -77,17 +77,16 @@ pub fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<([u8; 32], u64)
     Ok((h.finalize().into(), len))
 }
 
+/// A file's SHA-256 and length, or why it could not be read.
+pub type Hashed = std::io::Result<([u8; 32], u64)>;
+
 /// Hashes `files` on `threads` workers, largest first so one big model file
 /// does not start last. Results are in the order of `files`.
-pub fn hash_all(
-    files: &[(PathBuf, u64)],
-    threads: usize,
-) -> Vec<std::io::Result<([u8; 32], u64)>> {
+pub fn hash_all(files: &[(PathBuf, u64)], threads: usize) -> Vec<std::io::Result<([u8; 32], u64)>> {
     let mut order: Vec<usize> = (0..files.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(files.get(i).map_or(0, |f| f.1)));
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<std::io::Result<([u8; 32], u64)>>>> =
-        Mutex::new((0..files.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<Hashed>>> = Mutex::new((0..files.len()).map(|_| None).collect());
     let threads = threads.clamp(1, files.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -96,9 +95,13 @@ pub fn hash_all(
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = order.get(k) else { return };
-                    let Some((path, _)) = files.get(i) else { return };
+                    let Some((path, _)) = files.get(i) else {
+                        return;
+                    };
                     let r = hash_file(path, &mut buf);
-                    let mut all = results.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut all = results
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let Some(slot) = all.get_mut(i) {
                         *slot = Some(r);
                     }
@@ -214,9 +217,10 @@ pub fn build(o: &BuildOptions) -> anyhow::Result<(Manifest, Vec<Vec<u8>>)> {
     let mut entries = Vec::with_capacity(found.len());
     for (path, m) in found {
         let kind = if m.is_file() {
-            let (sha256, size) = hashes.next().unwrap_or_else(|| Err(std::io::Error::other("?"))).map_err(
-                |e| anyhow::anyhow!("{}: {e}", under(&o.root, &path).display()),
-            )?;
+            let (sha256, size) = hashes
+                .next()
+                .unwrap_or_else(|| Err(std::io::Error::other("?")))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", under(&o.root, &path).display()))?;
             EntryKind::File { size, sha256 }
         } else if m.is_dir() {
             EntryKind::Dir
@@ -374,14 +378,22 @@ pub fn describe(f: &Found) -> String {
             meta(actual)
         ),
         FindingKind::Missing => format!("missing {path}"),
-        FindingKind::Unexpected => format!("unexpected {path}: not in the manifest of an exclusive directory"),
-        FindingKind::TypeChanged => format!("type-changed {path}: not the file type or link target listed"),
+        FindingKind::Unexpected => {
+            format!("unexpected {path}: not in the manifest of an exclusive directory")
+        }
+        FindingKind::TypeChanged => {
+            format!("type-changed {path}: not the file type or link target listed")
+        }
         FindingKind::Unreadable => format!("unreadable {path}"),
-        FindingKind::BadSignature => format!("bad-signature {path}: the manifest's signature does not verify"),
-        FindingKind::UntrustedKey => format!("untrusted-key {path}: signed by a key not in the trust directory"),
-        FindingKind::Rollback { accepted, offered } => format!(
-            "rollback {path}: version {offered} offered, {accepted} accepted before"
-        ),
+        FindingKind::BadSignature => {
+            format!("bad-signature {path}: the manifest's signature does not verify")
+        }
+        FindingKind::UntrustedKey => {
+            format!("untrusted-key {path}: signed by a key not in the trust directory")
+        }
+        FindingKind::Rollback { accepted, offered } => {
+            format!("rollback {path}: version {offered} offered, {accepted} accepted before")
+        }
     }
 }
 

@@ -68,9 +68,13 @@ pub fn sign(secret: &Path, manifest: &Path, now_s: u64) -> anyhow::Result<std::p
         ),
         other => anyhow::anyhow!("{}: not a minisign secret key ({other:?})", secret.display()),
     })?;
-    let bytes = std::fs::read(manifest).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+    let bytes =
+        std::fs::read(manifest).map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
     Manifest::parse(&bytes).map_err(|e| {
-        anyhow::anyhow!("{}: not a manifest, not signing it: {e}", manifest.display())
+        anyhow::anyhow!(
+            "{}: not a manifest, not signing it: {e}",
+            manifest.display()
+        )
     })?;
     let name = manifest
         .file_name()
@@ -107,10 +111,7 @@ pub fn verify(
         Ok(m) => m,
         Err(Refused::Unusable(why)) => anyhow::bail!("{why}"),
         Err(Refused::Finding(r)) => {
-            let why = r
-                .findings
-                .first()
-                .map_or_else(String::new, super::describe);
+            let why = r.findings.first().map_or_else(String::new, super::describe);
             anyhow::bail!("{why}")
         }
     };

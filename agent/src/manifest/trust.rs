@@ -38,10 +38,11 @@ impl Keys {
             .collect();
         names.sort();
         for p in names {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            let k = PublicKey::parse(&text)
-                .map_err(|e| anyhow::anyhow!("{}: not a minisign public key ({e:?})", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let k = PublicKey::parse(&text).map_err(|e| {
+                anyhow::anyhow!("{}: not a minisign public key ({e:?})", p.display())
+            })?;
             keys.push(k);
         }
         Ok(Keys(keys))
@@ -165,7 +166,7 @@ pub enum Refused {
     /// Cannot be read or parsed at all (an error, not a finding).
     Unusable(String),
     /// A finding about the manifest itself (signature, trust, rollback).
-    Finding(Report),
+    Finding(Box<Report>),
 }
 
 fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -205,7 +206,7 @@ pub fn open(path: &Path, keys: &Keys, versions: &mut Versions) -> Result<Manifes
     };
     let finding = |kind: FindingKind| {
         let manifest = named.clone();
-        Refused::Finding(Report {
+        Refused::Finding(Box::new(Report {
             source: path.to_path_buf(),
             manifest,
             checked: 0,
@@ -213,7 +214,7 @@ pub fn open(path: &Path, keys: &Keys, versions: &mut Versions) -> Result<Manifes
                 path: std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec(),
                 kind,
             }],
-        })
+        }))
     };
     let sig = SignatureFile::parse(&sig_text).map_err(|_| finding(FindingKind::BadSignature))?;
     let key = keys
@@ -227,7 +228,10 @@ pub fn open(path: &Path, keys: &Keys, versions: &mut Versions) -> Result<Manifes
         Err(_) => return Err(finding(FindingKind::BadSignature)),
     }
     let m = unverified.map_err(|e| {
-        Refused::Unusable(format!("{}: signed but not a manifest: {e}", path.display()))
+        Refused::Unusable(format!(
+            "{}: signed but not a manifest: {e}",
+            path.display()
+        ))
     })?;
     versions
         .accept(&m.issuer, &m.scope, m.version)
@@ -238,24 +242,6 @@ pub fn open(path: &Path, keys: &Keys, versions: &mut Versions) -> Result<Manifes
             })
         })?;
     Ok(m)
-}
-
-/// Verifies one manifest file and checks the tree against it.
-pub fn pass_one(
-    root: &Path,
-    path: &Path,
-    keys: &Keys,
-    versions: &mut Versions,
-    threads: usize,
-) -> Result<Report, Refused> {
-    let m = open(path, keys, versions)?;
-    let findings = super::check(root, &m, threads);
-    Ok(Report {
-        source: path.to_path_buf(),
-        manifest: version_of(&m),
-        checked: u32::try_from(m.entries.len()).unwrap_or(u32::MAX),
-        findings,
-    })
 }
 
 /// The agent's own binary and configuration file, hashed at start and
