@@ -842,3 +842,64 @@ fn a_changed_sshd_config_is_reported_within_seconds_with_hourly_passes() {
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// Lynis (Debian package `lynis`) checks the same kernel settings in its
+/// KRNL-6000 test. On this host, for every sysctl where both tools want the
+/// same exact value, Lynis lists it as differing exactly when our check
+/// fails, and both read the same value. (Where Lynis is stricter, e.g.
+/// `kernel.kptr_restrict` 2 against our >= 1, only the value is compared.)
+#[test]
+fn kernel_settings_agree_with_lynis_on_this_host() {
+    let dir = tempdir("lynis");
+    let report = dir.join("lynis.dat");
+    let o = Command::new("lynis")
+        .args(["audit", "system", "--tests", "KRNL-6000", "--quick", "--no-colors", "--report-file"])
+        .arg(&report)
+        .arg("--log-file")
+        .arg(dir.join("lynis.log"))
+        .current_dir(&dir)
+        .output()
+        .expect("lynis (apt-get install -y lynis)");
+    assert!(o.status.success(), "lynis: {}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("tests_executed=KRNL-6000"), "{text}");
+    // field -> (preferred, value) for every sysctl Lynis found different.
+    let differing: std::collections::HashMap<String, (String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("details[]=KRNL-6000|sysctl|"))
+        .filter_map(|l| {
+            let get = |k: &str| l.split(';').find_map(|f| f.strip_prefix(k)).map(String::from);
+            Some((get("field:")?, (get("prefval:")?, get("value:")?)))
+        })
+        .collect();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, format!("state_dir = \"{}\"\n", s(&dir))).unwrap();
+    let ours = statuses(&check_json(&config).1);
+    let mut compared = 0;
+    for (id, key, exact) in [
+        ("kernel.aslr", "kernel.randomize_va_space", true),
+        ("kernel.dmesg-restrict", "kernel.dmesg_restrict", true),
+        ("fs.protected-symlinks", "fs.protected_symlinks", true),
+        ("fs.protected-hardlinks", "fs.protected_hardlinks", true),
+        ("net.ipv4-redirects", "net.ipv4.conf.all.accept_redirects", true),
+        ("net.ipv6-redirects", "net.ipv6.conf.all.accept_redirects", true),
+        ("kernel.kptr-restrict", "kernel.kptr_restrict", false),
+    ] {
+        let (_, status, evidence) = ours.iter().find(|c| c.0 == id).unwrap();
+        if status == "n/a" {
+            continue;
+        }
+        compared += 1;
+        match differing.get(key) {
+            Some((_, value)) => {
+                assert!(evidence.ends_with(&format!("= {value}")), "{id}: Lynis read {value}, we {evidence}");
+                if exact {
+                    assert_eq!(status, "fail", "{id}: Lynis says {key} differs, we {status} ({evidence})");
+                }
+            }
+            None if exact => assert_eq!(status, "pass", "{id}: Lynis accepts {key}, we {status} ({evidence})"),
+            None => {}
+        }
+    }
+    assert!(compared >= 5, "too few settings compared: {compared}");
+}
