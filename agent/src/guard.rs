@@ -191,47 +191,73 @@ fn cut<const N: usize>(s: &str) -> heapless::String<N> {
     out
 }
 
+/// Body bytes a frame may carry: `MAX_FRAME_LEN` (4,096) less the header,
+/// the signature, COBS overhead and a margin.
+const BODY_BUDGET: usize = 3_200;
+
+/// Splits `items` into runs of at most `max` whose estimated encoded size
+/// stays within `BODY_BUDGET`; always at least one (possibly empty) run.
+fn runs<T>(items: &[T], max: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0usize, 0usize);
+    for (i, it) in items.iter().enumerate() {
+        let n = size(it);
+        if i > start && (i - start >= max || bytes + n > BODY_BUDGET) {
+            out.push(items.get(start..i).unwrap_or(&[]));
+            start = i;
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    out.push(items.get(start..).unwrap_or(&[]));
+    out
+}
+
 /// The outcome as frame bodies: per manifest one or more `Integrity`
 /// frames (one even when clean: it proves the pass ran), then `Posture`.
+/// Findings and results are split so every frame fits `MAX_FRAME_LEN`.
 pub fn bodies(out: &Outcome) -> Vec<Body> {
     let mut v = Vec::new();
     for r in &out.reports {
-        let chunks: Vec<_> = r.findings.chunks(MAX_FINDINGS).collect();
-        let n = chunks.len().max(1);
-        for i in 0..n {
-            let findings = chunks
-                .get(i)
-                .map(|c| {
-                    c.iter()
-                        .map(|f| Finding {
-                            kind: f.kind.clone(),
-                            path: cut_path(&f.path),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+        // Path (cut), two hashes at most, tags and varints.
+        let chunks = runs(&r.findings, MAX_FINDINGS, |f| {
+            f.path.len().min(MAX_PATH) + 80
+        });
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
             v.push(Body::Integrity(Integrity {
                 manifest: r.manifest.clone(),
                 checked: r.checked,
                 continued: i + 1 < n,
-                findings,
+                findings: c
+                    .iter()
+                    .map(|f| Finding {
+                        kind: f.kind.clone(),
+                        path: cut_path(&f.path),
+                    })
+                    .collect(),
             }));
         }
     }
-    let chunks: Vec<_> = out.posture.chunks(MAX_CHECKS).collect();
-    for (i, c) in chunks.iter().enumerate() {
-        v.push(Body::Posture(Posture {
-            continued: i + 1 < chunks.len(),
-            results: c
-                .iter()
-                .map(|c| CheckResult {
-                    id: cut(c.id),
-                    title: cut(&c.title),
-                    status: c.status,
-                    evidence: cut(&c.evidence),
-                })
-                .collect(),
-        }));
+    if !out.posture.is_empty() {
+        let chunks = runs(&out.posture, MAX_CHECKS, |c| {
+            c.id.len().min(32) + c.title.len().min(64) + c.evidence.len().min(160) + 8
+        });
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            v.push(Body::Posture(Posture {
+                continued: i + 1 < n,
+                results: c
+                    .iter()
+                    .map(|c| CheckResult {
+                        id: cut(c.id),
+                        title: cut(&c.title),
+                        status: c.status,
+                        evidence: cut(&c.evidence),
+                    })
+                    .collect(),
+            }));
+        }
     }
     v
 }
@@ -330,5 +356,63 @@ pub fn run(mut g: Guard, emit: impl Fn(Vec<Body>), stop: impl Fn() -> bool) {
             }
             None => std::thread::sleep(wait),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_protocol::body::{CheckStatus, FindingKind};
+    use vigil_protocol::{DeviceId, Frame, Header, SigningKey, VERSION};
+
+    /// Worst cases: 24 findings with 256-byte paths and two hashes, 25
+    /// checks with full-length evidence. Every frame must sign (fit).
+    #[test]
+    fn the_largest_outcomes_split_into_frames_that_fit() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let findings = (0..100u8)
+            .map(|i| crate::manifest::Found {
+                path: vec![b'a' + i % 26; 300],
+                kind: FindingKind::Modified {
+                    expected: [i; 32],
+                    actual: [!i; 32],
+                },
+            })
+            .collect();
+        let checks = (0..25)
+            .map(|_| Check {
+                id: "ssh.kbd-interactive",
+                title: "t".repeat(80),
+                status: CheckStatus::Fail,
+                evidence: "e".repeat(200),
+            })
+            .collect();
+        let out = Outcome {
+            reports: vec![Report {
+                source: "x".into(),
+                manifest: trust::self_version(),
+                checked: 100,
+                findings,
+            }],
+            posture: checks,
+            errors: vec![],
+        };
+        let (mut findings, mut results) = (0, 0);
+        for (seq, b) in bodies(&out).into_iter().enumerate() {
+            match &b {
+                Body::Integrity(i) => findings += i.findings.len(),
+                Body::Posture(p) => results += p.results.len(),
+                _ => {}
+            }
+            let header = Header {
+                version: VERSION,
+                device: DeviceId::of(&key.verifying_key()),
+                boot: 1,
+                seq: seq as u64,
+                time_ms: 0,
+            };
+            Frame::new(header, b).sign(&key).expect("frame fits");
+        }
+        assert_eq!((findings, results), (100, 25));
     }
 }

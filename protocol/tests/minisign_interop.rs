@@ -223,7 +223,9 @@ fn secret_key_files_round_trip_and_read_minisigns() {
     // Flip one bit of the secret inside the base64: the checksum catches it.
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     let mut raw = [0u8; 158];
-    <base64ct::Base64 as base64ct::Encoding>::decode(&lines[1], &mut raw).map(|_| ()).unwrap();
+    <base64ct::Base64 as base64ct::Encoding>::decode(&lines[1], &mut raw)
+        .map(|_| ())
+        .unwrap();
     raw[70] ^= 1;
     let mut buf = [0u8; 212];
     lines[1] = <base64ct::Base64 as base64ct::Encoding>::encode(&raw, &mut buf)

@@ -256,8 +256,15 @@ fn agent_streams_over_a_serial_pty_pair() {
         "--batch",
         "2",
     ]);
+    // Hello, the start-up integrity and posture frames, sockets, then
+    // samples: wait until at least eight samples are archived.
+    let samples = |c: &Collector| {
+        let out = c.cli(&["export", "--device", &id, "--format", "json"]);
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).map_or(0, |r| r.len())
+    };
     assert!(
-        c.wait_for(Duration::from_secs(30), |c| frames_of(&c.device(&id)) >= 6),
+        c.wait_for(Duration::from_secs(30), |c| frames_of(&c.device(&id)) >= 6
+            && samples(c) >= 8),
         "no frames over serial: {:?}\n{}",
         c.device(&id),
         c.log()

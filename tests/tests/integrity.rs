@@ -853,14 +853,26 @@ fn kernel_settings_agree_with_lynis_on_this_host() {
     let dir = tempdir("lynis");
     let report = dir.join("lynis.dat");
     let o = Command::new("lynis")
-        .args(["audit", "system", "--tests", "KRNL-6000", "--quick", "--no-colors", "--report-file"])
+        .args([
+            "audit",
+            "system",
+            "--tests",
+            "KRNL-6000",
+            "--quick",
+            "--no-colors",
+            "--report-file",
+        ])
         .arg(&report)
         .arg("--log-file")
         .arg(dir.join("lynis.log"))
         .current_dir(&dir)
         .output()
         .expect("lynis (apt-get install -y lynis)");
-    assert!(o.status.success(), "lynis: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "lynis: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let text = std::fs::read_to_string(&report).unwrap();
     assert!(text.contains("tests_executed=KRNL-6000"), "{text}");
     // field -> (preferred, value) for every sysctl Lynis found different.
@@ -868,7 +880,11 @@ fn kernel_settings_agree_with_lynis_on_this_host() {
         .lines()
         .filter_map(|l| l.strip_prefix("details[]=KRNL-6000|sysctl|"))
         .filter_map(|l| {
-            let get = |k: &str| l.split(';').find_map(|f| f.strip_prefix(k)).map(String::from);
+            let get = |k: &str| {
+                l.split(';')
+                    .find_map(|f| f.strip_prefix(k))
+                    .map(String::from)
+            };
             Some((get("field:")?, (get("prefval:")?, get("value:")?)))
         })
         .collect();
@@ -881,8 +897,16 @@ fn kernel_settings_agree_with_lynis_on_this_host() {
         ("kernel.dmesg-restrict", "kernel.dmesg_restrict", true),
         ("fs.protected-symlinks", "fs.protected_symlinks", true),
         ("fs.protected-hardlinks", "fs.protected_hardlinks", true),
-        ("net.ipv4-redirects", "net.ipv4.conf.all.accept_redirects", true),
-        ("net.ipv6-redirects", "net.ipv6.conf.all.accept_redirects", true),
+        (
+            "net.ipv4-redirects",
+            "net.ipv4.conf.all.accept_redirects",
+            true,
+        ),
+        (
+            "net.ipv6-redirects",
+            "net.ipv6.conf.all.accept_redirects",
+            true,
+        ),
         ("kernel.kptr-restrict", "kernel.kptr_restrict", false),
     ] {
         let (_, status, evidence) = ours.iter().find(|c| c.0 == id).unwrap();
@@ -892,14 +916,98 @@ fn kernel_settings_agree_with_lynis_on_this_host() {
         compared += 1;
         match differing.get(key) {
             Some((_, value)) => {
-                assert!(evidence.ends_with(&format!("= {value}")), "{id}: Lynis read {value}, we {evidence}");
+                assert!(
+                    evidence.ends_with(&format!("= {value}")),
+                    "{id}: Lynis read {value}, we {evidence}"
+                );
                 if exact {
-                    assert_eq!(status, "fail", "{id}: Lynis says {key} differs, we {status} ({evidence})");
+                    assert_eq!(
+                        status, "fail",
+                        "{id}: Lynis says {key} differs, we {status} ({evidence})"
+                    );
                 }
             }
-            None if exact => assert_eq!(status, "pass", "{id}: Lynis accepts {key}, we {status} ({evidence})"),
+            None if exact => assert_eq!(
+                status, "pass",
+                "{id}: Lynis accepts {key}, we {status} ({evidence})"
+            ),
             None => {}
         }
     }
     assert!(compared >= 5, "too few settings compared: {compared}");
+}
+
+/// The whole path to the SOC: a tampered model file and a rolled-back
+/// configuration manifest on the device become `integrity.finding` alerts
+/// in the real collector, naming the path and the finding; the failed
+/// posture check becomes `posture.fail`.
+#[test]
+fn findings_reach_the_collector_as_alerts() {
+    use vigil_tests::collector::{cli, Collector};
+    let dir = tempdir("integrity-collector");
+    let root = dir.join("root");
+    firmware_tree(&root);
+    posture_tree(&root, true);
+    std::fs::write(root.join("proc/sys/kernel/dmesg_restrict"), "0\n").unwrap();
+    let (state, cstate) = (dir.join("state"), dir.join("collector"));
+    let key = keygen(&state);
+    let mut pk_text = String::new();
+    vigil_protocol::frame::write_public_key(&mut pk_text, &key).unwrap();
+    let out = cli(
+        &cstate,
+        &[
+            "enroll", "--key", &pk_text, "--name", "xray-7", "--model", "XR-9",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(dir.join("trust")).unwrap();
+    let (sk, pk) = keypair(&dir, "vendor");
+    std::fs::copy(&pk, dir.join("trust/vendor.pub")).unwrap();
+    let model = dir.join("model.manifest");
+    build(&root, &model, "model", 5, &["--include", "/opt/model"]);
+    sign(&sk, &model);
+    // Accept version 5 once, then ship version 4: a rollback.
+    let config = device_config(&dir, &root, &[&model], "");
+    assert_eq!(check_json(&config).0, 1, "dmesg_restrict fails");
+    build(&root, &model, "model", 4, &["--include", "/opt/model"]);
+    sign(&sk, &model);
+    let cfgm = dir.join("config.manifest");
+    build(&root, &cfgm, "config", 1, &["--include", "/etc/ssh"]);
+    sign(&sk, &cfgm);
+    let mut bytes = std::fs::read(root.join("etc/ssh/sshd_config")).unwrap();
+    bytes.extend_from_slice(b"# edited on the device\n");
+    std::fs::write(root.join("etc/ssh/sshd_config"), bytes).unwrap();
+
+    let c = Collector::start(&cstate, &["--listen", "127.0.0.1:0"]);
+    let (addr, pin) = (c.tls.clone().unwrap(), c.pin.clone().unwrap());
+    let config = device_config(&dir, &root, &[&model, &cfgm], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}[collector]\naddress = \"{addr}\"\npin_sha256 = \"{pin}\"\n"),
+    )
+    .unwrap();
+    let agent = Agent::start(&["--config", s(&config)]);
+    let has = |c: &Collector, rule: &str, what: &str| {
+        c.alerts()
+            .iter()
+            .any(|a| a["rule"] == rule && a.to_string().contains(what))
+    };
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| {
+            has(c, "integrity.finding", "/etc/ssh/sshd_config")
+                && has(c, "integrity.finding", "rollback")
+                && has(c, "posture.fail", "kernel.dmesg-restrict")
+        }),
+        "alerts: {:#?}\n{}",
+        c.alerts(),
+        c.log()
+    );
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(c.stop(), Some(0));
 }
