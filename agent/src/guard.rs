@@ -328,23 +328,22 @@ pub fn run(mut g: Guard, emit: impl Fn(Vec<Body>), stop: impl Fn() -> bool) {
             emit(bodies(&out));
             rewatch(&g, &mut watched);
         }
-        // Sleep until the next deadline, a watched change, or 500 ms (to
-        // notice `stop`).
+        // Sleep until the next deadline or a watched change: no periodic
+        // wake-ups (the agent's CPU budget is 0.1 % of a core). `stop` is
+        // looked at between passes; at exit the process simply ends.
         let deadline = [Some(next_full), Some(next_posture), dirty]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(next_full);
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(500));
+        let wait = deadline.saturating_duration_since(Instant::now());
         match &inotify {
             Some(ino) => {
                 let mut fds = [nix::poll::PollFd::new(
                     ino.as_raw_fd(),
                     nix::poll::PollFlags::POLLIN,
                 )];
-                let ms = i32::try_from(wait.as_millis()).unwrap_or(500);
+                let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
                 if matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0) {
                     if let Ok(events) = ino.read_events() {
                         if !events.is_empty() && dirty.is_none() {
