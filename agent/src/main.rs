@@ -53,6 +53,29 @@ exit codes: 0 ok, 2 usage or runtime error, 78 bad configuration";
 
 const EX_CONFIG: u8 = 78;
 
+/// Writes to stdout; when the reader has gone (`| head`), exits with 141,
+/// the status a shell shows for a death by SIGPIPE, rather than panicking
+/// or pretending success.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::write_out(format_args!($($t)*))
+    };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if o.write_fmt(args).and_then(|()| o.flush()).is_err() {
+        std::process::exit(141);
+    }
+}
+
 enum Failure {
     Usage(String),
     Config(String),
@@ -95,7 +118,7 @@ fn cli() -> Result<ExitCode, Failure> {
     let mut p = lexopt::Parser::from_env();
     let cmd = match p.next()? {
         Some(Long("version") | Short('V')) => {
-            println!(
+            outln!(
                 "vigil-agent {} (wire format {})",
                 env!("CARGO_PKG_VERSION"),
                 vigil_protocol::VERSION
@@ -103,7 +126,7 @@ fn cli() -> Result<ExitCode, Failure> {
             return Ok(ExitCode::SUCCESS);
         }
         Some(Long("help") | Short('h')) => {
-            println!("{USAGE}");
+            outln!("{USAGE}");
             return Ok(ExitCode::SUCCESS);
         }
         Some(Value(v)) => v.string()?,
@@ -127,7 +150,7 @@ fn cli() -> Result<ExitCode, Failure> {
                     .map_err(anyhow::Error::from)?
                     .verifying_key()
             };
-            print!("{}", identity::describe(&key));
+            out!("{}", identity::describe(&key));
             Ok(ExitCode::SUCCESS)
         }
         "sample" => {
@@ -145,9 +168,9 @@ fn cli() -> Result<ExitCode, Failure> {
                 log::warn!("partial sample: {i}");
             }
             if json {
-                println!("{}", vigil_agent::report::json(&r, &issues));
+                outln!("{}", vigil_agent::report::json(&r, &issues));
             } else {
-                print!("{}", vigil_agent::report::text(&r));
+                out!("{}", vigil_agent::report::text(&r));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -171,9 +194,9 @@ fn cli() -> Result<ExitCode, Failure> {
                 .map_err(|e| Failure::Config(e.to_string()))?;
             let out = vigil_agent::guard::once(&cfg, Some(&path));
             if json {
-                println!("{}", vigil_agent::report::outcome_json(&out));
+                outln!("{}", vigil_agent::report::outcome_json(&out));
             } else {
-                print!("{}", vigil_agent::report::outcome_text(&out));
+                out!("{}", vigil_agent::report::outcome_text(&out));
             }
             Ok(ExitCode::from(if !out.errors.is_empty() {
                 2
@@ -334,7 +357,7 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
                 std::path::Path::new(&need("secret-key")?),
                 std::path::Path::new(&need("public-key")?),
             )?;
-            println!("key id {id}");
+            outln!("key id {id}");
             Ok(ExitCode::SUCCESS)
         }
         "sign" => {
@@ -343,7 +366,7 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
                 &one_file(&free)?,
                 stream::now_ms() / 1000,
             )?;
-            println!("{}", out.display());
+            outln!("{}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         "build" => {
@@ -409,14 +432,14 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
                     .iter()
                     .map(vigil_agent::report::finding_json)
                     .collect();
-                println!(
+                outln!(
                     "{{\"checked\":{},\"findings\":[{}]}}",
                     v.checked,
                     list.join(",")
                 );
             } else {
                 for f in &v.findings {
-                    println!("{}", manifest::describe(f));
+                    outln!("{}", manifest::describe(f));
                 }
                 eprintln!(
                     "{} entries checked, {} findings",
