@@ -839,6 +839,20 @@ fn a_changed_sshd_config_is_reported_within_seconds_with_hourly_passes() {
         "sshd_config change reported after {} ms (full pass interval: 1 h)",
         changed.elapsed().as_millis()
     );
+
+    // The agent's own configuration is covered without any manifest.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("# edited on the device\n");
+    std::fs::write(&config, text).unwrap();
+    let own = config.to_str().unwrap().as_bytes().to_vec();
+    let self_seen = |frames: &[vigil_tests::receiver::Received]| {
+        frames.iter().any(|f| matches!(&f.body, Body::Integrity(i) if i.manifest.scope == "self"
+            && i.findings.iter().any(|x| matches!(x.kind, FindingKind::Modified { .. }) && x.path.as_slice() == own.as_slice())))
+    };
+    assert!(
+        server.log.wait_for(Duration::from_secs(15), self_seen),
+        "own configuration change not reported"
+    );
     let (code, log) = agent.stop();
     assert_eq!(code, Some(0), "{log}");
 }
