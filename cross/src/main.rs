@@ -1,0 +1,552 @@
+//! `cargo run -p xtask -- <task>`: Vigil's build tasks. The linker, C
+//! compiler and runner for each target are set here, per invocation, and
+//! not in a repo-wide `.cargo/config.toml` that would fight Yocto's or
+//! Buildroot's own settings.
+//!
+//! * `dist [--out DIR]`: static release builds of the agent for aarch64 and
+//!   x86_64 (musl, rust-lld) and armv7 (glibc, `crt-static`), the collector
+//!   for x86_64 and aarch64; `SHA256SUMS`, a size report checked against
+//!   `cross/expected/sizes.txt` (fails above +10 %), a CycloneDX SBOM beside
+//!   each binary, a hardening report checked against
+//!   `cross/expected/hardening.txt`.
+//! * `smoke [--dist DIR]`: runs each binary on its architecture (qemu-user
+//!   for the foreign ones): `--version`, `sample --json`, a manifest build,
+//!   sign and verify, clean and tampered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// What is built: binary, target, C compiler, linker, extra rustflags, qemu.
+struct Build {
+    bin: &'static str,
+    target: &'static str,
+    cc: &'static str,
+    linker: &'static str,
+    rustflags: &'static str,
+    /// How to run it here: a qemu-user command line, or empty for native.
+    runner: &'static [&'static str],
+}
+
+const BUILDS: &[Build] = &[
+    Build {
+        bin: "vigil-agent",
+        target: "aarch64-unknown-linux-musl",
+        cc: "aarch64-linux-gnu-gcc",
+        linker: "rust-lld",
+        rustflags: "",
+        runner: &["qemu-aarch64"],
+    },
+    Build {
+        bin: "vigil-agent",
+        target: "x86_64-unknown-linux-musl",
+        cc: "gcc",
+        linker: "rust-lld",
+        rustflags: "",
+        runner: &[],
+    },
+    Build {
+        bin: "vigil-agent",
+        target: "armv7-unknown-linux-gnueabihf",
+        cc: "arm-linux-gnueabihf-gcc",
+        linker: "arm-linux-gnueabihf-gcc",
+        rustflags: "-C target-feature=+crt-static",
+        runner: &["qemu-arm"],
+    },
+    Build {
+        bin: "vigil-collector",
+        target: "x86_64-unknown-linux-gnu",
+        cc: "gcc",
+        linker: "gcc",
+        rustflags: "",
+        runner: &[],
+    },
+    Build {
+        bin: "vigil-collector",
+        target: "aarch64-unknown-linux-gnu",
+        cc: "aarch64-linux-gnu-gcc",
+        linker: "aarch64-linux-gnu-gcc",
+        rustflags: "",
+        runner: &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+    },
+];
+
+/// Debian packages the builds and runs need: (command, package).
+const PACKAGES: &[(&str, &str)] = &[
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    ("qemu-aarch64", "qemu-user"),
+    ("readelf", "binutils"),
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn run(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs the rustup targets and Debian packages that are missing.
+fn install() -> Result<()> {
+    let targets: BTreeSet<&str> = BUILDS.iter().map(|b| b.target).collect();
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add"]).args(&targets);
+    run(&mut cmd)?;
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
+    if !missing.is_empty() {
+        let sudo: &[&str] = if nix_is_root() { &[] } else { &["sudo"] };
+        let apt = |args: &[&str]| -> Result<()> {
+            let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+            if !sudo.is_empty() {
+                c.arg("apt-get");
+            }
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            run(&mut c).map(|_| ())
+        };
+        apt(&["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        apt(&args)?;
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn env_key(target: &str) -> String {
+    target.replace('-', "_")
+}
+
+fn build(b: &Build) -> Result<PathBuf> {
+    let root = workspace();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-q",
+            "-p",
+            b.bin,
+            "--target",
+            b.target,
+        ])
+        .env(format!("CC_{}", env_key(b.target)), b.cc)
+        .env(
+            format!("CARGO_TARGET_{}_LINKER", env_key(b.target).to_uppercase()),
+            b.linker,
+        );
+    if !b.rustflags.is_empty() {
+        cmd.env(
+            format!(
+                "CARGO_TARGET_{}_RUSTFLAGS",
+                env_key(b.target).to_uppercase()
+            ),
+            b.rustflags,
+        );
+    }
+    run(&mut cmd)?;
+    let dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(dir.join(b.target).join("release").join(b.bin))
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Hardening properties read from the ELF headers with `readelf`.
+fn hardening(path: &Path) -> Result<String> {
+    let out = run(Command::new("readelf")
+        .args(["-W", "-h", "-l", "-d", "-s", "--dyn-syms"])
+        .arg(path))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let static_ = !text.contains("INTERP");
+    let pie = text
+        .lines()
+        .any(|l| l.trim_start().starts_with("Type:") && l.contains("DYN"));
+    let relro = if !text.contains("GNU_RELRO") {
+        "none"
+    } else if text.contains("BIND_NOW")
+        || text.contains("Flags: NOW")
+        || (static_ && !text.contains("(DYNAMIC)"))
+    {
+        "full"
+    } else {
+        "partial"
+    };
+    let nx = match text.lines().find(|l| l.contains("GNU_STACK")) {
+        Some(l) if l.contains("RWE") => "no",
+        Some(_) => "yes",
+        None => "unknown",
+    };
+    let has_symbols = text.contains("Symbol table");
+    let canary = if text.contains("__stack_chk_fail") || text.contains("__stack_chk_guard") {
+        "yes"
+    } else if has_symbols {
+        "no"
+    } else {
+        "unknown (stripped)"
+    };
+    Ok(format!(
+        "static={} pie={} relro={relro} nx={nx} stack-protector={canary}",
+        if static_ { "yes" } else { "no" },
+        if pie { "yes" } else { "no" },
+    ))
+}
+
+/// A CycloneDX 1.5 SBOM of the crates linked into `bin` for `target`.
+fn sbom(bin: &str, target: &str) -> Result<String> {
+    let out = run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace())
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--locked",
+                "--filter-platform",
+                target,
+            ]),
+    )?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let packages: BTreeMap<&str, &serde_json::Value> = meta["packages"]
+        .as_array()
+        .context("metadata packages")?
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
+    let nodes: BTreeMap<&str, &serde_json::Value> = meta["resolve"]["nodes"]
+        .as_array()
+        .context("metadata resolve")?
+        .iter()
+        .filter_map(|n| Some((n["id"].as_str()?, n)))
+        .collect();
+    let root = packages
+        .iter()
+        .find(|(_, p)| p["name"] == bin)
+        .map(|(id, _)| *id)
+        .context("binary package")?;
+    // Normal (not dev, not build) dependencies, transitively.
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        for d in nodes
+            .get(id)
+            .and_then(|n| n["deps"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            let normal = d["dep_kinds"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k["kind"].is_null()));
+            if normal {
+                if let Some(p) = d["pkg"].as_str() {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    let components: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|id| **id != root)
+        .filter_map(|id| packages.get(id))
+        .map(|p| {
+            let (name, version) = (
+                p["name"].as_str().unwrap_or(""),
+                p["version"].as_str().unwrap_or(""),
+            );
+            let mut c = serde_json::json!({
+                "type": "library", "name": name, "version": version,
+                "purl": format!("pkg:cargo/{name}@{version}"),
+            });
+            if let Some(l) = p["license"].as_str() {
+                c["licenses"] = serde_json::json!([{"expression": l}]);
+            }
+            c
+        })
+        .collect();
+    let version = packages
+        .get(root)
+        .and_then(|p| p["version"].as_str())
+        .unwrap_or("");
+    let doc = serde_json::json!({
+        "bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
+        "metadata": {"component": {"type": "application", "name": bin, "version": version,
+                      "purl": format!("pkg:cargo/{bin}@{version}"),
+                      "properties": [{"name": "target", "value": target}]}},
+        "components": components,
+    });
+    Ok(serde_json::to_string_pretty(&doc)?)
+}
+
+/// `name target bytes` lines.
+fn parse_sizes(text: &str) -> BTreeMap<(String, String), u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((
+                (f.next()?.to_string(), f.next()?.to_string()),
+                f.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn dist(out: &Path) -> Result<()> {
+    install()?;
+    std::fs::create_dir_all(out)?;
+    let (mut sums, mut sizes, mut hard) = (String::new(), String::new(), String::new());
+    for b in BUILDS {
+        eprintln!("xtask: building {} for {}", b.bin, b.target);
+        let built = build(b)?;
+        let name = format!("{}-{}", b.bin, b.target);
+        let dest = out.join(&name);
+        std::fs::copy(&built, &dest).with_context(|| built.display().to_string())?;
+        sums.push_str(&format!("{}  {name}\n", sha256_hex(&dest)?));
+        let len = std::fs::metadata(&dest)?.len();
+        sizes.push_str(&format!("{} {} {len}\n", b.bin, b.target));
+        hard.push_str(&format!("{} {} {}\n", b.bin, b.target, hardening(&dest)?));
+        std::fs::write(out.join(format!("{name}.cdx.json")), sbom(b.bin, b.target)?)?;
+    }
+    std::fs::write(out.join("SHA256SUMS"), &sums)?;
+    std::fs::write(out.join("hardening.txt"), &hard)?;
+    let expected_dir = workspace().join("cross/expected");
+    let expected =
+        parse_sizes(&std::fs::read_to_string(expected_dir.join("sizes.txt")).unwrap_or_default());
+    let mut report = String::from(
+        "| binary | target | bytes | MiB | committed | change |\n|---|---|---|---|---|---|\n",
+    );
+    let mut failures = Vec::new();
+    for ((bin, target), len) in parse_sizes(&sizes) {
+        let was = expected.get(&(bin.clone(), target.clone())).copied();
+        let change = was.map_or_else(
+            || "new".to_string(),
+            |w| format!("{:+.1} %", (len as f64 / w as f64 - 1.0) * 100.0),
+        );
+        report.push_str(&format!(
+            "| {bin} | {target} | {len} | {:.2} | {} | {change} |\n",
+            len as f64 / 1_048_576.0,
+            was.map_or_else(|| "-".into(), |w| w.to_string())
+        ));
+        match was {
+            Some(w) if len * 10 > w * 11 => failures.push(format!(
+                "{bin} {target}: {len} bytes, more than 10 % over the committed {w}: \
+                 update cross/expected/sizes.txt in the same change if this is intended"
+            )),
+            None => failures.push(format!(
+                "{bin} {target}: no committed size in cross/expected/sizes.txt"
+            )),
+            _ => {}
+        }
+    }
+    if let Some(agent) =
+        parse_sizes(&sizes).get(&("vigil-agent".into(), "aarch64-unknown-linux-musl".into()))
+    {
+        report.push_str(&format!(
+            "\naarch64 agent: {agent} bytes against the 1.5 MiB target ({} bytes): {}\n",
+            3 << 19,
+            if *agent <= 3 << 19 { "within" } else { "OVER" }
+        ));
+    }
+    std::fs::write(out.join("sizes.txt"), &sizes)?;
+    std::fs::write(out.join("sizes.md"), &report)?;
+    print!("{report}");
+    let want_hard = std::fs::read_to_string(expected_dir.join("hardening.txt")).unwrap_or_default();
+    if want_hard != hard {
+        failures.push(format!(
+            "hardening differs from cross/expected/hardening.txt:\n--- expected\n{want_hard}--- built\n{hard}"
+        ));
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    eprintln!("xtask: dist in {}", out.display());
+    Ok(())
+}
+
+/// Runs `bin` through its runner with `args`; returns (exit code, stdout).
+fn exec(b: &Build, bin: &Path, args: &[&str], cwd: &Path) -> Result<(i32, String)> {
+    let mut cmd = match b.runner.split_first() {
+        Some((q, rest)) => {
+            let mut c = Command::new(q);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let out = cmd
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+fn smoke(dist: &Path) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("vigil-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("tree/usr/bin"))?;
+    std::fs::write(work.join("tree/usr/bin/tool"), b"\x7fELF tool")?;
+    for b in BUILDS {
+        let bin = dist.join(format!("{}-{}", b.bin, b.target));
+        let (code, out) = exec(b, &bin, &["--version"], &work)?;
+        if code != 0 || !out.starts_with(b.bin) {
+            bail!("{} {}: --version gave {code}: {out}", b.bin, b.target);
+        }
+        if b.bin != "vigil-agent" {
+            eprintln!("xtask: {} {}: {}", b.bin, b.target, out.trim());
+            continue;
+        }
+        let (code, out) = exec(b, &bin, &["sample", "--json"], &work)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("sample --json: {out}"))?;
+        if code != 0
+            || v["cpu"]["cpus"].as_u64().unwrap_or(0) == 0
+            || v["memory"]["total_bytes"].as_u64().unwrap_or(0) == 0
+        {
+            bail!("{}: sample --json gave {code}: {out}", b.target);
+        }
+        let t = b.target;
+        let (sk, pk, m) = (
+            format!("{t}.key"),
+            format!("{t}.pub"),
+            format!("{t}.manifest"),
+        );
+        for f in [&sk, &pk] {
+            let _ = std::fs::remove_file(work.join(f));
+        }
+        let steps: [(&[&str], i32); 4] = [
+            (
+                &[
+                    "manifest",
+                    "keygen",
+                    "--secret-key",
+                    &sk,
+                    "--public-key",
+                    &pk,
+                ],
+                0,
+            ),
+            (
+                &[
+                    "manifest",
+                    "build",
+                    "--root",
+                    "tree",
+                    "--class",
+                    "firmware",
+                    "--version",
+                    "1",
+                    "--out",
+                    &m,
+                ],
+                0,
+            ),
+            (&["manifest", "sign", "--secret-key", &sk, &m], 0),
+            (
+                &[
+                    "manifest",
+                    "verify",
+                    "--public-key",
+                    &pk,
+                    "--root",
+                    "tree",
+                    &m,
+                ],
+                0,
+            ),
+        ];
+        for (args, want) in steps {
+            let (code, out) = exec(b, &bin, args, &work)?;
+            if code != want {
+                bail!("{t}: {args:?} exited {code}, wanted {want}: {out}");
+            }
+        }
+        std::fs::write(work.join("tree/usr/bin/tool"), b"\x7fELF tampered")?;
+        let (code, out) = exec(
+            b,
+            &bin,
+            &[
+                "manifest",
+                "verify",
+                "--public-key",
+                &pk,
+                "--root",
+                "tree",
+                &m,
+            ],
+            &work,
+        )?;
+        std::fs::write(work.join("tree/usr/bin/tool"), b"\x7fELF tool")?;
+        if code != 1 || !out.contains("modified /usr/bin/tool") {
+            bail!("{t}: tampered tree: exit {code}: {out}");
+        }
+        eprintln!("xtask: vigil-agent {t}: --version, sample --json, manifest keygen/build/sign/verify ok");
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let task = match p.next()? {
+        Some(Value(v)) => v.string()?,
+        _ => bail!("usage: cargo run -p xtask -- dist [--out DIR] | smoke [--dist DIR]"),
+    };
+    let mut dir = workspace().join("target/dist");
+    while let Some(a) = p.next()? {
+        match a {
+            Long("out") | Long("dist") => dir = PathBuf::from(p.value()?),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    match task.as_str() {
+        "dist" => dist(&dir),
+        "smoke" => smoke(&dir),
+        other => bail!("unknown task `{other}`: dist or smoke"),
+    }
+}
