@@ -332,11 +332,18 @@ fn parse_sizes(text: &str) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
-fn dist(out: &Path) -> Result<()> {
+/// The builds selected by `--only agent|collector` (all by default).
+fn selected(only: Option<&str>) -> impl Iterator<Item = &'static Build> + '_ {
+    BUILDS
+        .iter()
+        .filter(move |b| only.map_or(true, |o| b.bin == format!("vigil-{o}")))
+}
+
+fn dist(out: &Path, only: Option<&str>) -> Result<()> {
     install()?;
     std::fs::create_dir_all(out)?;
     let (mut sums, mut sizes, mut hard) = (String::new(), String::new(), String::new());
-    for b in BUILDS {
+    for b in selected(only) {
         eprintln!("xtask: building {} for {}", b.bin, b.target);
         let built = build(b)?;
         let name = format!("{}-{}", b.bin, b.target);
@@ -391,7 +398,12 @@ fn dist(out: &Path) -> Result<()> {
     std::fs::write(out.join("sizes.txt"), &sizes)?;
     std::fs::write(out.join("sizes.md"), &report)?;
     print!("{report}");
-    let want_hard = std::fs::read_to_string(expected_dir.join("hardening.txt")).unwrap_or_default();
+    let want_hard: String = std::fs::read_to_string(expected_dir.join("hardening.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| selected(only).any(|b| l.starts_with(&format!("{} {} ", b.bin, b.target))))
+        .map(|l| format!("{l}\n"))
+        .collect();
     if want_hard != hard {
         failures.push(format!(
             "hardening differs from cross/expected/hardening.txt:\n--- expected\n{want_hard}--- built\n{hard}"
@@ -425,12 +437,12 @@ fn exec(b: &Build, bin: &Path, args: &[&str], cwd: &Path) -> Result<(i32, String
     ))
 }
 
-fn smoke(dist: &Path) -> Result<()> {
+fn smoke(dist: &Path, only: Option<&str>) -> Result<()> {
     let work = std::env::temp_dir().join(format!("vigil-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("tree/usr/bin"))?;
     std::fs::write(work.join("tree/usr/bin/tool"), b"\x7fELF tool")?;
-    for b in BUILDS {
+    for b in selected(only) {
         let bin = dist.join(format!("{}-{}", b.bin, b.target));
         let (code, out) = exec(b, &bin, &["--version"], &work)?;
         if code != 0 || !out.starts_with(b.bin) {
@@ -535,18 +547,29 @@ fn main() -> Result<()> {
     let mut p = lexopt::Parser::from_env();
     let task = match p.next()? {
         Some(Value(v)) => v.string()?,
-        _ => bail!("usage: cargo run -p xtask -- dist [--out DIR] | smoke [--dist DIR]"),
+        _ => bail!(
+            "usage: cargo run -p xtask -- dist [--out DIR] [--only agent|collector] \
+             | smoke [--dist DIR] [--only agent|collector]"
+        ),
     };
     let mut dir = workspace().join("target/dist");
+    let mut only = None;
     while let Some(a) = p.next()? {
         match a {
             Long("out") | Long("dist") => dir = PathBuf::from(p.value()?),
+            Long("only") => {
+                let o = p.value()?.string()?;
+                if o != "agent" && o != "collector" {
+                    bail!("--only agent or --only collector, not {o}");
+                }
+                only = Some(o);
+            }
             other => return Err(other.unexpected().into()),
         }
     }
     match task.as_str() {
-        "dist" => dist(&dir),
-        "smoke" => smoke(&dir),
+        "dist" => dist(&dir, only.as_deref()),
+        "smoke" => smoke(&dir, only.as_deref()),
         other => bail!("unknown task `{other}`: dist or smoke"),
     }
 }
