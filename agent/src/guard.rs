@@ -15,6 +15,7 @@ use vigil_protocol::body::{
 };
 
 use crate::config::Config;
+use crate::inventory::fit;
 use crate::manifest::trust::{self, Keys, Refused, Report, SelfCheck, Versions};
 use crate::posture::{self, Check};
 use crate::sample::sockets;
@@ -181,16 +182,6 @@ fn cut_path(p: &[u8]) -> heapless::Vec<u8, MAX_PATH> {
     heapless::Vec::from_slice(p.get(..p.len().min(MAX_PATH)).unwrap_or(&[])).unwrap_or_default()
 }
 
-fn cut<const N: usize>(s: &str) -> heapless::String<N> {
-    let mut out = heapless::String::new();
-    for c in s.chars() {
-        if out.push(c).is_err() {
-            break;
-        }
-    }
-    out
-}
-
 /// Body bytes a frame may carry: `MAX_FRAME_LEN` (4,096) less the header,
 /// the signature, COBS overhead and a margin.
 const BODY_BUDGET: usize = 3_200;
@@ -250,10 +241,10 @@ pub fn bodies(out: &Outcome) -> Vec<Body> {
                 results: c
                     .iter()
                     .map(|c| CheckResult {
-                        id: cut(c.id),
-                        title: cut(&c.title),
+                        id: fit(c.id),
+                        title: fit(&c.title),
                         status: c.status,
-                        evidence: cut(&c.evidence),
+                        evidence: fit(&c.evidence),
                     })
                     .collect(),
             }));

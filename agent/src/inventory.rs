@@ -54,7 +54,8 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     (parts.next().is_none() && out != [0; 6]).then_some(out)
 }
 
-fn fit<const N: usize>(s: &str) -> heapless::String<N> {
+/// `s` cut at a character boundary to fit a bounded wire string.
+pub(crate) fn fit<const N: usize>(s: &str) -> heapless::String<N> {
     let mut out = heapless::String::new();
     for c in s.chars() {
         if out.push(c).is_err() {

@@ -470,6 +470,15 @@ fn smoke(dist: &Path, only: Option<&str>) -> Result<()> {
         for f in [&sk, &pk] {
             let _ = std::fs::remove_file(work.join(f));
         }
+        let verify = [
+            "manifest",
+            "verify",
+            "--public-key",
+            &pk,
+            "--root",
+            "tree",
+            &m,
+        ];
         let steps: [(&[&str], i32); 4] = [
             (
                 &[
@@ -498,18 +507,7 @@ fn smoke(dist: &Path, only: Option<&str>) -> Result<()> {
                 0,
             ),
             (&["manifest", "sign", "--secret-key", &sk, &m], 0),
-            (
-                &[
-                    "manifest",
-                    "verify",
-                    "--public-key",
-                    &pk,
-                    "--root",
-                    "tree",
-                    &m,
-                ],
-                0,
-            ),
+            (&verify, 0),
         ];
         for (args, want) in steps {
             let (code, out) = exec(b, &bin, args, &work)?;
@@ -518,20 +516,7 @@ fn smoke(dist: &Path, only: Option<&str>) -> Result<()> {
             }
         }
         std::fs::write(work.join("tree/usr/bin/tool"), b"\x7fELF tampered")?;
-        let (code, out) = exec(
-            b,
-            &bin,
-            &[
-                "manifest",
-                "verify",
-                "--public-key",
-                &pk,
-                "--root",
-                "tree",
-                &m,
-            ],
-            &work,
-        )?;
+        let (code, out) = exec(b, &bin, &verify, &work)?;
         std::fs::write(work.join("tree/usr/bin/tool"), b"\x7fELF tool")?;
         if code != 1 || !out.contains("modified /usr/bin/tool") {
             bail!("{t}: tampered tree: exit {code}: {out}");

@@ -31,6 +31,19 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Starts a collector on a plain loopback port without TLS (scripted
+    /// devices speak plain TCP), with `extra` flags.
+    pub fn start_plain(state: &Path, extra: &[&str]) -> Collector {
+        let mut args = vec![
+            "--no-tls",
+            "--plain-listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+        ];
+        args.extend_from_slice(extra);
+        Collector::start(state, &args)
+    }
+
     /// Starts `serve --state-dir STATE ARGS…` and waits until it listens.
     pub fn start(state: &Path, args: &[&str]) -> Collector {
         std::fs::create_dir_all(state).unwrap();

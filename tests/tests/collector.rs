@@ -292,17 +292,7 @@ fn forged_replayed_unknown_and_revoked_frames_are_rejected_and_alerted() {
     let alerts_file = dir.join("alerts.jsonl");
     let mut dev = Device::new(1);
     enroll(&state, &dev.public_key(), "mri-1");
-    let c = Collector::start(
-        &state,
-        &[
-            "--no-tls",
-            "--plain-listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--sink-json",
-            alerts_file.to_str().unwrap(),
-        ],
-    );
+    let c = Collector::start_plain(&state, &["--sink-json", alerts_file.to_str().unwrap()]);
     let addr = c.plain.clone().unwrap();
     assert!(c.log().contains("INSECURE"), "{}", c.log());
     let id = dev.id();
@@ -541,19 +531,7 @@ fn holes_are_alerted_as_loss_gaps_explain_them_and_silence_is_noticed() {
     let state = dir.join("collector");
     let mut dev = Device::new(11);
     enroll(&state, &dev.public_key(), "xray-2");
-    let c = Collector::start(
-        &state,
-        &[
-            "--no-tls",
-            "--plain-listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--loss-grace-s",
-            "1",
-            "--silence-s",
-            "3",
-        ],
-    );
+    let c = Collector::start_plain(&state, &["--loss-grace-s", "1", "--silence-s", "3"]);
     let addr = c.plain.clone().unwrap();
     let id = dev.id();
     let hello = dev.hello_body();

@@ -96,13 +96,9 @@ template(name="vigil" type="string" string="%app-name%|%msgid%|%syslogseverity-t
         ],
     );
     assert!(o.status.success());
-    let c = Collector::start(
+    let c = Collector::start_plain(
         &state,
         &[
-            "--no-tls",
-            "--plain-listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
             "--sink-syslog",
             &format!("127.0.0.1:{tcp}/tcp"),
             "--sink-cef",
@@ -243,17 +239,7 @@ fn metrics_pass_promtool_and_count_what_happened() {
     )
     .status
     .success());
-    let c = Collector::start(
-        &state,
-        &[
-            "--no-tls",
-            "--plain-listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let c = Collector::start_plain(&state, &["--metrics-listen", "127.0.0.1:0"]);
     let mut link = Link::connect(c.plain.as_ref().unwrap());
     let hello = dev.hello_body();
     let frames = vec![

@@ -650,21 +650,19 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     std::fs::copy(&pk, dir.join("trust/vendor.pub")).unwrap();
     let m = dir.join("firmware.manifest");
     let config = device_config(&dir, &root, &[&m], "");
-
-    build(
-        &root,
-        &m,
-        "firmware",
-        2,
-        &[
+    let firmware = |version| {
+        let extra = [
             "--include",
             "/usr",
             "--issuer",
             "Acme Imaging",
             "--scope",
             "xray-fw",
-        ],
-    );
+        ];
+        build(&root, &m, "firmware", version, &extra);
+    };
+
+    firmware(2);
     sign(&sk, &m);
     let (code, v) = check_json(&config);
     assert_eq!(integrity_findings(&v), vec![], "{v}");
@@ -673,20 +671,7 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     assert_eq!(record, "2\tAcme Imaging\txray-fw\n");
 
     // An older, validly signed manifest: refused, and the record stays.
-    build(
-        &root,
-        &m,
-        "firmware",
-        1,
-        &[
-            "--include",
-            "/usr",
-            "--issuer",
-            "Acme Imaging",
-            "--scope",
-            "xray-fw",
-        ],
-    );
+    firmware(1);
     sign(&sk, &m);
     let (code, v) = check_json(&config);
     let f = integrity_findings(&v);
@@ -704,20 +689,7 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     );
 
     // A newer one signed by a key the device does not trust.
-    build(
-        &root,
-        &m,
-        "firmware",
-        3,
-        &[
-            "--include",
-            "/usr",
-            "--issuer",
-            "Acme Imaging",
-            "--scope",
-            "xray-fw",
-        ],
-    );
+    firmware(3);
     let (other, _) = keypair(&dir, "other");
     sign(&other, &m);
     let (code, v) = check_json(&config);
@@ -747,20 +719,7 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     assert_eq!(code, 1);
 
     // Put right: version 3, properly signed, is accepted and recorded.
-    build(
-        &root,
-        &m,
-        "firmware",
-        3,
-        &[
-            "--include",
-            "/usr",
-            "--issuer",
-            "Acme Imaging",
-            "--scope",
-            "xray-fw",
-        ],
-    );
+    firmware(3);
     sign(&sk, &m);
     assert_eq!(check_json(&config).0, 0);
     assert!(std::fs::read_to_string(dir.join("state/manifest-versions"))

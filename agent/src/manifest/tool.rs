@@ -37,7 +37,7 @@ pub fn keygen(secret: &Path, public: &Path) -> anyhow::Result<String> {
     getrandom::getrandom(&mut key_id)?;
     let sk = SecretKey {
         key_id,
-        key: ed25519_dalek_key(&seed),
+        key: vigil_protocol::SigningKey::from_bytes(&seed),
     };
     let sk_text = zeroize::Zeroizing::new(
         minisign::secret_key_file(&sk).map_err(|e| anyhow::anyhow!("{e:?}"))?,
@@ -46,10 +46,6 @@ pub fn keygen(secret: &Path, public: &Path) -> anyhow::Result<String> {
     create_new(secret, 0o600, &sk_text)?;
     create_new(public, 0o644, &pk_text)?;
     Ok(minisign::KeyIdDisplay(key_id).to_string())
-}
-
-fn ed25519_dalek_key(seed: &[u8; 32]) -> vigil_protocol::SigningKey {
-    vigil_protocol::SigningKey::from_bytes(seed)
 }
 
 fn read_text(path: &Path) -> anyhow::Result<String> {

@@ -14,6 +14,7 @@ use vigil_protocol::manifest::Manifest;
 use vigil_protocol::minisign::{MinisignError, PublicKey, SignatureFile};
 
 use super::Found;
+use crate::inventory::fit;
 
 /// Highest accepted versions, by (issuer, scope).
 const VERSIONS_FILE: &str = "manifest-versions";
@@ -136,16 +137,6 @@ pub struct Report {
     pub findings: Vec<Found>,
 }
 
-fn cut<const N: usize>(s: &str) -> heapless::String<N> {
-    let mut out = heapless::String::new();
-    for c in s.chars() {
-        if out.push(c).is_err() {
-            break;
-        }
-    }
-    out
-}
-
 /// The class a manifest is about (its entries' class; `config` if empty).
 pub fn class_of(m: &Manifest) -> Class {
     m.entries.first().map_or(Class::Config, |e| e.class)
@@ -154,8 +145,8 @@ pub fn class_of(m: &Manifest) -> Class {
 pub fn version_of(m: &Manifest) -> ManifestVersion {
     ManifestVersion {
         class: class_of(m),
-        issuer: cut(&m.issuer),
-        scope: cut(&m.scope),
+        issuer: fit(&m.issuer),
+        scope: fit(&m.scope),
         version: m.version,
     }
 }
@@ -199,8 +190,8 @@ pub fn open(path: &Path, keys: &Keys, versions: &mut Versions) -> Result<Manifes
         Ok(m) => version_of(m),
         Err(_) => ManifestVersion {
             class: Class::Config,
-            issuer: cut("unknown"),
-            scope: cut(&path.display().to_string()),
+            issuer: fit("unknown"),
+            scope: fit(&path.display().to_string()),
             version: 0,
         },
     };
@@ -298,8 +289,8 @@ impl SelfCheck {
 pub fn self_version() -> ManifestVersion {
     ManifestVersion {
         class: Class::Config,
-        issuer: cut("vigil-agent"),
-        scope: cut("self"),
+        issuer: fit("vigil-agent"),
+        scope: fit("self"),
         version: 0,
     }
 }

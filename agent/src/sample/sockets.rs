@@ -209,12 +209,7 @@ pub fn snapshot(all: &BTreeSet<Entry>) -> Vec<SocketChange> {
 }
 
 fn record(change: Change, e: &Entry) -> SocketChange {
-    let mut process = heapless::String::new();
-    for c in e.process.chars() {
-        if process.push(c).is_err() {
-            break;
-        }
-    }
+    let process = crate::inventory::fit(&e.process);
     SocketChange {
         change,
         kind: match e.kind {
