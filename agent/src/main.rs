@@ -13,7 +13,9 @@ const USAGE: &str = "\
 vigil-agent: Vigil's on-device security agent
 
 usage:
-  vigil-agent keygen --state-dir DIR     create this device's key (once, on the device)
+  vigil-agent keygen --state-dir DIR [--if-missing]
+                                         create this device's key (once, on the device;
+                                         --if-missing: keep and print an existing one)
   vigil-agent id --state-dir DIR         print the device id and public key for enrollment
   vigil-agent sample [--root DIR] [--json]
                                          print one reading of this machine's counters
@@ -135,16 +137,25 @@ fn cli() -> Result<ExitCode, Failure> {
     };
     match cmd.as_str() {
         "keygen" | "id" => {
-            let mut dir = None;
+            let (mut dir, mut if_missing) = (None, false);
             while let Some(a) = p.next()? {
                 match a {
                     Long("state-dir") => dir = Some(PathBuf::from(p.value()?)),
+                    Long("if-missing") if cmd == "keygen" => if_missing = true,
                     other => return Err(Failure::Usage(other.unexpected().to_string())),
                 }
             }
             let dir = dir.ok_or_else(|| Failure::Usage("--state-dir is required".into()))?;
             let key = if cmd == "keygen" {
-                identity::keygen(&dir).map_err(anyhow::Error::from)?
+                match identity::keygen(&dir) {
+                    // First boot: a unit or init script runs this before every start.
+                    Err(identity::IdentityError::Exists { .. }) if if_missing => {
+                        identity::load(&dir)
+                            .map_err(anyhow::Error::from)?
+                            .verifying_key()
+                    }
+                    other => other.map_err(anyhow::Error::from)?,
+                }
             } else {
                 identity::load(&dir)
                     .map_err(anyhow::Error::from)?

@@ -11,7 +11,13 @@
 //!   `cross/expected/hardening.txt`.
 //! * `smoke [--dist DIR]`: runs each binary on its architecture (qemu-user
 //!   for the foreign ones): `--version`, `sample --json`, a manifest build,
-//!   sign and verify, clean and tampered.
+//!   sign and verify, clean and tampered; then the protocol crate's tests
+//!   built for aarch64 musl and run under `qemu-aarch64` (the golden wire
+//!   bytes must be the same on both architectures).
+//! * `files`: checks the firmware-image files: both systemd units with
+//!   `systemd-analyze verify` (any complaint fails) and `security
+//!   --offline=yes` (fails above an exposure of 2.5), the init script and
+//!   `cross/install` with `sh -n` and shellcheck.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -79,6 +85,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
     ("qemu-aarch64", "qemu-user"),
     ("readelf", "binutils"),
+    ("shellcheck", "shellcheck"),
+    ("systemd-analyze", "systemd"),
+];
+
+/// Highest `systemd-analyze security` exposure accepted for each unit.
+const UNITS: &[(&str, f64)] = &[
+    ("vigil-agent.service", 2.5),
+    ("vigil-collector.service", 2.5),
 ];
 
 fn workspace() -> PathBuf {
@@ -524,6 +538,132 @@ fn smoke(dist: &Path, only: Option<&str>) -> Result<()> {
         eprintln!("xtask: vigil-agent {t}: --version, sample --json, manifest keygen/build/sign/verify ok");
     }
     let _ = std::fs::remove_dir_all(&work);
+    if let Some(b) = selected(only).find(|b| b.target == "aarch64-unknown-linux-musl") {
+        protocol_tests(b)?;
+    }
+    Ok(())
+}
+
+/// The protocol crate's unit and integration tests (golden bytes included)
+/// built for `b.target` and run through its qemu runner.
+fn protocol_tests(b: &Build) -> Result<()> {
+    let key = env_key(b.target).to_uppercase();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace())
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "vigil-protocol",
+            "--target",
+            b.target,
+        ])
+        .env(format!("CC_{}", env_key(b.target)), b.cc)
+        .env(format!("CARGO_TARGET_{key}_LINKER"), b.linker)
+        .env(format!("CARGO_TARGET_{key}_RUNNER"), b.runner.join(" "));
+    let out = run(&mut cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let passed: u64 = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("test result: ok. ")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    if passed == 0 {
+        bail!("no protocol test ran under {}:\n{text}", b.runner.join(" "));
+    }
+    eprintln!(
+        "xtask: vigil-protocol tests on {} under {}: {passed} passed",
+        b.target,
+        b.runner.join(" ")
+    );
+    Ok(())
+}
+
+/// Checks the units, the init script and the install script.
+fn files() -> Result<()> {
+    install()?;
+    let cross = workspace().join("cross");
+    for script in ["install", "sysvinit/vigil-agent"] {
+        let path = cross.join(script);
+        run(Command::new("sh").arg("-n").arg(&path))?;
+        run(Command::new("shellcheck").arg("--shell=sh").arg(&path))?;
+        eprintln!("xtask: cross/{script}: sh -n and shellcheck clean");
+    }
+    // A staging root as an image would have it: the install script's tree,
+    // with this host's systemd targets and kill(1) for the references the
+    // units make. The binaries are stand-ins: verify checks only that the
+    // commands exist and are executable.
+    let stage = std::env::temp_dir().join(format!("vigil-units-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("bin"))?;
+    let true_ = PathBuf::from("/bin/true");
+    run(Command::new("sh")
+        .arg(cross.join("install"))
+        .arg("--destdir")
+        .arg(&stage)
+        .arg("--agent")
+        .arg(&true_)
+        .arg("--collector")
+        .arg(&true_))?;
+    std::fs::copy("/bin/kill", stage.join("bin/kill"))?;
+    let units = stage.join("usr/lib/systemd/system");
+    for entry in std::fs::read_dir("/usr/lib/systemd/system")? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".target") {
+            std::fs::copy(entry.path(), units.join(&name))?;
+        }
+    }
+    let mut verify = Command::new("systemd-analyze");
+    verify
+        .arg("verify")
+        .arg("--man=no")
+        .arg(format!("--root={}", stage.display()));
+    for (unit, _) in UNITS {
+        verify.arg(format!("/usr/lib/systemd/system/{unit}"));
+    }
+    let out = run(&mut verify)?;
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !complaints.trim().is_empty() {
+        bail!("systemd-analyze verify complained:\n{complaints}");
+    }
+    let mut failures = Vec::new();
+    for (unit, limit) in UNITS {
+        let out = run(Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(units.join(unit)))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let exposure: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
+            .and_then(|(_, v)| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no overall exposure for {unit} in:\n{text}"))?;
+        eprintln!(
+            "xtask: {unit}: systemd-analyze verify clean, exposure {exposure} (limit {limit})"
+        );
+        if exposure > *limit {
+            failures.push(format!(
+                "{unit}: exposure {exposure} above {limit}:\n{text}"
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&stage);
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
     Ok(())
 }
 
@@ -534,7 +674,7 @@ fn main() -> Result<()> {
         Some(Value(v)) => v.string()?,
         _ => bail!(
             "usage: cargo run -p xtask -- dist [--out DIR] [--only agent|collector] \
-             | smoke [--dist DIR] [--only agent|collector]"
+             | smoke [--dist DIR] [--only agent|collector] | files"
         ),
     };
     let mut dir = workspace().join("target/dist");
@@ -555,6 +695,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "dist" => dist(&dir, only.as_deref()),
         "smoke" => smoke(&dir, only.as_deref()),
-        other => bail!("unknown task `{other}`: dist or smoke"),
+        "files" => files(),
+        other => bail!("unknown task `{other}`: dist, smoke or files"),
     }
 }
