@@ -294,13 +294,14 @@ pub fn run(mut g: Guard, emit: impl Fn(Vec<Body>), stop: impl Fn() -> bool) {
         let now = Instant::now();
         let mut out = Outcome::default();
         let mut ran = false;
+        let mut kind = "posture";
         if now >= next_full {
             g.integrity(false, &mut out);
             next_full = Instant::now() + full;
-            ran = true;
+            (ran, kind) = (true, "full");
         } else if dirty.is_some_and(|t| now >= t) {
             g.integrity(true, &mut out);
-            ran = true;
+            (ran, kind) = (true, "change");
         }
         if ran || now >= next_posture || dirty.is_some_and(|t| now >= t) {
             g.posture(&mut out);
@@ -316,6 +317,12 @@ pub fn run(mut g: Guard, emit: impl Fn(Vec<Body>), stop: impl Fn() -> bool) {
             if n > 0 {
                 log::warn!("integrity: {n} findings");
             }
+            log::debug!(
+                "guard: {kind} pass in {} ms: {} manifest reports, {n} findings, {} posture checks",
+                now.elapsed().as_millis(),
+                out.reports.len(),
+                out.posture.len()
+            );
             emit(bodies(&out));
             rewatch(&g, &mut watched);
         }

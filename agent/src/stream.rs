@@ -409,6 +409,12 @@ fn link_loop(shared: &Shared) {
     let mut flush_deadline: Option<Instant> = None;
     let mut last_warn: Option<Instant> = None;
     loop {
+        // Connect with something to send: the first frame (Hello) then
+        // leaves at once, not after a read timeout on an idle link. A
+        // wake-up lost between the check and the wait costs one `POLL`.
+        while shared.lock().queue.is_empty() && !shared.stop.load(Ordering::SeqCst) {
+            shared.sleep(crate::link::POLL);
+        }
         if shared.stop.load(Ordering::SeqCst) {
             let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_TIMEOUT);
             if shared.lock().queue.is_empty() || Instant::now() >= deadline {

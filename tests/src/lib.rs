@@ -44,6 +44,19 @@ pub fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// The folder of static release builds made by `cargo run -p xtask -- dist`
+/// (CI sets `VIGIL_DIST`); the cross-architecture tests need it and say
+/// so when it is not set.
+pub fn dist() -> Option<PathBuf> {
+    let d = PathBuf::from(std::env::var_os("VIGIL_DIST")?);
+    assert!(
+        d.join("SHA256SUMS").is_file(),
+        "VIGIL_DIST={} has no SHA256SUMS: run `cargo run -p xtask -- dist` first",
+        d.display()
+    );
+    Some(d)
+}
+
 /// A fresh temporary directory for one test.
 pub fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vigil-e2e-{name}-{}", std::process::id()));
@@ -54,12 +67,14 @@ pub fn tempdir(name: &str) -> PathBuf {
 
 /// Makes a device key in `dir` with the real agent and returns its public key.
 pub fn keygen(dir: &std::path::Path) -> vigil_protocol::VerifyingKey {
-    let out = Command::new(binary("vigil-agent"))
-        .arg("keygen")
-        .arg("--state-dir")
-        .arg(dir)
-        .output()
-        .expect("run keygen");
+    let mut cmd = Command::new(binary("vigil-agent"));
+    cmd.arg("keygen").arg("--state-dir").arg(dir);
+    keygen_with(cmd)
+}
+
+/// Runs a `vigil-agent keygen` command line and returns the key it made.
+pub fn keygen_with(mut cmd: Command) -> vigil_protocol::VerifyingKey {
+    let out = cmd.output().expect("run keygen");
     assert!(
         out.status.success(),
         "keygen: {}",
@@ -85,6 +100,19 @@ impl Agent {
             .env("VIGIL_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        Agent(child)
+    }
+
+    /// Runs `cmd` (an agent command line, e.g. under qemu) with debug
+    /// logging to the file `log`, which a test can read while it runs.
+    pub fn spawn_logged(mut cmd: Command, log: &std::path::Path) -> Agent {
+        let file = std::fs::File::create(log).expect("agent log file");
+        let child = cmd
+            .env("VIGIL_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(file)
             .spawn()
             .expect("start agent");
         Agent(child)
