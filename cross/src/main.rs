@@ -17,7 +17,10 @@
 //! * `files`: checks the firmware-image files: both systemd units with
 //!   `systemd-analyze verify` (any complaint fails) and `security
 //!   --offline=yes` (fails above an exposure of 2.5), the init script and
-//!   `cross/install` with `sh -n` and shellcheck.
+//!   `cross/install` with `sh -n` and shellcheck, and that the Yocto and
+//!   Buildroot recipes agree with the workspace (version, licence checksums,
+//!   the crate list from `Cargo.lock`).
+//! * `recipes`: regenerates the Yocto recipe's crate list from `Cargo.lock`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -584,9 +587,83 @@ fn protocol_tests(b: &Build) -> Result<()> {
     Ok(())
 }
 
-/// Checks the units, the init script and the install script.
+const CRATES_INC: &str = "cross/yocto/recipes-security/vigil-agent/vigil-agent-crates.inc";
+
+/// The Yocto crate list (`crate://` URIs and their sha256) for every
+/// registry package in `Cargo.lock`, as `cargo-update-recipe-crates` writes it.
+fn crates_inc() -> Result<String> {
+    let lock = std::fs::read_to_string(workspace().join("Cargo.lock"))?;
+    let mut crates = Vec::new();
+    for block in lock.split("[[package]]").skip(1) {
+        let field = |k: &str| {
+            block.lines().find_map(|l| {
+                l.strip_prefix(&format!("{k} = \""))
+                    .and_then(|v| v.strip_suffix('"'))
+            })
+        };
+        if let (Some(name), Some(version), Some(sum)) =
+            (field("name"), field("version"), field("checksum"))
+        {
+            crates.push((name.to_string(), version.to_string(), sum.to_string()));
+        }
+    }
+    let mut out = String::from(
+        "# Generated from Cargo.lock by `cargo run -p xtask -- recipes`; CI checks it is current.\n\
+         SRC_URI += \" \\\n",
+    );
+    for (n, v, _) in &crates {
+        out.push_str(&format!("    crate://crates.io/{n}/{v} \\\n"));
+    }
+    out.push_str("\"\n\n");
+    for (n, v, sum) in &crates {
+        out.push_str(&format!("SRC_URI[{n}-{v}.sha256sum] = \"{sum}\"\n"));
+    }
+    Ok(out)
+}
+
+/// The recipes against the workspace: version in names and variables,
+/// licence checksums, the crate list.
+fn check_recipes() -> Result<()> {
+    let root = workspace();
+    let version = env!("CARGO_PKG_VERSION");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).with_context(|| p.to_string());
+    let mut failures = Vec::new();
+    if read(CRATES_INC)? != crates_inc()? {
+        failures.push(format!(
+            "{CRATES_INC} does not match Cargo.lock: run `cargo run -p xtask -- recipes`"
+        ));
+    }
+    let md5 = run(Command::new("md5sum").arg(root.join("LICENSE")))?;
+    let md5 = String::from_utf8_lossy(&md5.stdout);
+    let md5 = md5.split_whitespace().next().unwrap_or("");
+    for bb in ["vigil-agent", "vigil-agent-bin"] {
+        let path = format!("cross/yocto/recipes-security/vigil-agent/{bb}_{version}.bb");
+        match read(&path) {
+            Ok(text) if text.contains(&format!("file://LICENSE;md5={md5}")) => {}
+            Ok(_) => failures.push(format!("{path}: LIC_FILES_CHKSUM is not LICENSE's md5 {md5}")),
+            Err(e) => failures.push(format!("{e:#} (the recipe is named after the workspace version)")),
+        }
+    }
+    let mk = read("cross/buildroot/package/vigil-agent/vigil-agent.mk")?;
+    if !mk.contains(&format!("VIGIL_AGENT_VERSION = {version}\n")) {
+        failures.push(format!("vigil-agent.mk: VIGIL_AGENT_VERSION is not {version}"));
+    }
+    let hash = read("cross/buildroot/package/vigil-agent/vigil-agent.hash")?;
+    let license = sha256_hex(&root.join("LICENSE"))?;
+    if !hash.contains(&format!("sha256  {license}  LICENSE")) {
+        failures.push(format!("vigil-agent.hash: LICENSE's sha256 is {license}"));
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    eprintln!("xtask: Yocto and Buildroot recipes match version {version}, LICENSE and Cargo.lock");
+    Ok(())
+}
+
+/// Checks the units, the init script, the install script and the recipes.
 fn files() -> Result<()> {
     install()?;
+    check_recipes()?;
     let cross = workspace().join("cross");
     for script in ["install", "sysvinit/vigil-agent"] {
         let path = cross.join(script);
@@ -674,7 +751,7 @@ fn main() -> Result<()> {
         Some(Value(v)) => v.string()?,
         _ => bail!(
             "usage: cargo run -p xtask -- dist [--out DIR] [--only agent|collector] \
-             | smoke [--dist DIR] [--only agent|collector] | files"
+             | smoke [--dist DIR] [--only agent|collector] | files | recipes"
         ),
     };
     let mut dir = workspace().join("target/dist");
@@ -696,6 +773,11 @@ fn main() -> Result<()> {
         "dist" => dist(&dir, only.as_deref()),
         "smoke" => smoke(&dir, only.as_deref()),
         "files" => files(),
-        other => bail!("unknown task `{other}`: dist, smoke or files"),
+        "recipes" => {
+            std::fs::write(workspace().join(CRATES_INC), crates_inc()?)?;
+            eprintln!("xtask: wrote {CRATES_INC}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`: dist, smoke, files or recipes"),
     }
 }
