@@ -41,7 +41,10 @@ impl Outcome {
 pub struct Guard {
     cfg: Config,
     versions: Versions,
-    self_check: SelfCheck,
+    /// The agent's own binary and configuration, hashed on first use (in
+    /// the guard thread, so the first `Hello` does not wait for it).
+    self_check: Option<SelfCheck>,
+    config_path: Option<PathBuf>,
     /// Accepted manifests: file, class, config-class entry paths.
     in_force: Vec<(PathBuf, ManifestVersion, Vec<PathBuf>)>,
     owners: sockets::Owners,
@@ -63,12 +66,19 @@ impl Guard {
         let mut g = Guard {
             cfg: cfg.clone(),
             versions,
-            self_check: SelfCheck::start(config_path),
+            self_check: None,
+            config_path: config_path.map(Path::to_path_buf),
             in_force: Vec::new(),
             owners: sockets::Owners::new(),
         };
         let _ = g.open_all();
         g
+    }
+
+    fn self_check(&mut self) -> &SelfCheck {
+        let path = self.config_path.as_deref();
+        self.self_check
+            .get_or_insert_with(|| SelfCheck::start(path))
     }
 
     fn keys(&self) -> Result<Keys, String> {
@@ -139,7 +149,7 @@ impl Guard {
                 source: path,
             });
         }
-        out.reports.push(self.self_check.check());
+        out.reports.push(self.self_check().check());
     }
 
     pub fn posture(&mut self, out: &mut Outcome) {
@@ -160,7 +170,9 @@ impl Guard {
             .flat_map(|(p, _, cf)| cf.iter().cloned().chain([p.clone()]))
             .collect();
         files.extend(posture::watched_files(&self.cfg.root));
-        files.extend(self.self_check.paths().map(Path::to_path_buf));
+        if let Some(sc) = &self.self_check {
+            files.extend(sc.paths().map(Path::to_path_buf));
+        }
         files
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))

@@ -19,23 +19,24 @@ impl log::Log for Stderr {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let mut err = std::io::stderr().lock();
-        let _ = if self.journald {
+        // Formatted first, written with one call: stderr is unbuffered,
+        // and a line in pieces costs a system call per piece.
+        let line = if self.journald {
             let p = match r.level() {
                 log::Level::Error => 3,
                 log::Level::Warn => 4,
                 log::Level::Info => 6,
                 log::Level::Debug | log::Level::Trace => 7,
             };
-            writeln!(err, "<{p}>{}", r.args())
+            format!("<{p}>{}\n", r.args())
         } else {
-            writeln!(
-                err,
-                "vigil-agent {}: {}",
+            format!(
+                "vigil-agent {}: {}\n",
                 r.level().as_str().to_ascii_lowercase(),
                 r.args()
             )
         };
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {}

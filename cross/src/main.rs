@@ -640,13 +640,19 @@ fn check_recipes() -> Result<()> {
         let path = format!("cross/yocto/recipes-security/vigil-agent/{bb}_{version}.bb");
         match read(&path) {
             Ok(text) if text.contains(&format!("file://LICENSE;md5={md5}")) => {}
-            Ok(_) => failures.push(format!("{path}: LIC_FILES_CHKSUM is not LICENSE's md5 {md5}")),
-            Err(e) => failures.push(format!("{e:#} (the recipe is named after the workspace version)")),
+            Ok(_) => failures.push(format!(
+                "{path}: LIC_FILES_CHKSUM is not LICENSE's md5 {md5}"
+            )),
+            Err(e) => failures.push(format!(
+                "{e:#} (the recipe is named after the workspace version)"
+            )),
         }
     }
     let mk = read("cross/buildroot/package/vigil-agent/vigil-agent.mk")?;
     if !mk.contains(&format!("VIGIL_AGENT_VERSION = {version}\n")) {
-        failures.push(format!("vigil-agent.mk: VIGIL_AGENT_VERSION is not {version}"));
+        failures.push(format!(
+            "vigil-agent.mk: VIGIL_AGENT_VERSION is not {version}"
+        ));
     }
     let hash = read("cross/buildroot/package/vigil-agent/vigil-agent.hash")?;
     let license = sha256_hex(&root.join("LICENSE"))?;
