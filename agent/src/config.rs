@@ -155,10 +155,15 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        basic_toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),
-            message: e.to_string(),
+            message,
         })
+    }
+
+    /// Parses the TOML text of a configuration (not yet validated).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        basic_toml::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Checks everything `check` relies on (all but the link).

@@ -3,6 +3,8 @@
 //! runtime; never depends on the collector.
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod identity;
 pub mod inventory;

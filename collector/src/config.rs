@@ -229,10 +229,29 @@ impl Config {
     }
 }
 
+/// Fuzz entry point (`collector/fuzz/`, which includes this file) and the
+/// corpus replay below: arbitrary bytes as a configuration file, parsed and
+/// validated; neither may panic.
+#[cfg(any(test, fuzzing))]
+pub fn fuzz(data: &[u8]) {
+    if let Ok(c) = std::str::from_utf8(data).map(Config::parse) {
+        let _ = c.map(|c| c.validate());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn fuzz_corpus_replays() {
+        vigil_protocol::fuzzing::replay_corpus(
+            env!("CARGO_MANIFEST_DIR"),
+            "collector_config",
+            fuzz,
+        );
+    }
 
     #[test]
     fn full_config_parses() {

@@ -79,3 +79,37 @@ pub fn manifest(data: &[u8]) {
         let _ = crate::minisign::SignatureFile::parse(text);
     }
 }
+
+/// Replays every file in `CRATE/fuzz/corpus/TARGET` through `run`, for
+/// the ordinary tests of each crate with fuzz targets; a panic names the
+/// input, and a corpus of fewer than five inputs fails.
+#[cfg(feature = "std")]
+pub fn replay_corpus(crate_dir: &str, target: &str, run: fn(&[u8])) {
+    let dir = std::path::Path::new(crate_dir)
+        .join("fuzz/corpus")
+        .join(target);
+    let dir = dir.as_path();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    let mut n = 0;
+    for entry in entries {
+        let path = match entry {
+            Ok(e) => e.path(),
+            Err(e) => panic!("{}: {e}", dir.display()),
+        };
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        let r = std::panic::catch_unwind(|| run(&data));
+        assert!(
+            r.is_ok(),
+            "corpus input {} breaks an invariant",
+            path.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 5, "{target}: only {n} corpus inputs");
+}
