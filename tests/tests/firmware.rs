@@ -44,6 +44,22 @@ fn install(root: &Path, agent: &Path, extra: &[&str]) {
     ok(out, "cross/install");
 }
 
+/// `cross/install` with the vendor's public key and its two signed manifests.
+fn install_signed(root: &Path, agent: &Path, pk: &Path, firmware: &Path, config: &Path) {
+    install(
+        root,
+        agent,
+        &[
+            "--trust",
+            s(pk),
+            "--manifest",
+            s(firmware),
+            "--manifest",
+            s(config),
+        ],
+    );
+}
+
 /// The vendor's build host (the host's own agent build): a signing key,
 /// then a signed manifest of `class` over `includes` in `root`.
 fn vendor_key(dir: &Path) -> (PathBuf, PathBuf) {
@@ -130,6 +146,15 @@ fn enroll(cstate: &Path, id_output: &str, name: &str) {
     ok(out, "enroll");
 }
 
+/// Whether `pid` is a live process (an exited one not yet reaped by init,
+/// a zombie, is not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.starts_with(" Z"))
+    })
+}
+
 fn alerts_with(c: &Collector, rule: &str, what: &str) -> usize {
     c.alerts()
         .iter()
@@ -147,18 +172,7 @@ fn the_init_script_starts_reloads_and_stops_the_installed_agent_under_busybox() 
     let (fw, cfg) = (dir.join("firmware.manifest"), dir.join("config.manifest"));
     signed_manifest(&sk, &root, "firmware", &["/usr/sbin"], &fw);
     signed_manifest(&sk, &root, "config", &["/etc/init.d"], &cfg);
-    install(
-        &root,
-        &binary("vigil-agent"),
-        &[
-            "--trust",
-            s(&pk),
-            "--manifest",
-            s(&fw),
-            "--manifest",
-            s(&cfg),
-        ],
-    );
+    install_signed(&root, &binary("vigil-agent"), &pk, &fw, &cfg);
     for f in [
         "etc/vigil/trust/vendor.pub",
         "etc/vigil/manifests/firmware.manifest.minisig",
@@ -276,10 +290,7 @@ fn the_init_script_starts_reloads_and_stops_the_installed_agent_under_busybox() 
         std::fs::read_to_string(&log).unwrap()
     );
     assert!(ok(init("stop"), "stop").contains("stopped"));
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "agent still running"
-    );
+    assert!(!running(pid), "agent still running");
     assert!(!pidfile.exists());
     assert_eq!(init("status").status.code(), Some(3));
     // The signed manifests were in force and the tree was clean.
@@ -416,18 +427,7 @@ fn a_signed_arm64_image_is_clean_and_its_tampering_reaches_the_collector() {
         &fw,
     );
     signed_manifest(&sk, &root, "config", &["/etc/ssh"], &cfg);
-    install(
-        &root,
-        &agent_bin,
-        &[
-            "--trust",
-            s(&pk),
-            "--manifest",
-            s(&fw),
-            "--manifest",
-            s(&cfg),
-        ],
-    );
+    install_signed(&root, &agent_bin, &pk, &fw, &cfg);
     // Clean, as the aarch64 agent itself sees it.
     for m in ["firmware", "config"] {
         let out = aarch64_agent(&dist)

@@ -15,6 +15,7 @@ VIGIL_ISSUER ?= "${DISTRO}"
 VIGIL_MODEL ?= "${MACHINE}"
 
 DEPENDS += "vigil-agent-native"
+do_rootfs[depends] += "vigil-agent-native:do_populate_sysroot"
 ROOTFS_POSTPROCESS_COMMAND += "vigil_sign_rootfs;"
 
 vigil_sign_rootfs() {
