@@ -27,11 +27,14 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 
 mod alert;
 mod config;
+mod detect;
 mod ingest;
 mod logger;
+mod metric;
 mod metrics;
 mod quickstart;
 mod registry;
+mod replay;
 mod serve;
 mod sink;
 mod store;
@@ -58,6 +61,9 @@ usage:
   vigil-collector export --device D [--from T] [--to T] [--format csv|json]
   vigil-collector audit [--json]                      re-verify every stored frame
   vigil-collector admin-log [--json]                  who changed what
+  vigil-collector detect --csv FILE [--metric KIND] [--learn N] [tuning]
+                                                       replay a recorded series through
+                                                       the detector: timestamp,score,anomaly
   vigil-collector --version | --help
 
 Every command takes --state-dir DIR (default /var/lib/vigil-collector) or
@@ -242,6 +248,16 @@ const VALUE_OPTIONS: &[&str] = &[
     "from",
     "to",
     "format",
+    "csv",
+    "metric",
+    "learn",
+    "spike",
+    "hold",
+    "hold-count",
+    "hold-of",
+    "shift-window",
+    "shift",
+    "resolve-after",
     "duration-s",
 ];
 
@@ -503,6 +519,38 @@ fn run() -> anyhow::Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+        "detect" => {
+            let path = a
+                .take("csv")
+                .ok_or_else(|| usage("detect needs --csv FILE"))?;
+            let d = detect::Tuning::default();
+            let tuning = detect::Tuning {
+                spike: a.number("spike")?.unwrap_or(d.spike),
+                hold: a.number("hold")?.unwrap_or(d.hold),
+                hold_count: a.number("hold-count")?.unwrap_or(d.hold_count),
+                hold_of: a.number("hold-of")?.unwrap_or(d.hold_of),
+                shift_window: a.number("shift-window")?.unwrap_or(d.shift_window),
+                shift: a.number("shift")?.unwrap_or(d.shift),
+                resolve_after: a.number("resolve-after")?.unwrap_or(d.resolve_after),
+            };
+            tuning.validate().map_err(usage)?;
+            let opts = replay::Options {
+                metric: a.take("metric"),
+                learn: a.number("learn")?,
+                tuning,
+            };
+            a.done()?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let s = replay::run(&path, &opts, &mut out)?;
+            log::info!(
+                "{path}: {} rows of {}, learned from the first {}, {} anomalies",
+                s.rows,
+                s.metric,
+                s.learned,
+                s.anomalies
+            );
             Ok(())
         }
         other => Err(usage(format!("unknown command `{other}`"))),

@@ -1,0 +1,441 @@
+//! One metric's detector: `learn` a robust profile from the values seen
+//! during the baseline, then `score` every later value against that fixed
+//! profile (DESIGN principle 7: nothing learned after approval). Two
+//! detectors share the profile: a *deviation* detector (one value far
+//! outside the learned range, or a moderate excess that persists) and a
+//! *sustained-shift* detector (the rolling mean outside the range of the
+//! rolling means learned, e.g. a cryptominer's flat 100 %). Each opens an
+//! alarm once and holds it open until the metric has been back in range
+//! for `resolve_after` values, so an episode is one alert. Pure: values
+//! in, verdicts out; no clocks, no I/O. The live collector (`baseline`)
+//! and the offline replay (`vigil-collector detect`) run this same code.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Values kept for the quantiles while learning; beyond it a deterministic
+/// reservoir sample. 8 KiB per metric while a device is baselining.
+pub const RESERVOIR: usize = 1024;
+
+/// Thresholds, in units of the learned spread (`Profile::scale`, the
+/// 1st-to-99th percentile range). The defaults were chosen on the NAB DEV
+/// series (collector/DETECTION.md) and are used unchanged everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tuning {
+    /// A single value this far beyond the learned min/max opens a deviation.
+    pub spike: f64,
+    /// A value this far beyond counts towards persistence...
+    pub hold: f64,
+    /// ...and `hold_count` such values within the last `hold_of` open one.
+    pub hold_count: usize,
+    pub hold_of: usize,
+    /// Values in the rolling mean of the sustained-shift detector.
+    pub shift_window: usize,
+    /// The rolling mean this far beyond the learned rolling means opens a shift.
+    pub shift: f64,
+    /// An open alarm closes after this many values back in range.
+    pub resolve_after: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            spike: 0.5,
+            hold: 0.25,
+            hold_count: 3,
+            hold_of: 6,
+            shift_window: 24,
+            shift: 0.4,
+            resolve_after: 288,
+        }
+    }
+}
+
+impl Tuning {
+    pub fn validate(&self) -> Result<(), String> {
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a positive number"))
+            }
+        };
+        pos("spike", self.spike)?;
+        pos("hold", self.hold)?;
+        pos("shift", self.shift)?;
+        if self.hold_of == 0 || self.hold_count == 0 || self.hold_count > self.hold_of {
+            return Err("hold_count must be between 1 and hold_of".into());
+        }
+        if self.shift_window == 0 || self.resolve_after == 0 {
+            return Err("shift_window and resolve_after must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What was learned about one metric. Fixed once the baseline is approved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub samples: u64,
+    pub min: f64,
+    pub max: f64,
+    pub p01: f64,
+    pub median: f64,
+    pub p99: f64,
+    /// Spread that thresholds are measured in: p99 - p01, at least the
+    /// metric's floor.
+    pub scale: f64,
+    /// Range of the rolling mean over `shift_window` values.
+    pub mean_min: f64,
+    pub mean_max: f64,
+    pub shift_window: usize,
+}
+
+/// Learning state of one metric.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Learner {
+    values: Vec<f64>,
+    seen: u64,
+    min: f64,
+    max: f64,
+    recent: VecDeque<f64>,
+    mean_min: f64,
+    mean_max: f64,
+    window: usize,
+    rng: u64,
+}
+
+impl Learner {
+    pub fn new(shift_window: usize) -> Learner {
+        Learner {
+            values: Vec::new(),
+            seen: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            recent: VecDeque::new(),
+            mean_min: f64::INFINITY,
+            mean_max: f64::NEG_INFINITY,
+            window: shift_window.max(1),
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    pub fn learn(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        self.seen += 1;
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+        if self.values.len() < RESERVOIR {
+            self.values.push(x);
+        } else {
+            // Algorithm R with a fixed-seed xorshift: the same input
+            // always learns the same profile.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let j = self.rng % self.seen;
+            if let Some(slot) = usize::try_from(j).ok().and_then(|j| self.values.get_mut(j)) {
+                *slot = x;
+            }
+        }
+        self.recent.push_back(x);
+        if self.recent.len() > self.window {
+            self.recent.pop_front();
+        }
+        if self.recent.len() == self.window {
+            let m = mean(&self.recent);
+            self.mean_min = self.mean_min.min(m);
+            self.mean_max = self.mean_max.max(m);
+        }
+    }
+
+    /// The profile learned so far, or `None` before a full rolling window.
+    /// `floor` is the smallest spread that counts as variation for this
+    /// metric (e.g. one CPU percentage point), so a flat baseline does not
+    /// make every wiggle an anomaly.
+    pub fn profile(&self, floor: f64) -> Option<Profile> {
+        if self.recent.len() < self.window {
+            return None;
+        }
+        let mut s = self.values.clone();
+        s.sort_by(f64::total_cmp);
+        let p01 = quantile(&s, 0.01);
+        let p99 = quantile(&s, 0.99);
+        Some(Profile {
+            samples: self.seen,
+            min: self.min,
+            max: self.max,
+            p01,
+            median: quantile(&s, 0.5),
+            p99,
+            scale: (p99 - p01).max(floor).max(1e-9),
+            mean_min: self.mean_min,
+            mean_max: self.mean_max,
+            shift_window: self.window,
+        })
+    }
+
+    /// The last values, so monitoring's rolling mean starts full.
+    pub fn recent(&self) -> impl Iterator<Item = f64> + '_ {
+        self.recent.iter().copied()
+    }
+}
+
+fn mean(v: &VecDeque<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    // Exact, not a running sum: no drift over months of values.
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Linear interpolation between the closest ranks of sorted `s`.
+fn quantile(s: &[f64], p: f64) -> f64 {
+    let Some(last) = s.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let pos = p * last as f64;
+    let lo = pos.floor();
+    let i = lo as usize;
+    let a = s.get(i).copied().unwrap_or(0.0);
+    let b = s.get((i + 1).min(last)).copied().unwrap_or(a);
+    a + (b - a) * (pos - lo)
+}
+
+/// Which way a metric is allowed to deviate before it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sides {
+    Both,
+    /// Only rises count (egress volume: a quiet network is not exfiltration).
+    High,
+}
+
+/// An alarm of one detector: opens once, stays open while the metric is
+/// out of range, closes after `resolve_after` values back in range.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Alarm {
+    pub open: bool,
+    quiet: usize,
+    /// Largest excess of the open episode.
+    pub peak: f64,
+}
+
+impl Alarm {
+    /// True when this value opens the alarm.
+    fn step(&mut self, hit: bool, excess: f64, resolve_after: usize) -> bool {
+        if hit {
+            self.quiet = 0;
+            self.peak = self.peak.max(excess);
+            if !self.open {
+                self.open = true;
+                self.peak = excess;
+                return true;
+            }
+        } else if self.open {
+            self.quiet += 1;
+            if self.quiet >= resolve_after {
+                self.open = false;
+                self.peak = 0.0;
+            }
+        }
+        false
+    }
+}
+
+/// Running state of one metric in monitoring. Survives restarts (serde).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Watch {
+    excesses: VecDeque<f64>,
+    recent: VecDeque<f64>,
+    pub deviation: Alarm,
+    pub shift: Alarm,
+}
+
+/// The verdict on one value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Deviation relative to the thresholds, in [0, 1]; 0.5 is at a threshold.
+    pub score: f64,
+    /// How far beyond the learned range, in learned spreads (0 inside).
+    pub excess: f64,
+    pub rolling_mean: f64,
+    /// A deviation alarm opened on this value.
+    pub deviation: bool,
+    /// A sustained-shift alarm opened on this value.
+    pub shift: bool,
+}
+
+impl Verdict {
+    pub fn anomaly(&self) -> bool {
+        self.deviation || self.shift
+    }
+}
+
+impl Watch {
+    /// Starts monitoring with the rolling window the learner ended with.
+    pub fn after(learner: Option<&Learner>) -> Watch {
+        Watch {
+            recent: learner.map(|l| l.recent().collect()).unwrap_or_default(),
+            ..Watch::default()
+        }
+    }
+
+    pub fn score(&mut self, p: &Profile, t: &Tuning, sides: Sides, x: f64) -> Verdict {
+        let beyond = |v: f64, lo: f64, hi: f64| match sides {
+            Sides::Both => (v - hi).max(lo - v).max(0.0),
+            Sides::High => (v - hi).max(0.0),
+        };
+        let excess = if x.is_finite() {
+            beyond(x, p.min, p.max) / p.scale
+        } else {
+            0.0
+        };
+        self.excesses.push_back(excess);
+        while self.excesses.len() > t.hold_of {
+            self.excesses.pop_front();
+        }
+        let held = self.excesses.iter().filter(|&&e| e > t.hold).count();
+        let dev_hit = excess > t.spike || held >= t.hold_count;
+
+        if x.is_finite() {
+            self.recent.push_back(x);
+        }
+        while self.recent.len() > p.shift_window {
+            self.recent.pop_front();
+        }
+        let m = mean(&self.recent);
+        let shift_excess = if self.recent.len() == p.shift_window {
+            beyond(m, p.mean_min, p.mean_max) / p.scale
+        } else {
+            0.0
+        };
+        let shift_hit = shift_excess > t.shift;
+        let r = (excess / t.spike).max(shift_excess / t.shift);
+        Verdict {
+            score: r / (1.0 + r),
+            excess,
+            rolling_mean: m,
+            deviation: self.deviation.step(dev_hit, excess, t.resolve_after),
+            shift: self.shift.step(shift_hit, shift_excess, t.resolve_after),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn learned(values: impl IntoIterator<Item = f64>, t: &Tuning) -> (Learner, Profile) {
+        let mut l = Learner::new(t.shift_window);
+        for v in values {
+            l.learn(v);
+        }
+        let p = l.profile(0.0).expect("a full window");
+        (l, p)
+    }
+
+    fn noise(i: usize) -> f64 {
+        // Deterministic wiggle between 10 and 20.
+        10.0 + ((i * 7919) % 101) as f64 / 10.0
+    }
+
+    #[test]
+    fn quantiles_interpolate() {
+        let s = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(quantile(&s, 0.0), 1.0);
+        assert_eq!(quantile(&s, 0.5), 3.0);
+        assert!((quantile(&s, 0.99) - 4.96).abs() < 1e-12);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn in_range_values_raise_nothing_and_a_spike_opens_one_alarm() {
+        let t = Tuning::default();
+        let (l, p) = learned((0..500).map(noise), &t);
+        assert_eq!(p.samples, 500);
+        assert!(p.min >= 10.0 && p.max <= 20.0);
+        let mut w = Watch::after(Some(&l));
+        for i in 500..1500 {
+            let v = w.score(&p, &t, Sides::Both, noise(i));
+            assert!(!v.anomaly(), "value {} at {i} flagged", noise(i));
+            assert!(v.score < 0.5);
+        }
+        let v = w.score(&p, &t, Sides::Both, 40.0);
+        assert!(v.deviation && v.score > 0.5, "{v:?}");
+        // Still out of range: the open alarm is not raised again.
+        assert!(!w.score(&p, &t, Sides::Both, 45.0).deviation);
+        // Back in range long enough: closed, and a new spike raises again.
+        for i in 0..t.resolve_after {
+            assert!(!w.score(&p, &t, Sides::Both, noise(i)).anomaly());
+        }
+        assert!(!w.deviation.open);
+        assert!(w.score(&p, &t, Sides::Both, 40.0).deviation);
+    }
+
+    #[test]
+    fn a_moderate_excess_needs_persistence() {
+        let t = Tuning::default();
+        let (l, p) = learned((0..500).map(noise), &t);
+        let mut w = Watch::after(Some(&l));
+        let moderate = p.max + 0.3 * p.scale;
+        assert!(!w.score(&p, &t, Sides::Both, moderate).deviation);
+        assert!(!w.score(&p, &t, Sides::Both, moderate).deviation);
+        assert!(w.score(&p, &t, Sides::Both, moderate).deviation);
+    }
+
+    #[test]
+    fn a_flat_shift_inside_the_range_is_caught_by_the_rolling_mean() {
+        let t = Tuning::default();
+        let (l, p) = learned((0..500).map(noise), &t);
+        let mut w = Watch::after(Some(&l));
+        // 19.9 is inside [min, max] but no learned hour averaged that high.
+        let opened: Vec<bool> = (0..t.shift_window)
+            .map(|_| w.score(&p, &t, Sides::Both, 19.9).shift)
+            .collect();
+        assert_eq!(opened.iter().filter(|&&b| b).count(), 1);
+        assert!(!w.deviation.open);
+    }
+
+    #[test]
+    fn high_side_only_ignores_drops() {
+        let t = Tuning::default();
+        let (l, p) = learned((0..500).map(noise), &t);
+        let mut w = Watch::after(Some(&l));
+        for _ in 0..100 {
+            assert!(!w.score(&p, &t, Sides::High, 0.0).anomaly());
+        }
+        assert!(w.score(&p, &t, Sides::Both, 0.0).deviation);
+    }
+
+    #[test]
+    fn the_reservoir_is_bounded_and_deterministic() {
+        let t = Tuning::default();
+        let (a, pa) = learned((0..10_000).map(noise), &t);
+        let (_, pb) = learned((0..10_000).map(noise), &t);
+        assert_eq!(a.values.len(), RESERVOIR);
+        assert_eq!(pa, pb);
+        assert_eq!(pa.samples, 10_000);
+    }
+
+    #[test]
+    fn no_profile_before_a_full_window_and_floors_apply() {
+        let t = Tuning::default();
+        let mut l = Learner::new(t.shift_window);
+        for _ in 0..t.shift_window - 1 {
+            l.learn(5.0);
+        }
+        assert!(l.profile(0.0).is_none());
+        l.learn(5.0);
+        assert_eq!(l.profile(2.0).map(|p| p.scale), Some(2.0));
+        l.learn(f64::NAN);
+        assert_eq!(l.seen(), t.shift_window as u64);
+    }
+}
