@@ -91,6 +91,18 @@ rules! {
     SILENCE = "device.silence", Medium, "no telemetry from the device";
     INTEGRITY = "integrity.finding", High, "files differ from the signed manifest";
     POSTURE = "posture.fail", Medium, "a hardening check failed";
+    METRIC_DEVIATION = "baseline.metric-deviation", Medium, "a metric far outside the approved baseline";
+    METRIC_SHIFT = "baseline.metric-shift", Medium, "a metric's level moved outside the approved baseline and stays there";
+    EGRESS_VOLUME = "network.egress-volume", High, "data sent far above the approved baseline (possible exfiltration)";
+    NEW_LISTENER = "network.new-listener", Medium, "a listening socket that is not in the approved baseline";
+    NEW_OUTBOUND = "network.new-outbound", Medium, "an outbound endpoint that is not in the approved baseline or allow-list";
+    LATERAL_MOVEMENT = "network.lateral-movement", High, "the device connected to an internal host on a remote-admin or file-sharing port";
+    INTERNET_INBOUND = "network.internet-inbound", High, "an inbound connection from outside the hospital's networks";
+    INSECURE_SERVICE = "service.insecure-listener", High, "a cleartext service (telnet, FTP, plain HTTP, r-services) is listening";
+    KERNEL_CHANGED = "device.kernel-changed", Medium, "the device runs a kernel the approved baseline did not see";
+    MANIFEST_CHANGED = "device.manifest-changed", Medium, "a signed manifest version differs from the approved baseline";
+    UNEXPECTED_REBOOT = "device.unexpected-reboot", Medium, "the device rebooted more often than during the baseline";
+    BASELINE_READY = "baseline.ready-for-review", Info, "the baseline period ended: review and approve the baseline";
 }
 
 /// One occurrence of a rule, before it is merged into an alert.

@@ -37,6 +37,179 @@ pub struct Config {
     pub loss_grace_s: u64,
     /// Where alerts and audit events go (several at once).
     pub sinks: Vec<Sink>,
+    /// Baselines and the detectors.
+    pub detect: Detect,
+}
+
+/// How devices are baselined and what the network detectors allow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Detect {
+    /// A new device's baseline closes for review after this long.
+    pub baseline_period_s: u64,
+    /// The hospital's own networks: an inbound connection from outside
+    /// them is from the Internet; lateral movement is towards them.
+    pub internal_prefixes: Vec<String>,
+    /// Outbound endpoints never alerted as new (`PREFIX`, `PREFIX:PORT`,
+    /// `[V6PREFIX]:PORT`).
+    pub allow_outbound: Vec<String>,
+    /// Lateral-movement ports allowed towards these endpoints (e.g. the
+    /// vendor's SSH jump host).
+    pub allow_lateral: Vec<String>,
+}
+
+impl Default for Detect {
+    fn default() -> Self {
+        Detect {
+            baseline_period_s: 7 * 86_400,
+            internal_prefixes: [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "127.0.0.0/8",
+                "169.254.0.0/16",
+                "fc00::/7",
+                "fe80::/10",
+                "::1/128",
+            ]
+            .map(String::from)
+            .to_vec(),
+            allow_outbound: Vec::new(),
+            allow_lateral: Vec::new(),
+        }
+    }
+}
+
+/// An address prefix, e.g. `10.0.0.0/8` or `fd00::/8` (a bare address is
+/// a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    addr: std::net::IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    pub fn parse(s: &str) -> Option<Prefix> {
+        let (a, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        (len <= max).then_some(Prefix { addr, len })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        // An IPv4-mapped IPv6 address is the IPv4 address.
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(ip, V4),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.addr, ip) {
+            (V4(p), V4(x)) => (u128::from(u32::from(p)), u128::from(u32::from(x)), 32),
+            (V6(p), V6(x)) => (u128::from(p), u128::from(x), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.len);
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// An allowed endpoint: a prefix and, optionally, one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointRule {
+    pub prefix: Prefix,
+    pub port: Option<u16>,
+}
+
+impl EndpointRule {
+    /// `10.1.0.0/16`, `10.1.2.3:22`, `[fd00::/8]:443`, `fd00::1`.
+    pub fn parse(s: &str) -> Option<EndpointRule> {
+        if let Some(rest) = s.strip_prefix('[') {
+            let (p, port) = rest.split_once(']')?;
+            let port = match port.strip_prefix(':') {
+                Some(n) => Some(n.parse().ok()?),
+                None if port.is_empty() => None,
+                None => return None,
+            };
+            return Some(EndpointRule {
+                prefix: Prefix::parse(p)?,
+                port,
+            });
+        }
+        match s.rsplit_once(':') {
+            Some((p, n)) if !p.contains(':') => Some(EndpointRule {
+                prefix: Prefix::parse(p)?,
+                port: Some(n.parse().ok()?),
+            }),
+            _ => Some(EndpointRule {
+                prefix: Prefix::parse(s)?,
+                port: None,
+            }),
+        }
+    }
+
+    pub fn allows(&self, ip: std::net::IpAddr, port: u16) -> bool {
+        self.prefix.contains(ip) && self.port.map_or(true, |p| p == port)
+    }
+}
+
+/// The detection settings, parsed (after `validate`).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub baseline_period_ms: u64,
+    pub internal: Vec<Prefix>,
+    pub allow_outbound: Vec<EndpointRule>,
+    pub allow_lateral: Vec<EndpointRule>,
+}
+
+impl Policy {
+    pub fn is_internal(&self, ip: std::net::IpAddr) -> bool {
+        self.internal.iter().any(|p| p.contains(ip))
+    }
+}
+
+impl Detect {
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        let bad = |field, v: &str, what: &str| ConfigError::Invalid {
+            field,
+            message: format!("`{v}` is not {what}"),
+        };
+        let prefixes = self
+            .internal_prefixes
+            .iter()
+            .map(|p| Prefix::parse(p).ok_or_else(|| bad("detect.internal_prefixes", p, "an address prefix like 10.0.0.0/8")))
+            .collect::<Result<_, _>>()?;
+        let rules = |field, list: &[String]| {
+            list.iter()
+                .map(|e| {
+                    EndpointRule::parse(e).ok_or_else(|| {
+                        bad(field, e, "PREFIX, PREFIX:PORT or [V6PREFIX]:PORT")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if self.baseline_period_s == 0 {
+            return Err(ConfigError::Invalid {
+                field: "detect.baseline_period_s",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(Policy {
+            baseline_period_ms: self.baseline_period_s.saturating_mul(1000),
+            internal: prefixes,
+            allow_outbound: rules("detect.allow_outbound", &self.allow_outbound)?,
+            allow_lateral: rules("detect.allow_lateral", &self.allow_lateral)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +304,7 @@ impl Default for Config {
             silence_s: 300,
             loss_grace_s: 120,
             sinks: Vec::new(),
+            detect: Detect::default(),
         }
     }
 }
@@ -220,6 +394,14 @@ impl Config {
             if p.baud == 0 {
                 return bad("serial.baud", "must be positive");
             }
+        }
+        self.detect.policy()?;
+        // A baseline learns from the raw samples archived during it.
+        if self.detect.baseline_period_s > u64::from(self.retention_days).saturating_mul(86_400) {
+            return bad(
+                "detect.baseline_period_s",
+                "must not be longer than retention_days: the baseline learns from the raw samples",
+            );
         }
         Ok(())
     }

@@ -6,7 +6,8 @@
 //! *sustained-shift* detector (the rolling mean outside the range of the
 //! rolling means learned, e.g. a cryptominer's flat 100 %). Each opens an
 //! alarm once and holds it open until the metric has been back in range
-//! for `resolve_after` values, so an episode is one alert. Pure: values
+//! for `resolve_after` values, so an episode is one alert (a shift that
+//! begins inside an open deviation is part of it). Pure: values
 //! in, verdicts out; no clocks, no I/O. The live collector (`baseline`)
 //! and the offline replay (`vigil-collector detect`) run this same code.
 
@@ -319,12 +320,16 @@ impl Watch {
         };
         let shift_hit = shift_excess > t.shift;
         let r = (excess / t.spike).max(shift_excess / t.shift);
+        let deviation = self.deviation.step(dev_hit, excess, t.resolve_after);
+        // A shift that starts while a deviation is open is the same
+        // episode: its alarm opens, silently.
+        let shift = self.shift.step(shift_hit, shift_excess, t.resolve_after) && !self.deviation.open;
         Verdict {
             score: r / (1.0 + r),
             excess,
             rolling_mean: m,
-            deviation: self.deviation.step(dev_hit, excess, t.resolve_after),
-            shift: self.shift.step(shift_hit, shift_excess, t.resolve_after),
+            deviation,
+            shift,
         }
     }
 }

@@ -26,6 +26,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 }
 
 mod alert;
+mod baseline;
 mod config;
 mod detect;
 mod ingest;

@@ -358,7 +358,12 @@ mod tests {
         let mut out = Vec::new();
         let s = run(path, &opts(), &mut out).expect("cpu replay");
         assert_eq!((s.rows, s.metric.as_str()), (200, "cpu.busy"));
+        // The jump opens a deviation at once; the shift that follows is
+        // the same episode.
         assert_eq!(s.anomalies, 1);
+        let out = String::from_utf8(out).expect("utf-8");
+        let first = out.lines().position(|l| l.ends_with(",1"));
+        assert_eq!(first, Some(151), "header + 150 rows before the jump");
         let o = Options {
             metric: Some("net.eth0.tx_bytes".into()),
             ..opts()

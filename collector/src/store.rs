@@ -190,6 +190,12 @@ CREATE TABLE IF NOT EXISTS alerts(
   emitted_ms INTEGER NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS alerts_live ON alerts(device, rule, dedup) WHERE state != 'resolved';
 CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS baselines(
+  device TEXT PRIMARY KEY, rev INTEGER NOT NULL,
+  phase TEXT NOT NULL CHECK(phase IN ('baselining','review','monitoring')),
+  started_ms INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fleet_baselines(
+  model TEXT PRIMARY KEY, body TEXT NOT NULL, imported_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS admin_log(
   id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, actor TEXT NOT NULL,
   action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);
@@ -357,6 +363,7 @@ impl Store {
                 )?;
             }
         }
+        start_baseline(&tx, &id, now_ms)?;
         admin(
             &tx,
             actor,
@@ -390,6 +397,9 @@ impl Store {
             "UPDATE devices SET state = ?2 WHERE id = ?1",
             params![d.id, state.name()],
         )?;
+        if state == DeviceState::Approved {
+            start_baseline(&tx, &d.id, now_ms)?;
+        }
         let action = match state {
             DeviceState::Approved => "approve",
             DeviceState::Revoked => "revoke",
@@ -406,6 +416,209 @@ impl Store {
         bump_registry(&tx)?;
         tx.commit()?;
         self.find_device(&d.id)
+    }
+
+    // ---- baselines ----------------------------------------------------
+
+    /// A device's baseline row: (rev, phase, started_ms, body).
+    pub fn baseline(&self, device: &str) -> Result<Option<BaselineRow>> {
+        baseline_row(&self.conn, device)
+    }
+
+    pub fn baselines(&self) -> Result<Vec<(String, BaselineRow)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT device, rev, phase, started_ms, body FROM baselines ORDER BY device")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                BaselineRow {
+                    rev: r.get(1)?,
+                    phase: r.get(2)?,
+                    started_ms: u(r.get(3)?),
+                    body: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// An admin change to a baseline (close, approve, reset): a new
+    /// revision, recorded in the admin log; a running `serve` picks it up
+    /// at its next registry check.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_baseline(
+        &mut self,
+        device: &str,
+        phase: &str,
+        started_ms: u64,
+        body: &str,
+        actor: &str,
+        action: &str,
+        detail: Value,
+        now_ms: u64,
+    ) -> Result<()> {
+        let tx = self.transaction()?;
+        tx.execute(
+            "INSERT INTO baselines(device, rev, phase, started_ms, body) VALUES (?1, 1, ?2, ?3, ?4)
+             ON CONFLICT(device) DO UPDATE SET rev = rev + 1, phase = ?2, started_ms = ?3, body = ?4",
+            params![device, phase, i(started_ms), body],
+        )?;
+        admin(&tx, actor, action, device, detail, now_ms)?;
+        bump_registry(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The fleet baseline imported for a model, if any.
+    pub fn fleet_baseline(&self, model: &str) -> Result<Option<String>> {
+        fleet_baseline(&self.conn, model)
+    }
+
+    /// Stores a fleet baseline for `model` and puts every device of that
+    /// model into monitoring against it (`bodies` gives each device's new
+    /// baseline body). Recorded in the admin log.
+    pub fn import_fleet_baseline(
+        &mut self,
+        model: &str,
+        fleet_body: &str,
+        device_body: impl Fn(&str) -> String,
+        actor: &str,
+        detail: Value,
+        now_ms: u64,
+    ) -> Result<Vec<String>> {
+        let devices: Vec<String> = self
+            .devices()?
+            .into_iter()
+            .filter(|d| d.model == model && d.state != DeviceState::Revoked)
+            .map(|d| d.id)
+            .collect();
+        let tx = self.transaction()?;
+        tx.execute(
+            "INSERT INTO fleet_baselines(model, body, imported_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(model) DO UPDATE SET body = ?2, imported_ms = ?3",
+            params![model, fleet_body, i(now_ms)],
+        )?;
+        for d in &devices {
+            tx.execute(
+                "INSERT INTO baselines(device, rev, phase, started_ms, body) VALUES (?1, 1, 'monitoring', ?2, ?3)
+                 ON CONFLICT(device) DO UPDATE SET rev = rev + 1, phase = 'monitoring', body = ?3",
+                params![d, i(now_ms), device_body(d)],
+            )?;
+        }
+        let mut detail = detail;
+        detail["devices"] = json!(devices);
+        admin(&tx, actor, "baseline-import", model, detail, now_ms)?;
+        bump_registry(&tx)?;
+        tx.commit()?;
+        Ok(devices)
+    }
+
+    /// Calls `f` with every archived sample of `device` taken in
+    /// `[from_ms, to_ms)`, in time order, rebuilt as the device sent it
+    /// (interfaces named by `Layout`): what a baseline learns from.
+    pub fn for_each_sample(
+        &self,
+        device: &str,
+        from_ms: u64,
+        to_ms: u64,
+        mut f: impl FnMut(&vigil_protocol::sample::Sample, &Layout),
+    ) -> Result<u64> {
+        use vigil_protocol::sample::{CpuTicks, DiskCounters, Memory, NetCounters, Pressure, Sample};
+        let mut st = self.conn.prepare(
+            "SELECT s.frame, s.idx, s.time_ms, s.interval_ms, s.uptime_s,
+                    cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
+                    mem_total_kib, mem_available_kib, swap_total_kib, swap_used_kib,
+                    psi_cpu_some_ms, psi_memory_some_ms, psi_memory_full_ms, psi_io_some_ms, psi_io_full_ms,
+                    load1_centi, load5_centi, load15_centi, processes
+             FROM frames f JOIN samples s ON s.frame = f.id
+             WHERE f.device = (SELECT num FROM devices WHERE id = ?1) AND s.time_ms >= ?2 AND s.time_ms < ?3
+             ORDER BY s.time_ms, f.boot, f.seq, s.idx",
+        )?;
+        let mut net = self.conn.prepare(
+            "SELECT iface, rx_bytes, rx_packets, rx_errors, rx_dropped, tx_bytes, tx_packets, tx_errors, tx_dropped
+             FROM sample_net WHERE frame = ?1 AND idx = ?2 ORDER BY iface",
+        )?;
+        let mut disk = self.conn.prepare(
+            "SELECT reads, read_sectors, writes, write_sectors, io_ms
+             FROM sample_disk WHERE frame = ?1 AND idx = ?2 ORDER BY disk",
+        )?;
+        let mut rows = st.query(params![device, i(from_ms), i(to_ms)])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let g = |k: usize| r.get::<_, i64>(k).map(u);
+            let o = |k: usize| r.get::<_, Option<i64>>(k).map(|v| v.map(u));
+            let (frame, idx): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let pressure = match (o(17)?, o(18)?, o(19)?, o(20)?, o(21)?) {
+                (Some(a), Some(b), Some(c), Some(d), Some(e)) => Some(Pressure {
+                    cpu_some_ms: a,
+                    memory_some_ms: b,
+                    memory_full_ms: c,
+                    io_some_ms: d,
+                    io_full_ms: e,
+                }),
+                _ => None,
+            };
+            let mut s = Sample {
+                time_ms: g(2)?,
+                interval_ms: g(3)?,
+                uptime_s: g(4)?,
+                cpu: CpuTicks {
+                    user: g(5)?,
+                    nice: g(6)?,
+                    system: g(7)?,
+                    idle: g(8)?,
+                    iowait: g(9)?,
+                    irq: g(10)?,
+                    softirq: g(11)?,
+                    steal: g(12)?,
+                },
+                memory: Memory {
+                    total_kib: g(13)?,
+                    available_kib: g(14)?,
+                    swap_total_kib: g(15)?,
+                    swap_used_kib: g(16)?,
+                },
+                pressure,
+                load_centi: [g(22)?, g(23)?, g(24)?],
+                processes: g(25)?,
+                ..Sample::default()
+            };
+            let mut layout = Layout::default();
+            let mut nets = net.query(params![frame, idx])?;
+            while let Some(x) = nets.next()? {
+                let h = |k: usize| x.get::<_, i64>(k).map(u);
+                let index = u8::try_from(layout.interfaces.len()).unwrap_or(u8::MAX);
+                layout.interfaces.push(x.get(0)?);
+                let _ = s.net.push(NetCounters {
+                    iface: index,
+                    rx_bytes: h(1)?,
+                    rx_packets: h(2)?,
+                    rx_errors: h(3)?,
+                    rx_dropped: h(4)?,
+                    tx_bytes: h(5)?,
+                    tx_packets: h(6)?,
+                    tx_errors: h(7)?,
+                    tx_dropped: h(8)?,
+                });
+            }
+            let mut disks = disk.query(params![frame, idx])?;
+            while let Some(x) = disks.next()? {
+                let h = |k: usize| x.get::<_, i64>(k).map(u);
+                let index = u8::try_from(s.disk.len()).unwrap_or(u8::MAX);
+                let _ = s.disk.push(DiskCounters {
+                    disk: index,
+                    reads: h(0)?,
+                    read_sectors: h(1)?,
+                    writes: h(2)?,
+                    write_sectors: h(3)?,
+                    io_ms: h(4)?,
+                });
+            }
+            f(&s, &layout);
+            n += 1;
+        }
+        Ok(n)
     }
 
     // ---- alerts --------------------------------------------------------
@@ -776,6 +989,62 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
         evidence: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or(Value::Null),
         state: r.get(9)?,
     })
+}
+
+/// A stored baseline: its revision (bumped by every admin change), phase,
+/// start, and the body `baseline` reads (empty: just started).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineRow {
+    pub rev: i64,
+    pub phase: String,
+    pub started_ms: u64,
+    pub body: String,
+}
+
+pub fn baseline_row(conn: &Connection, device: &str) -> Result<Option<BaselineRow>> {
+    Ok(conn
+        .prepare_cached("SELECT rev, phase, started_ms, body FROM baselines WHERE device = ?1")?
+        .query_row([device], |r| {
+            Ok(BaselineRow {
+                rev: r.get(0)?,
+                phase: r.get(1)?,
+                started_ms: u(r.get(2)?),
+                body: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+pub fn fleet_baseline(conn: &Connection, model: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT body FROM fleet_baselines WHERE model = ?1")?
+        .query_row([model], |r| r.get(0))
+        .optional()?)
+}
+
+/// The writer's save of a baseline's running state. Only if nobody
+/// changed it since `rev` (an admin command wins); false then.
+pub fn save_baseline(tx: &Connection, device: &str, rev: i64, phase: &str, body: &str) -> Result<bool> {
+    let n = tx
+        .prepare_cached("UPDATE baselines SET phase = ?3, body = ?4 WHERE device = ?1 AND rev = ?2")?
+        .execute(params![device, rev, phase, body])?;
+    Ok(n == 1)
+}
+
+/// A baseline starts when a device is first approved (enrolled ahead of
+/// time, or a pending device approved); an existing one is kept.
+fn start_baseline(tx: &Connection, device: &str, now_ms: u64) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO baselines(device, rev, phase, started_ms, body) VALUES (?1, 0, 'baselining', ?2, '')",
+        params![device, i(now_ms)],
+    )?;
+    Ok(())
+}
+
+/// For the writer: a device that reached it without a baseline row (an
+/// archive from before baselines) starts one now.
+pub fn ensure_baseline(tx: &Connection, device: &str, now_ms: u64) -> Result<()> {
+    start_baseline(tx, device, now_ms)
 }
 
 fn bump_registry(tx: &Connection) -> Result<()> {
