@@ -67,15 +67,6 @@ impl Phase {
             Phase::Monitoring => "monitoring",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Phase> {
-        match s {
-            "baselining" => Some(Phase::Baselining),
-            "review" => Some(Phase::Review),
-            "monitoring" => Some(Phase::Monitoring),
-            _ => None,
-        }
-    }
 }
 
 /// What a baseline learned: the part a person reviews, approves, and can
@@ -111,6 +102,9 @@ pub struct Baseline {
     pub started_ms: u64,
     pub closed_ms: Option<u64>,
     pub approved_ms: Option<u64>,
+    /// When learning ends by itself (set by `serve` from its configuration).
+    #[serde(default)]
+    pub closes_ms: Option<u64>,
     /// `learned on this device`, or the model whose fleet baseline it uses.
     pub source: String,
     pub learned: Learned,
@@ -173,13 +167,23 @@ impl MetricLearning {
         let mut profiles = BTreeMap::new();
         let mut watches = BTreeMap::new();
         for (key, (kind, l)) in self.learners {
-            if let Some(p) = l.profile(kind.floor()) {
+            if let Some(p) = l.profile(kind.floor_for(l.max())) {
                 watches.insert(key.clone(), Watch::after(Some(&l)));
                 profiles.insert(key, p);
             }
         }
         (profiles, watches, self.first_ms.unwrap_or(0), self.last_ms)
     }
+}
+
+/// The values beyond which one sample opens a deviation: (below, above).
+/// No lower limit where it could not be reached (a non-negative metric,
+/// or one that only counts when it rises).
+pub fn limits(p: &Profile, t: &Tuning, sides: Sides) -> (Option<f64>, f64) {
+    let lo = p.min - t.spike * p.scale;
+    let hi = p.max + t.spike * p.scale;
+    let reachable = sides == Sides::Both && !(lo < 0.0 && p.min >= 0.0);
+    (reachable.then_some(lo), hi)
 }
 
 /// The kind of a metric key, e.g. `net.eth0.tx_bytes` -> `NetTxBytes`.
@@ -234,6 +238,7 @@ impl Baseline {
             started_ms,
             closed_ms: None,
             approved_ms: None,
+            closes_ms: None,
             source: "learned on this device".into(),
             learned: Learned::default(),
             watches: BTreeMap::new(),
@@ -264,6 +269,7 @@ impl Baseline {
         self.watches = watches;
         self.phase = Phase::Review;
         self.closed_ms = Some(now_ms);
+        self.closes_ms = None;
     }
 
     pub fn approve(&mut self, now_ms: u64) {
@@ -284,6 +290,14 @@ impl Baseline {
     /// Whether the baseline period is over and it should close.
     pub fn due(&self, period_ms: u64, now_ms: u64) -> bool {
         self.phase == Phase::Baselining && now_ms >= self.started_ms.saturating_add(period_ms)
+    }
+
+    /// Records when learning ends under `period_ms`; true if that changed.
+    pub fn schedule(&mut self, period_ms: u64) -> bool {
+        let at = (self.phase == Phase::Baselining).then(|| self.started_ms.saturating_add(period_ms));
+        let changed = at != self.closes_ms;
+        self.closes_ms = at;
+        changed
     }
 
     /// A batch of samples. Learning happens at close from the archive;
@@ -317,19 +331,17 @@ impl Baseline {
                     "excess_in_spreads": (v.excess * 1000.0).round() / 1000.0,
                 });
                 let rule = if v.deviation {
-                    let limit = p.max + cx.tuning.spike * p.scale;
-                    ev["expected"] = if egress {
-                        json!(format!("at most {} {unit} (baseline max {})", num(limit), num(p.max)))
-                    } else {
-                        json!(format!(
+                    ev["expected"] = match limits(p, cx.tuning, r.kind.sides()) {
+                        (None, hi) => json!(format!("at most {} {unit} (baseline max {})", num(hi), num(p.max))),
+                        (Some(lo), hi) => json!(format!(
                             "between {} and {} {unit} (baseline min {}, max {})",
-                            num(p.min - cx.tuning.spike * p.scale),
-                            num(limit),
+                            num(lo),
+                            num(hi),
                             num(p.min),
                             num(p.max)
-                        ))
+                        )),
                     };
-                    ev["seen"] = json!(format!("{} {unit}", num(r.value)));
+                    ev["seen"] = json!(format!("{} = {} {unit}", r.key, num(r.value)));
                     if egress {
                         alert::EGRESS_VOLUME
                     } else {
@@ -342,7 +354,12 @@ impl Baseline {
                         num(p.mean_min),
                         num(p.mean_max)
                     ));
-                    ev["seen"] = json!(format!("a {}-sample mean of {} {unit}", p.shift_window, num(v.rolling_mean)));
+                    ev["seen"] = json!(format!(
+                        "{} averaged {} {unit} over {} samples",
+                        r.key,
+                        num(v.rolling_mean),
+                        p.shift_window
+                    ));
                     if egress {
                         alert::EGRESS_VOLUME
                     } else {
@@ -580,11 +597,10 @@ impl Baseline {
             .iter()
             .map(|(k, p)| {
                 let kind = kind_of(k);
-                let (lo, hi) = (p.min - tuning.spike * p.scale, p.max + tuning.spike * p.scale);
+                let (lo, hi) = limits(p, tuning, kind.sides());
                 json!({"metric": k, "unit": kind.unit(), "samples": p.samples,
                        "min": p.min, "p01": p.p01, "median": p.median, "p99": p.p99, "max": p.max,
-                       "alert_below": if kind.sides() == Sides::High { Value::Null } else { json!(lo) },
-                       "alert_above": hi,
+                       "alert_below": lo, "alert_above": hi,
                        "mean_min": p.mean_min, "mean_max": p.mean_max, "mean_window": p.shift_window})
             })
             .collect();
@@ -597,7 +613,8 @@ impl Baseline {
             "phase": self.phase.name(),
             "source": self.source,
             "started": rfc3339(self.started_ms),
-            "closes": (self.phase == Phase::Baselining).then(|| rfc3339(self.started_ms.saturating_add(period_ms))),
+            "closes": (self.phase == Phase::Baselining)
+                .then(|| rfc3339(self.closes_ms.unwrap_or(self.started_ms.saturating_add(period_ms)))),
             "closed": self.closed_ms.map(rfc3339),
             "approved": self.approved_ms.map(rfc3339),
             "learned_from": (self.learned.from_ms > 0).then(|| rfc3339(self.learned.from_ms)),

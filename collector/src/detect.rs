@@ -127,6 +127,15 @@ impl Learner {
         self.seen
     }
 
+    /// Largest value learned (0 before any).
+    pub fn max(&self) -> f64 {
+        if self.seen == 0 {
+            0.0
+        } else {
+            self.max
+        }
+    }
+
     pub fn learn(&mut self, x: f64) {
         if !x.is_finite() {
             return;

@@ -62,6 +62,10 @@ usage:
   vigil-collector export --device D [--from T] [--to T] [--format csv|json]
   vigil-collector audit [--json]                      re-verify every stored frame
   vigil-collector admin-log [--json]                  who changed what
+  vigil-collector baseline show DEVICE [--json]        what the device's baseline learned
+  vigil-collector baseline close|approve|reset DEVICE  end learning | approve | learn again
+  vigil-collector baseline export DEVICE > FILE        the approved baseline as JSON
+  vigil-collector baseline import --model MODEL FILE   one baseline for every device of MODEL
   vigil-collector detect --csv FILE [--metric KIND] [--learn N] [tuning]
                                                        replay a recorded series through
                                                        the detector: timestamp,score,anomaly
@@ -90,6 +94,13 @@ serve options (each overrides the same setting in --config):
   --sink-json PATH            JSON lines to PATH (- for stdout)
   --sink-syslog ADDR[/tcp]    RFC 5424 syslog (UDP by default)
   --sink-cef ADDR[/tcp]|PATH  CEF over syslog, or to a file
+  --baseline-period-s N       a new device's baseline closes for review after
+                              N s (default 604800, 7 days)
+  --internal-prefix P         the hospital's networks (repeatable; replaces
+                              the default RFC 1918, loopback, link-local, ULA)
+  --allow-outbound E          outbound endpoint never alerted as new (repeatable;
+                              PREFIX, PREFIX:PORT or [V6PREFIX]:PORT)
+  --allow-lateral E           remote-admin/file-sharing port allowed towards E
 
 exit codes: 0 ok, 1 audit found problems, 2 usage or runtime error,
 78 bad configuration";
@@ -250,6 +261,10 @@ const VALUE_OPTIONS: &[&str] = &[
     "to",
     "format",
     "csv",
+    "baseline-period-s",
+    "internal-prefix",
+    "allow-outbound",
+    "allow-lateral",
     "metric",
     "learn",
     "spike",
@@ -380,6 +395,18 @@ fn run() -> anyhow::Result<()> {
                 .with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
             let mut store = Store::open(&cfg.db_path())?;
             let id = store.enroll(&key, &name, &model, &actor(), now)?;
+            if !model.is_empty() {
+                if let Some(fleet) = store.fleet_baseline(&model)? {
+                    let learned: baseline::Learned = serde_json::from_str(&fleet)
+                        .with_context(|| format!("the stored fleet baseline of model {model}"))?;
+                    let mut b = load_baseline(&store, &id)?
+                        .map_or_else(|| baseline::Baseline::new(now), |(_, b)| b);
+                    b.adopt(learned, &model, now);
+                    store.set_baseline(&id, b.phase.name(), b.started_ms, &b.to_json(), &actor(),
+                        "baseline-adopt", json!({"model": model}), now)?;
+                    out!("device {id} monitors against the fleet baseline of model {model}");
+                }
+            }
             out!(
                 "enrolled device {id} as {name:?}{}",
                 if model.is_empty() {
@@ -415,7 +442,11 @@ fn run() -> anyhow::Result<()> {
             let d = store.find_device(&what)?;
             let latest = store.latest_sample(&d.id)?;
             let alerts = store.alerts(true, Some(&d.id), None)?;
-            views::device(&d, latest.as_ref(), &alerts, a.json);
+            let cfg = a.config()?;
+            let b = load_baseline(&store, &d.id)?.map_or(Value::Null, |(_, b)| {
+                b.summary(cfg.detect.baseline_period_s.saturating_mul(1000), &detect::Tuning::default())
+            });
+            views::device(&d, latest.as_ref(), &alerts, &b, a.json);
             Ok(())
         }
         "alerts" => {
@@ -522,6 +553,7 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        "baseline" => baseline_command(&mut a, now),
         "detect" => {
             let path = a
                 .take("csv")
@@ -555,6 +587,168 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         other => Err(usage(format!("unknown command `{other}`"))),
+    }
+}
+
+/// A device's stored baseline, if it has one.
+fn load_baseline(store: &Store, id: &str) -> anyhow::Result<Option<(store::BaselineRow, baseline::Baseline)>> {
+    let Some(row) = store.baseline(id)? else {
+        return Ok(None);
+    };
+    let b = baseline::Baseline::from_row(&row).map_err(|e| anyhow!("device {id}: {e}"))?;
+    Ok(Some((row, b)))
+}
+
+/// The metric profiles learned from a device's archived samples since
+/// its baseline started.
+fn learn_from_archive(store: &Store, id: &str, b: &mut baseline::Baseline, now: u64) -> anyhow::Result<u64> {
+    let mut learning = baseline::MetricLearning::default();
+    let t = detect::Tuning::default();
+    let n = store.for_each_sample(id, b.started_ms, now, |s, l| learning.add(s, l, &t))?;
+    b.close(learning, now);
+    Ok(n)
+}
+
+fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
+    let sub = a.positional.first().cloned().ok_or_else(|| {
+        usage("baseline needs show|close|approve|reset|export DEVICE or import --model MODEL FILE")
+    })?;
+    a.positional.remove(0);
+    let cfg = a.config()?;
+    let period_ms = cfg.detect.baseline_period_s.saturating_mul(1000);
+    let tuning = detect::Tuning::default();
+    if sub == "import" {
+        let model = a.take("model").ok_or_else(|| usage("baseline import needs --model MODEL"))?;
+        let file = a.one("FILE")?;
+        a.done()?;
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+        let doc: baseline::Exported = serde_json::from_str(&text)
+            .map_err(|e| anyhow!(Exit::Usage(format!("{file}: not a baseline export ({e})"))))?;
+        if doc.format != baseline::EXPORT_FORMAT {
+            return Err(usage(format!(
+                "{file}: format `{}`, this collector reads `{}`",
+                doc.format,
+                baseline::EXPORT_FORMAT
+            )));
+        }
+        if doc.learned.metrics.is_empty() && doc.learned.listeners.is_empty() {
+            return Err(usage(format!("{file}: the baseline learned nothing; export an approved one")));
+        }
+        let mut store = a.store()?;
+        let fleet = serde_json::to_string(&doc.learned)?;
+        let stored: std::collections::HashMap<String, baseline::Baseline> = store
+            .baselines()?
+            .into_iter()
+            .filter_map(|(id, row)| baseline::Baseline::from_row(&row).ok().map(|b| (id, b)))
+            .collect();
+        let learned = doc.learned.clone();
+        let devices = store.import_fleet_baseline(
+            &model,
+            &fleet,
+            |id| {
+                let mut b = stored.get(id).cloned().unwrap_or_else(|| baseline::Baseline::new(now));
+                b.adopt(learned.clone(), &model, now);
+                b.to_json()
+            },
+            &actor(),
+            json!({"file": file, "from_device": doc.device, "from_name": doc.name}),
+            now,
+        )?;
+        out!(
+            "fleet baseline for model {model} imported (learned on {} {}); {} device(s) now monitor against it{}",
+            doc.name,
+            doc.device,
+            devices.len(),
+            if devices.is_empty() { String::new() } else { format!(": {}", devices.join(", ")) }
+        );
+        return Ok(());
+    }
+    let what = a.one("DEVICE")?;
+    a.done()?;
+    let mut store = a.store()?;
+    let d = store.find_device(&what)?;
+    let Some((row, mut b)) = load_baseline(&store, &d.id)? else {
+        return Err(usage(format!(
+            "device {} has no baseline: it starts when the device is approved",
+            d.id
+        )));
+    };
+    let refuse = |m: String| anyhow!(store::StoreError::Refused(m));
+    match sub.as_str() {
+        "show" => {
+            let mut summary = if b.phase == baseline::Phase::Baselining {
+                // A preview of what closing now would learn.
+                let mut preview = b.clone();
+                learn_from_archive(&store, &d.id, &mut preview, now)?;
+                preview.phase = baseline::Phase::Baselining;
+                preview.closed_ms = None;
+                let mut s = preview.summary(period_ms, &tuning);
+                s["preview"] = json!(true);
+                s
+            } else {
+                b.summary(period_ms, &tuning)
+            };
+            summary["rev"] = json!(row.rev);
+            views::baseline(&d, &summary, a.json);
+            Ok(())
+        }
+        "close" => {
+            if b.phase != baseline::Phase::Baselining {
+                return Err(refuse(format!("the baseline of {} is already {}", d.id, b.phase.name())));
+            }
+            let n = learn_from_archive(&store, &d.id, &mut b, now)?;
+            store.set_baseline(&d.id, b.phase.name(), b.started_ms, &b.to_json(), &actor(), "baseline-close",
+                json!({"samples": n, "metrics": b.learned.metrics.len()}), now)?;
+            out!(
+                "baseline of {} ({}) closed: learned {} metrics from {n} samples, {} listeners, {} outbound endpoints; review with `baseline show`, then `baseline approve`",
+                d.id, d.name, b.learned.metrics.len(), b.learned.listeners.len(), b.learned.outbound.len()
+            );
+            Ok(())
+        }
+        "approve" => {
+            if b.phase != baseline::Phase::Review {
+                return Err(refuse(format!(
+                    "the baseline of {} is {}: only a closed baseline under review can be approved{}",
+                    d.id,
+                    b.phase.name(),
+                    if b.phase == baseline::Phase::Baselining { " (close it first)" } else { "" }
+                )));
+            }
+            b.approve(now);
+            store.set_baseline(&d.id, b.phase.name(), b.started_ms, &b.to_json(), &actor(), "baseline-approve",
+                json!({"metrics": b.learned.metrics.len()}), now)?;
+            out!("baseline of {} ({}) approved: the device is monitored against it", d.id, d.name);
+            Ok(())
+        }
+        "reset" => {
+            let previous = b.phase.name();
+            let fresh = baseline::Baseline::new(now);
+            store.set_baseline(&d.id, fresh.phase.name(), now, &fresh.to_json(), &actor(), "baseline-reset",
+                json!({"previous": previous}), now)?;
+            out!(
+                "baseline of {} ({}) reset: learning again until {}",
+                d.id,
+                d.name,
+                alert::rfc3339(now.saturating_add(period_ms))
+            );
+            Ok(())
+        }
+        "export" => {
+            if b.phase == baseline::Phase::Baselining {
+                return Err(refuse(format!("the baseline of {} is still learning; close and approve it first", d.id)));
+            }
+            let doc = baseline::Exported {
+                format: baseline::EXPORT_FORMAT.into(),
+                device: d.id.clone(),
+                name: d.name.clone(),
+                model: d.model.clone(),
+                approved: b.approved_ms.map(alert::rfc3339),
+                learned: b.learned,
+            };
+            out!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
+        other => Err(usage(format!("unknown baseline command `{other}` (show, close, approve, reset, export, import)"))),
     }
 }
 
@@ -637,6 +831,15 @@ fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
     if let Some(v) = a.number("unknown-per-minute")? {
         cfg.limits.unknown_per_minute = v;
     }
+    if let Some(v) = a.number("baseline-period-s")? {
+        cfg.detect.baseline_period_s = v;
+    }
+    let prefixes = a.take_all("internal-prefix");
+    if !prefixes.is_empty() {
+        cfg.detect.internal_prefixes = prefixes;
+    }
+    cfg.detect.allow_outbound.extend(a.take_all("allow-outbound"));
+    cfg.detect.allow_lateral.extend(a.take_all("allow-lateral"));
     if let Some(v) = a.number("max-pending")? {
         cfg.limits.max_pending = v;
     }

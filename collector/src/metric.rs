@@ -115,6 +115,15 @@ impl Kind {
         }
     }
 
+    /// The floor for a metric whose largest learned value is `max`: memory
+    /// and swap also at least 5 % of it (page cache comes and goes).
+    pub fn floor_for(self, max: f64) -> f64 {
+        match self {
+            Kind::MemAvailable | Kind::SwapUsed => self.floor().max(0.05 * max),
+            _ => self.floor(),
+        }
+    }
+
     /// Transmitted bytes matter only when they rise (exfiltration); every
     /// other metric both ways (a crashed service is as telling as a miner).
     pub fn sides(self) -> Sides {

@@ -264,7 +264,7 @@ pub fn run(path: &str, opts: &Options, out: &mut impl Write) -> Result<Summary, 
             Some(p) => p,
             None => {
                 watch = Some(Watch::after(Some(&learner)));
-                profile.insert(learner.profile(kind.floor()).ok_or_else(|| ReplayError::Format {
+                profile.insert(learner.profile(kind.floor_for(learner.max())).ok_or_else(|| ReplayError::Format {
                     path: path.into(),
                     message: "nothing to learn from".into(),
                 })?)

@@ -51,6 +51,8 @@ pub fn run(
             loss_grace_ms: cfg.loss_grace_s.saturating_mul(1000),
             retention_ms: u64::from(cfg.retention_days) * 86_400_000,
             max_pending: cfg.limits.max_pending,
+            policy: cfg.detect.policy()?,
+            tuning: crate::detect::Tuning::default(),
         },
     )?;
     let identity = match cfg.listen {

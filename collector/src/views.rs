@@ -139,9 +139,16 @@ pub fn sample_line(s: &Value) -> String {
     )
 }
 
-pub fn device(d: &Device, latest: Option<&Value>, alerts: &[Alert], as_json: bool) {
+pub fn device(
+    d: &Device,
+    latest: Option<&Value>,
+    alerts: &[Alert],
+    baseline: &Value,
+    as_json: bool,
+) {
     if as_json {
         let mut v = device_json(d);
+        v["baseline"] = baseline.clone();
         v["inventory"] = d.hello.clone().unwrap_or(Value::Null);
         v["latest_sample"] = latest.cloned().unwrap_or(Value::Null);
         v["alerts"] = Value::Array(alerts.iter().map(Alert::to_json).collect());
@@ -159,6 +166,7 @@ pub fn device(d: &Device, latest: Option<&Value>, alerts: &[Alert], as_json: boo
         d.last_seen_ms.map_or_else(|| "never".into(), rfc3339)
     );
     out!("frames     {}", d.frames_received);
+    out!("baseline   {}", baseline_line(baseline));
     if let Some(h) = &d.hello {
         let f = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         out!(
@@ -260,6 +268,102 @@ fn csv(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// One line: the phase and what to do next.
+fn baseline_line(b: &Value) -> String {
+    let f = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("");
+    match f("phase") {
+        "baselining" => format!("baselining since {}, closes {}", f("started"), f("closes")),
+        "review" => format!("waiting for review since {} (baseline show, then baseline approve)", f("closed")),
+        "monitoring" => format!("monitoring since {} ({})", f("approved"), f("source")),
+        _ => "none".into(),
+    }
+}
+
+/// `baseline show`: what was learned, per metric with the alert limits.
+pub fn baseline(d: &Device, b: &Value, as_json: bool) {
+    if as_json {
+        let mut v = b.clone();
+        v["device"] = Value::String(d.id.clone());
+        v["name"] = Value::String(d.name.clone());
+        v["model"] = Value::String(d.model.clone());
+        out!("{v}");
+        return;
+    }
+    let f = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    out!("device     {} ({}{})", d.id, d.name, if d.model.is_empty() { String::new() } else { format!(", model {}", d.model) });
+    out!("phase      {}", baseline_line(b));
+    out!("source     {}", f("source"));
+    out!("learned    {} to {}", f("learned_from"), f("learned_to"));
+    if b.get("preview").and_then(Value::as_bool) == Some(true) {
+        out!("           (still learning: the metric ranges below are a preview from the samples so far)");
+    }
+    let n = |v: Option<&Value>| v.and_then(Value::as_f64).map_or_else(|| "-".into(), crate::baseline::num);
+    let rows: Vec<Vec<String>> = b
+        .get("metrics")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            vec![
+                m.get("metric").and_then(Value::as_str).unwrap_or("").to_string(),
+                m.get("unit").and_then(Value::as_str).unwrap_or("").to_string(),
+                n(m.get("samples")),
+                n(m.get("min")),
+                n(m.get("median")),
+                n(m.get("max")),
+                n(m.get("alert_below")),
+                n(m.get("alert_above")),
+            ]
+        })
+        .collect();
+    out!("");
+    if rows.is_empty() {
+        out!("metrics    none learned yet");
+    } else {
+        out!(
+            "{}",
+            table(&["METRIC", "UNIT", "SAMPLES", "MIN", "MEDIAN", "MAX", "ALERT BELOW", "ALERT ABOVE"], &rows)
+        );
+    }
+    for (key, title) in [("listeners", "listening"), ("outbound", "outbound"), ("inbound", "inbound")] {
+        let items: Vec<String> = b
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let procs: Vec<&str> = e
+                    .get("processes")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                format!("{} ({})", e.get("endpoint").and_then(Value::as_str).unwrap_or(""), procs.join(", "))
+            })
+            .collect();
+        out!("{title:<10} {}", if items.is_empty() { "none".into() } else { items.join("; ") });
+    }
+    let list = |k: &str| -> String {
+        match b.get(k) {
+            Some(Value::Array(a)) if !a.is_empty() => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+            Some(Value::Object(o)) if !o.is_empty() => o.iter().map(|(k, v)| format!("{k} v{v}")).collect::<Vec<_>>().join(", "),
+            _ => "none".into(),
+        }
+    };
+    out!("processes  {}", list("processes"));
+    out!("kernels    {}", list("kernels"));
+    out!("manifests  {}", list("manifests"));
+    out!(
+        "reboots    {}{}",
+        b.get("reboots").and_then(Value::as_u64).unwrap_or(0),
+        b.get("shortest_boot_interval_s")
+            .and_then(Value::as_u64)
+            .map_or_else(String::new, |s| format!(" (shortest interval {s} s)"))
+    );
 }
 
 pub fn export(d: &Device, rows: &[Value], format: &str) {

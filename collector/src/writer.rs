@@ -15,6 +15,9 @@ use vigil_protocol::replay::{stand, Position, Standing};
 use vigil_protocol::{Ack, Body, DeviceId, VerifiedBuf, VerifyingKey};
 
 use crate::alert::{self, Raise};
+use crate::baseline::{Baseline, Context, MetricLearning, Phase};
+use crate::config::Policy;
+use crate::detect::Tuning;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{self, DeviceState, Layout, Store, Track};
@@ -56,6 +59,87 @@ pub struct Settings {
     pub loss_grace_ms: u64,
     pub retention_ms: u64,
     pub max_pending: u32,
+    pub policy: Policy,
+    pub tuning: Tuning,
+}
+
+/// A device's baseline as the writer holds it.
+struct Slot {
+    /// The stored revision this copy derives from; an admin change bumps it.
+    rev: i64,
+    b: Baseline,
+    /// Learned sets or an alarm changed: saved in this transaction.
+    save_now: bool,
+    /// Only the detectors' rolling windows moved: saved periodically.
+    save_later: bool,
+}
+
+/// Running state of the baselines is saved at least this often.
+const BASELINE_SAVE: Duration = Duration::from_secs(30);
+
+/// Loads (or starts) the baseline of `id`.
+fn slot<'a>(
+    slots: &'a mut HashMap<String, Slot>,
+    tx: &rusqlite::Connection,
+    id: &str,
+    now: u64,
+    period_ms: u64,
+) -> Result<&'a mut Slot, store::StoreError> {
+    if !slots.contains_key(id) {
+        let row = match store::baseline_row(tx, id)? {
+            Some(r) => r,
+            None => {
+                store::ensure_baseline(tx, id, now)?;
+                store::baseline_row(tx, id)?.unwrap_or(store::BaselineRow {
+                    rev: 0,
+                    phase: "baselining".into(),
+                    started_ms: now,
+                    body: String::new(),
+                })
+            }
+        };
+        let mut b = Baseline::from_row(&row).unwrap_or_else(|e| {
+            log::error!("device {id}: {e}; starting a new baseline");
+            Baseline::new(now)
+        });
+        let save_now = b.schedule(period_ms);
+        slots.insert(
+            id.to_string(),
+            Slot {
+                rev: row.rev,
+                b,
+                save_now,
+                save_later: false,
+            },
+        );
+    }
+    slots
+        .get_mut(id)
+        .ok_or_else(|| store::StoreError::NoDevice(id.to_string()))
+}
+
+/// Writes the baselines that need it; a copy an admin changed meanwhile
+/// is dropped (the stored one is read again when next needed).
+fn save_baselines(
+    slots: &mut HashMap<String, Slot>,
+    tx: &rusqlite::Connection,
+    all: bool,
+) -> Result<(), store::StoreError> {
+    let mut stale = Vec::new();
+    for (id, s) in slots.iter_mut() {
+        if !(s.save_now || (all && s.save_later)) {
+            continue;
+        }
+        if !store::save_baseline(tx, id, s.rev, s.b.phase.name(), &s.b.to_json())? {
+            stale.push(id.clone());
+        }
+        s.save_now = false;
+        s.save_later = false;
+    }
+    for id in stale {
+        slots.remove(&id);
+    }
+    Ok(())
 }
 
 struct DeviceTrack {
@@ -73,6 +157,8 @@ pub struct Writer {
     devices: HashMap<DeviceId, DeviceTrack>,
     registry_version: i64,
     silent: std::collections::HashSet<String>,
+    baselines: HashMap<String, Slot>,
+    baselines_saved: Instant,
 }
 
 /// Most frames taken into one transaction.
@@ -99,6 +185,8 @@ impl Writer {
             devices: HashMap::new(),
             registry_version: -1,
             silent: Default::default(),
+            baselines: HashMap::new(),
+            baselines_saved: Instant::now(),
         };
         w.refresh_registry()?;
         Ok(w)
@@ -111,6 +199,14 @@ impl Writer {
             return Ok(());
         }
         self.registry_version = v;
+        let stored: HashMap<String, i64> = self
+            .store
+            .baselines()?
+            .into_iter()
+            .map(|(id, r)| (id, r.rev))
+            .collect();
+        self.baselines
+            .retain(|id, s| stored.get(id).map_or(true, |&rev| rev == s.rev));
         let devices = self.store.devices()?;
         for d in &devices {
             if let Some(id) = DeviceId::from_hex(&d.id) {
@@ -161,6 +257,13 @@ impl Writer {
                 }
             }
         }
+        let saved = self.store.transaction().and_then(|tx| {
+            save_baselines(&mut self.baselines, &tx, true)?;
+            Ok(tx.commit()?)
+        });
+        if let Err(e) = saved {
+            log::error!("saving the detectors' state: {e}");
+        }
         log::info!("archive writer stopped; everything received is committed");
     }
 
@@ -184,6 +287,8 @@ impl Writer {
                             &mut self.devices,
                             &mut touched,
                             &self.metrics,
+                            &mut self.baselines,
+                            &self.settings,
                             device,
                             &peer,
                             &frames,
@@ -233,6 +338,7 @@ impl Writer {
                     Job::Tick => {}
                 }
             }
+            save_baselines(&mut self.baselines, &tx, false)?;
             // One row update per device per transaction, however many
             // batches it sent.
             for (device, t) in touched {
@@ -264,8 +370,10 @@ impl Writer {
             Err(e) => {
                 // Nothing was committed: no acks, the agents resend.
                 log::error!("archive transaction failed, nothing acknowledged: {e}");
-                // The in-memory tracks may be ahead of the archive now.
+                // The in-memory tracks and baselines may be ahead of the
+                // archive now.
                 self.devices.clear();
+                self.baselines.clear();
                 self.registry_version = -1;
                 if let Err(e) = self.refresh_registry() {
                     log::error!("re-reading the archive: {e}");
@@ -333,7 +441,15 @@ impl Writer {
             // Alert once per hole; a resend can still fill it.
             t.hole_since_ms = Some(u64::MAX / 2);
         }
+        let periodic = self.baselines_saved.elapsed() >= BASELINE_SAVE;
+        if periodic {
+            self.baselines_saved = Instant::now();
+        }
+        save_baselines(&mut self.baselines, &tx, periodic)?;
         tx.commit()?;
+        if periodic {
+            self.close_due_baselines(now)?;
+        }
         if rollup {
             let cutoff = now.saturating_sub(self.settings.retention_ms);
             let n = self.store.roll_up(cutoff)?;
@@ -343,6 +459,54 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+impl Writer {
+    /// Closes every baseline whose period is over: learns the metric
+    /// profiles from the samples archived since it started and asks a
+    /// person to review it.
+    fn close_due_baselines(&mut self, now: u64) -> Result<(), store::StoreError> {
+        let period = self.settings.policy.baseline_period_ms;
+        for (id, row) in self.store.baselines()? {
+            if row.phase != Phase::Baselining.name() {
+                continue;
+            }
+            let mut b = match self.baselines.get(&id) {
+                Some(s) if s.rev == row.rev => s.b.clone(),
+                _ => Baseline::from_row(&row).unwrap_or_else(|_| Baseline::new(row.started_ms)),
+            };
+            if !b.due(period, now) {
+                continue;
+            }
+            let mut learning = MetricLearning::default();
+            let tuning = self.settings.tuning;
+            let n = self
+                .store
+                .for_each_sample(&id, b.started_ms, now, |s, l| learning.add(s, l, &tuning))?;
+            b.close(learning, now);
+            let tx = self.store.transaction()?;
+            if store::save_baseline(&tx, &id, row.rev, b.phase.name(), &b.to_json())? {
+                let ev = json!({
+                    "samples": n, "metrics": b.learned.metrics.len(),
+                    "listeners": b.learned.listeners.len(), "outbound": b.learned.outbound.len(),
+                    "expected": "a person reviews what was learned",
+                    "seen": format!("baseline period over, learned from {n} samples"),
+                    "review_with": format!("vigil-collector baseline show {id}"),
+                    "approve_with": format!("vigil-collector baseline approve {id}"),
+                });
+                raise(&tx, &self.metrics, Raise::new(alert::BASELINE_READY, id.clone(), "", ev, now))?;
+                log::info!("device {id}: baseline closed after its period, {n} samples; waiting for review");
+            }
+            tx.commit()?;
+            self.baselines.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// The kernel boot id as the archive writes it (hex).
+fn baseline_boot_id(h: &Hello) -> String {
+    h.kernel_boot_id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An integrity finding as evidence: what was expected, what was seen.
@@ -442,6 +606,8 @@ fn ingest(
     devices: &mut HashMap<DeviceId, DeviceTrack>,
     touched_devices: &mut HashMap<DeviceId, Touched>,
     metrics: &Metrics,
+    baselines: &mut HashMap<String, Slot>,
+    settings: &Settings,
     device: DeviceId,
     peer: &Arc<str>,
     frames: &[VerifiedBuf],
@@ -554,13 +720,43 @@ fn ingest(
         }
         reply.stored += 1;
         metrics.stored();
+        let cx = Context {
+            device: &id,
+            policy: &settings.policy,
+            tuning: &settings.tuning,
+            now_ms: received_ms,
+        };
+        let detected = match &body {
+            Some(Body::Samples(s)) => {
+                let slot = slot(baselines, tx, &id, received_ms, settings.policy.baseline_period_ms)?;
+                let (r, opened) = slot.b.samples(&cx, s.as_slice(), &d.layout);
+                slot.save_now |= opened;
+                slot.save_later |= slot.b.phase == Phase::Monitoring;
+                r
+            }
+            Some(Body::Sockets(s)) => {
+                let slot = slot(baselines, tx, &id, received_ms, settings.policy.baseline_period_ms)?;
+                let (r, changed) = slot.b.sockets(&cx, s, h.time_ms);
+                slot.save_now |= changed;
+                slot.save_later = true;
+                r
+            }
+            Some(Body::Hello(hello)) => {
+                let rebooted = h.seq == 0
+                    && d.boot_id.as_ref().is_some_and(|prev| *prev != baseline_boot_id(hello));
+                let slot = slot(baselines, tx, &id, received_ms, settings.policy.baseline_period_ms)?;
+                let (r, changed) = slot.b.hello(&cx, hello, rebooted);
+                slot.save_now |= changed;
+                r
+            }
+            _ => Vec::new(),
+        };
+        for r in detected {
+            raise(tx, metrics, r)?;
+        }
         match &body {
             Some(Body::Hello(hello)) => {
-                let boot_id: String = hello
-                    .kernel_boot_id
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let boot_id = baseline_boot_id(hello);
                 if h.seq == 0 {
                     if let Some(prev) = &d.boot_id {
                         let (rule, seen) = if *prev == boot_id {
