@@ -321,7 +321,12 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
             add(shared, &mut batch, s, cfg.batch);
         }
         if now >= next_sockets {
-            next_sockets = now + Duration::from_secs(cfg.sockets_interval_s);
+            // Deadlines, not "now + interval": a tick a few ms early must
+            // not skip a whole socket interval.
+            next_sockets += Duration::from_secs(cfg.sockets_interval_s);
+            if next_sockets < now {
+                next_sockets = now + Duration::from_secs(cfg.sockets_interval_s);
+            }
             issues.clear();
             let table = sockets::read(&root, &mut owners, &mut issues);
             seen.report(&issues);

@@ -115,6 +115,10 @@ pub struct Baseline {
     last_boot_time_s: Option<u64>,
     #[serde(default)]
     recent_outbound: VecDeque<(u64, String)>,
+    /// Open egress alerts (metric key -> evidence): a destination that
+    /// shows up in the socket table after the bytes is added to them.
+    #[serde(default)]
+    egress_open: BTreeMap<String, Value>,
 }
 
 /// The document `baseline export` writes and `baseline import` reads.
@@ -244,6 +248,7 @@ impl Baseline {
             watches: BTreeMap::new(),
             last_boot_time_s: None,
             recent_outbound: VecDeque::new(),
+            egress_open: BTreeMap::new(),
         }
     }
 
@@ -376,9 +381,15 @@ impl Baseline {
                         .collect();
                     ev["recent_outbound"] = json!(dest);
                 }
+                if egress {
+                    self.egress_open.insert(r.key.clone(), ev.clone());
+                }
                 out.push(Raise::new(rule, cx.device, r.key.clone(), ev, cx.now_ms));
             }
         }
+        let watches = &self.watches;
+        self.egress_open
+            .retain(|k, _| watches.get(k).is_some_and(|w| w.deviation.open || w.shift.open));
         (out, opened)
     }
 
@@ -386,6 +397,7 @@ impl Baseline {
     /// sets changed.
     pub fn sockets(&mut self, cx: &Context<'_>, s: &Sockets, frame_time_ms: u64) -> (Vec<Raise>, bool) {
         let mut out = Vec::new();
+        let mut named = Vec::new();
         let mut changed = false;
         let learning = self.phase == Phase::Baselining;
         let monitoring = self.phase == Phase::Monitoring;
@@ -456,6 +468,19 @@ impl Baseline {
                     while self.recent_outbound.len() > RECENT_OUTBOUND {
                         self.recent_outbound.pop_front();
                     }
+                    // Bytes first, socket table after: name the destination
+                    // in the egress alert it belongs to.
+                    for (metric, ev) in self.egress_open.iter_mut() {
+                        let t = ev["sample_time_ms"].as_u64().unwrap_or(0);
+                        let listed = ev["recent_outbound"].as_array().is_some_and(|a| a.iter().any(|e| *e == key));
+                        if frame_time_ms.saturating_add(RECENT_MS) < t || frame_time_ms > t.saturating_add(RECENT_MS) || listed {
+                            continue;
+                        }
+                        if let Some(a) = ev["recent_outbound"].as_array_mut() {
+                            a.push(json!(key));
+                        }
+                        named.push(Raise::new(alert::EGRESS_VOLUME, cx.device, metric.clone(), ev.clone(), cx.now_ms));
+                    }
                     if cx.policy.is_internal(peer) {
                         if let Some((_, service)) = LATERAL_PORTS.iter().find(|(p, _)| *p == r.port) {
                             if !cx.policy.allow_lateral.iter().any(|a| a.allows(peer, r.port)) {
@@ -506,6 +531,7 @@ impl Baseline {
                 }
             }
         }
+        out.append(&mut named);
         (out, changed)
     }
 

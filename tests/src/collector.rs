@@ -46,13 +46,27 @@ impl Collector {
 
     /// Starts `serve --state-dir STATE ARGS…` and waits until it listens.
     pub fn start(state: &Path, args: &[&str]) -> Collector {
+        Collector::start_with(&[], state, args)
+    }
+
+    /// Like `start`, under a wrapper command (e.g. `ip netns exec NS`).
+    pub fn start_with(wrapper: &[&str], state: &Path, args: &[&str]) -> Collector {
         std::fs::create_dir_all(state).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(state.join("serve.log"))
             .unwrap();
-        let mut child = Command::new(binary("vigil-collector"))
+        let bin = binary("vigil-collector");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--state-dir")
             .arg(state)
