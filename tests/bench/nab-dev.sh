@@ -8,13 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${NAB_DEV:-../shared/data/nab-dev}
 scorer=${NAB_SCORE:-../shared/tools/nab_score.py}
-cargo build --release --locked -q -p vigil-collector
+# VIGIL_COLLECTOR: a vigil-collector binary to use instead of building one.
+collector=${VIGIL_COLLECTOR:-}
+if [ -z "$collector" ]; then
+  cargo build --release --locked -q -p vigil-collector
+  collector=target/release/vigil-collector
+fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "file,timestamp" > "$out/detections.csv"
 python3 -c 'import json,sys; print("\n".join(sorted(json.load(open(sys.argv[1])))))' \
   "$data/combined_windows.json" | while read -r f; do
-  target/release/vigil-collector detect --csv "$data/$f" "$@" > "$out/rows.csv" 2>> "$out/detect.log"
+  "$collector" detect --csv "$data/$f" "$@" > "$out/rows.csv" 2>> "$out/detect.log"
   # Rows flagged 1 become detections; the timestamp is the row's own.
   awk -F, -v f="$f" 'NR > 1 && $NF == 1 { print f "," $1 }' "$out/rows.csv" >> "$out/detections.csv"
 done
