@@ -224,9 +224,7 @@ fn endpoint(a: IpAddr, port: u16) -> String {
 /// A number as people read it: integers without decimals, others to 3
 /// significant places.
 pub fn num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    if (v.fract() == 0.0 && v.abs() < 1e15) || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
         format!("{v:.2}")
@@ -299,7 +297,8 @@ impl Baseline {
 
     /// Records when learning ends under `period_ms`; true if that changed.
     pub fn schedule(&mut self, period_ms: u64) -> bool {
-        let at = (self.phase == Phase::Baselining).then(|| self.started_ms.saturating_add(period_ms));
+        let at =
+            (self.phase == Phase::Baselining).then(|| self.started_ms.saturating_add(period_ms));
         let changed = at != self.closes_ms;
         self.closes_ms = at;
         changed
@@ -308,7 +307,12 @@ impl Baseline {
     /// A batch of samples. Learning happens at close from the archive;
     /// here only the monitoring detectors run. Returns the alerts and
     /// whether an alarm opened (state worth saving at once).
-    pub fn samples(&mut self, cx: &Context<'_>, samples: &[Sample], layout: &Layout) -> (Vec<Raise>, bool) {
+    pub fn samples(
+        &mut self,
+        cx: &Context<'_>,
+        samples: &[Sample],
+        layout: &Layout,
+    ) -> (Vec<Raise>, bool) {
         let mut out = Vec::new();
         if self.phase != Phase::Monitoring {
             return (out, false);
@@ -337,7 +341,11 @@ impl Baseline {
                 });
                 let rule = if v.deviation {
                     ev["expected"] = match limits(p, cx.tuning, r.kind.sides()) {
-                        (None, hi) => json!(format!("at most {} {unit} (baseline max {})", num(hi), num(p.max))),
+                        (None, hi) => json!(format!(
+                            "at most {} {unit} (baseline max {})",
+                            num(hi),
+                            num(p.max)
+                        )),
                         (Some(lo), hi) => json!(format!(
                             "between {} and {} {unit} (baseline min {}, max {})",
                             num(lo),
@@ -388,14 +396,22 @@ impl Baseline {
             }
         }
         let watches = &self.watches;
-        self.egress_open
-            .retain(|k, _| watches.get(k).is_some_and(|w| w.deviation.open || w.shift.open));
+        self.egress_open.retain(|k, _| {
+            watches
+                .get(k)
+                .is_some_and(|w| w.deviation.open || w.shift.open)
+        });
         (out, opened)
     }
 
     /// Socket-table changes. Returns the alerts and whether the learned
     /// sets changed.
-    pub fn sockets(&mut self, cx: &Context<'_>, s: &Sockets, frame_time_ms: u64) -> (Vec<Raise>, bool) {
+    pub fn sockets(
+        &mut self,
+        cx: &Context<'_>,
+        s: &Sockets,
+        frame_time_ms: u64,
+    ) -> (Vec<Raise>, bool) {
         let mut out = Vec::new();
         let mut named = Vec::new();
         let mut changed = false;
@@ -409,7 +425,8 @@ impl Baseline {
             } else {
                 format!("process {process}")
             };
-            let new_process = monitoring && !process.is_empty() && !self.learned.processes.contains(&process);
+            let new_process =
+                monitoring && !process.is_empty() && !self.learned.processes.contains(&process);
             if learning && !process.is_empty() {
                 changed |= self.learned.processes.insert(process.clone());
             }
@@ -472,18 +489,35 @@ impl Baseline {
                     // in the egress alert it belongs to.
                     for (metric, ev) in self.egress_open.iter_mut() {
                         let t = ev["sample_time_ms"].as_u64().unwrap_or(0);
-                        let listed = ev["recent_outbound"].as_array().is_some_and(|a| a.iter().any(|e| *e == key));
-                        if frame_time_ms.saturating_add(RECENT_MS) < t || frame_time_ms > t.saturating_add(RECENT_MS) || listed {
+                        let listed = ev["recent_outbound"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|e| *e == key));
+                        if frame_time_ms.saturating_add(RECENT_MS) < t
+                            || frame_time_ms > t.saturating_add(RECENT_MS)
+                            || listed
+                        {
                             continue;
                         }
                         if let Some(a) = ev["recent_outbound"].as_array_mut() {
                             a.push(json!(key));
                         }
-                        named.push(Raise::new(alert::EGRESS_VOLUME, cx.device, metric.clone(), ev.clone(), cx.now_ms));
+                        named.push(Raise::new(
+                            alert::EGRESS_VOLUME,
+                            cx.device,
+                            metric.clone(),
+                            ev.clone(),
+                            cx.now_ms,
+                        ));
                     }
                     if cx.policy.is_internal(peer) {
-                        if let Some((_, service)) = LATERAL_PORTS.iter().find(|(p, _)| *p == r.port) {
-                            if !cx.policy.allow_lateral.iter().any(|a| a.allows(peer, r.port)) {
+                        if let Some((_, service)) = LATERAL_PORTS.iter().find(|(p, _)| *p == r.port)
+                        {
+                            if !cx
+                                .policy
+                                .allow_lateral
+                                .iter()
+                                .any(|a| a.allows(peer, r.port))
+                            {
                                 raise(
                                     alert::LATERAL_MOVEMENT,
                                     endpoint(peer, r.port),
@@ -495,10 +529,19 @@ impl Baseline {
                         }
                     }
                     if learning {
-                        changed |= self.learned.outbound.entry(key).or_default().insert(process.clone());
+                        changed |= self
+                            .learned
+                            .outbound
+                            .entry(key)
+                            .or_default()
+                            .insert(process.clone());
                     } else if monitoring
                         && !self.learned.outbound.contains_key(&key)
-                        && !cx.policy.allow_outbound.iter().any(|a| a.allows(peer, r.port))
+                        && !cx
+                            .policy
+                            .allow_outbound
+                            .iter()
+                            .any(|a| a.allows(peer, r.port))
                     {
                         raise(
                             alert::NEW_OUTBOUND,
@@ -526,7 +569,12 @@ impl Baseline {
                     }
                     if learning {
                         let key = format!("{} {} -> {}", proto(c.proto), peer, c.local.port);
-                        changed |= self.learned.inbound.entry(key).or_default().insert(process.clone());
+                        changed |= self
+                            .learned
+                            .inbound
+                            .entry(key)
+                            .or_default()
+                            .insert(process.clone());
                     }
                 }
             }
@@ -545,7 +593,10 @@ impl Baseline {
         let kernel = h.kernel_release.as_str().to_string();
         if learning {
             changed |= self.learned.kernels.insert(kernel.clone());
-        } else if monitoring && !self.learned.kernels.is_empty() && !self.learned.kernels.contains(&kernel) {
+        } else if monitoring
+            && !self.learned.kernels.is_empty()
+            && !self.learned.kernels.contains(&kernel)
+        {
             let known: Vec<&String> = self.learned.kernels.iter().collect();
             out.push(Raise::new(
                 alert::KERNEL_CHANGED,
@@ -583,15 +634,20 @@ impl Baseline {
                 let interval = h.boot_time_s.saturating_sub(prev);
                 if learning {
                     self.learned.reboots += 1;
-                    let s = self.learned.shortest_boot_interval_s.get_or_insert(interval);
+                    let s = self
+                        .learned
+                        .shortest_boot_interval_s
+                        .get_or_insert(interval);
                     *s = (*s).min(interval);
                     changed = true;
                 } else if monitoring {
                     let expected = match self.learned.shortest_boot_interval_s {
                         None => Some("no reboot (none during the baseline)".to_string()),
-                        Some(s) if interval < s / 2 => {
-                            Some(format!("at least {} s between boots (baseline's shortest {} s)", s / 2, s))
-                        }
+                        Some(s) if interval < s / 2 => Some(format!(
+                            "at least {} s between boots (baseline's shortest {} s)",
+                            s / 2,
+                            s
+                        )),
                         Some(_) => None,
                     };
                     if let Some(expected) = expected {
@@ -665,7 +721,11 @@ fn join(items: &[&String]) -> String {
     if items.is_empty() {
         "none".into()
     } else {
-        items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        items
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -677,13 +737,19 @@ mod tests {
     use vigil_protocol::sample::CpuTicks;
 
     fn policy() -> Policy {
-        let mut d = Detect::default();
-        d.allow_lateral = vec!["10.9.9.9:22".into()];
-        d.allow_outbound = vec!["192.0.2.0/24:443".into()];
+        let d = Detect {
+            allow_lateral: vec!["10.9.9.9:22".into()],
+            allow_outbound: vec!["192.0.2.0/24:443".into()],
+            ..Detect::default()
+        };
         d.policy().expect("valid")
     }
 
-    fn change(kind: SocketKind, local: ([u8; 4], u16), remote: Option<([u8; 4], u16)>) -> SocketChange {
+    fn change(
+        kind: SocketKind,
+        local: ([u8; 4], u16),
+        remote: Option<([u8; 4], u16)>,
+    ) -> SocketChange {
         SocketChange {
             change: Change::Added,
             kind,
@@ -729,21 +795,45 @@ mod tests {
         let mut b = Baseline::new(0);
         let benign = sockets(vec![
             change(SocketKind::Listen, (dev, 104), None),
-            change(SocketKind::Outbound, (dev, 40000), Some(([10, 0, 0, 1], 7443))),
-            change(SocketKind::Inbound, (dev, 104), Some(([10, 0, 5, 5], 50000))),
+            change(
+                SocketKind::Outbound,
+                (dev, 40000),
+                Some(([10, 0, 0, 1], 7443)),
+            ),
+            change(
+                SocketKind::Inbound,
+                (dev, 104),
+                Some(([10, 0, 5, 5], 50000)),
+            ),
         ]);
         let (r, changed) = b.sockets(&cx, &benign, 1000);
         assert!(r.is_empty() && changed, "{:?}", rules(&r));
         let attack = sockets(vec![
-            change(SocketKind::Outbound, (dev, 40001), Some(([10, 0, 7, 7], 445))),
-            change(SocketKind::Outbound, (dev, 40002), Some(([10, 9, 9, 9], 22))),
-            change(SocketKind::Inbound, (dev, 104), Some(([203, 0, 113, 10], 50001))),
+            change(
+                SocketKind::Outbound,
+                (dev, 40001),
+                Some(([10, 0, 7, 7], 445)),
+            ),
+            change(
+                SocketKind::Outbound,
+                (dev, 40002),
+                Some(([10, 9, 9, 9], 22)),
+            ),
+            change(
+                SocketKind::Inbound,
+                (dev, 104),
+                Some(([203, 0, 113, 10], 50001)),
+            ),
             change(SocketKind::Listen, (dev, 23), None),
         ]);
         let (r, _) = b.sockets(&cx, &attack, 2000);
         assert_eq!(
             rules(&r),
-            [alert::LATERAL_MOVEMENT.id, alert::INTERNET_INBOUND.id, alert::INSECURE_SERVICE.id],
+            [
+                alert::LATERAL_MOVEMENT.id,
+                alert::INTERNET_INBOUND.id,
+                alert::INSECURE_SERVICE.id
+            ],
             "the allowed jump host is not lateral movement"
         );
         b.close(MetricLearning::default(), 3000);
@@ -752,11 +842,23 @@ mod tests {
         assert!(r.is_empty(), "{:?}", rules(&r));
         let new = sockets(vec![
             change(SocketKind::Listen, (dev, 8080), None),
-            change(SocketKind::Outbound, (dev, 40003), Some(([198, 51, 100, 7], 443))),
-            change(SocketKind::Outbound, (dev, 40004), Some(([192, 0, 2, 7], 443))),
+            change(
+                SocketKind::Outbound,
+                (dev, 40003),
+                Some(([198, 51, 100, 7], 443)),
+            ),
+            change(
+                SocketKind::Outbound,
+                (dev, 40004),
+                Some(([192, 0, 2, 7], 443)),
+            ),
         ]);
         let (r, _) = b.sockets(&cx, &new, 6000);
-        assert_eq!(rules(&r), [alert::NEW_LISTENER.id, alert::NEW_OUTBOUND.id], "allow-listed endpoint passes");
+        assert_eq!(
+            rules(&r),
+            [alert::NEW_LISTENER.id, alert::NEW_OUTBOUND.id],
+            "allow-listed endpoint passes"
+        );
         assert_eq!(r[0].evidence["seen_at_ms"], 6000);
     }
 
@@ -816,7 +918,11 @@ mod tests {
         assert_eq!(r[1].dedup, "cpu.user");
         assert_eq!(r[0].evidence["sample_time_ms"], 102_000);
         let (r, _) = b.samples(&cx, &[sample(103_000, 200, 5_000_000)], &layout);
-        assert_eq!(rules(&r), [alert::EGRESS_VOLUME.id], "the open CPU alarm is not raised again");
+        assert_eq!(
+            rules(&r),
+            [alert::EGRESS_VOLUME.id],
+            "the open CPU alarm is not raised again"
+        );
         // The state survives a round trip through the store's JSON.
         let back: Baseline = serde_json::from_str(&b.to_json()).expect("round trip");
         assert_eq!(back.learned, b.learned);
@@ -863,14 +969,21 @@ mod tests {
         b.close(MetricLearning::default(), 1);
         b.approve(1);
         h.boot_time_s = 200_000;
-        assert!(b.hello(&cx, &h, true).0.is_empty(), "a reboot at the learned cadence");
+        assert!(
+            b.hello(&cx, &h, true).0.is_empty(),
+            "a reboot at the learned cadence"
+        );
         h.boot_time_s = 200_100;
         h.kernel_release = "6.1.99".try_into().expect("short");
         h.manifests[0].version = 4;
         let (r, _) = b.hello(&cx, &h, true);
         assert_eq!(
             rules(&r),
-            [alert::KERNEL_CHANGED.id, alert::MANIFEST_CHANGED.id, alert::UNEXPECTED_REBOOT.id]
+            [
+                alert::KERNEL_CHANGED.id,
+                alert::MANIFEST_CHANGED.id,
+                alert::UNEXPECTED_REBOOT.id
+            ]
         );
     }
 

@@ -186,14 +186,21 @@ impl Detect {
         let prefixes = self
             .internal_prefixes
             .iter()
-            .map(|p| Prefix::parse(p).ok_or_else(|| bad("detect.internal_prefixes", p, "an address prefix like 10.0.0.0/8")))
+            .map(|p| {
+                Prefix::parse(p).ok_or_else(|| {
+                    bad(
+                        "detect.internal_prefixes",
+                        p,
+                        "an address prefix like 10.0.0.0/8",
+                    )
+                })
+            })
             .collect::<Result<_, _>>()?;
         let rules = |field, list: &[String]| {
             list.iter()
                 .map(|e| {
-                    EndpointRule::parse(e).ok_or_else(|| {
-                        bad(field, e, "PREFIX, PREFIX:PORT or [V6PREFIX]:PORT")
-                    })
+                    EndpointRule::parse(e)
+                        .ok_or_else(|| bad(field, e, "PREFIX, PREFIX:PORT or [V6PREFIX]:PORT"))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };

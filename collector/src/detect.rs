@@ -332,7 +332,8 @@ impl Watch {
         let deviation = self.deviation.step(dev_hit, excess, t.resolve_after);
         // A shift that starts while a deviation is open is the same
         // episode: its alarm opens, silently.
-        let shift = self.shift.step(shift_hit, shift_excess, t.resolve_after) && !self.deviation.open;
+        let shift =
+            self.shift.step(shift_hit, shift_excess, t.resolve_after) && !self.deviation.open;
         Verdict {
             score: r / (1.0 + r),
             excess,

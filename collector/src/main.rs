@@ -402,8 +402,16 @@ fn run() -> anyhow::Result<()> {
                     let mut b = load_baseline(&store, &id)?
                         .map_or_else(|| baseline::Baseline::new(now), |(_, b)| b);
                     b.adopt(learned, &model, now);
-                    store.set_baseline(&id, b.phase.name(), b.started_ms, &b.to_json(), &actor(),
-                        "baseline-adopt", json!({"model": model}), now)?;
+                    store.set_baseline(
+                        &id,
+                        b.phase.name(),
+                        b.started_ms,
+                        &b.to_json(),
+                        &actor(),
+                        "baseline-adopt",
+                        json!({"model": model}),
+                        now,
+                    )?;
                     out!("device {id} monitors against the fleet baseline of model {model}");
                 }
             }
@@ -444,7 +452,10 @@ fn run() -> anyhow::Result<()> {
             let alerts = store.alerts(true, Some(&d.id), None)?;
             let cfg = a.config()?;
             let b = load_baseline(&store, &d.id)?.map_or(Value::Null, |(_, b)| {
-                b.summary(cfg.detect.baseline_period_s.saturating_mul(1000), &detect::Tuning::default())
+                b.summary(
+                    cfg.detect.baseline_period_s.saturating_mul(1000),
+                    &detect::Tuning::default(),
+                )
             });
             views::device(&d, latest.as_ref(), &alerts, &b, a.json);
             Ok(())
@@ -591,7 +602,10 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// A device's stored baseline, if it has one.
-fn load_baseline(store: &Store, id: &str) -> anyhow::Result<Option<(store::BaselineRow, baseline::Baseline)>> {
+fn load_baseline(
+    store: &Store,
+    id: &str,
+) -> anyhow::Result<Option<(store::BaselineRow, baseline::Baseline)>> {
     let Some(row) = store.baseline(id)? else {
         return Ok(None);
     };
@@ -601,7 +615,12 @@ fn load_baseline(store: &Store, id: &str) -> anyhow::Result<Option<(store::Basel
 
 /// The metric profiles learned from a device's archived samples since
 /// its baseline started.
-fn learn_from_archive(store: &Store, id: &str, b: &mut baseline::Baseline, now: u64) -> anyhow::Result<u64> {
+fn learn_from_archive(
+    store: &Store,
+    id: &str,
+    b: &mut baseline::Baseline,
+    now: u64,
+) -> anyhow::Result<u64> {
     let mut learning = baseline::MetricLearning::default();
     let t = detect::Tuning::default();
     let n = store.for_each_sample(id, b.started_ms, now, |s, l| learning.add(s, l, &t))?;
@@ -618,7 +637,9 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
     let period_ms = cfg.detect.baseline_period_s.saturating_mul(1000);
     let tuning = detect::Tuning::default();
     if sub == "import" {
-        let model = a.take("model").ok_or_else(|| usage("baseline import needs --model MODEL"))?;
+        let model = a
+            .take("model")
+            .ok_or_else(|| usage("baseline import needs --model MODEL"))?;
         let file = a.one("FILE")?;
         a.done()?;
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
@@ -632,7 +653,9 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             )));
         }
         if doc.learned.metrics.is_empty() && doc.learned.listeners.is_empty() {
-            return Err(usage(format!("{file}: the baseline learned nothing; export an approved one")));
+            return Err(usage(format!(
+                "{file}: the baseline learned nothing; export an approved one"
+            )));
         }
         let mut store = a.store()?;
         let fleet = serde_json::to_string(&doc.learned)?;
@@ -646,7 +669,10 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             &model,
             &fleet,
             |id| {
-                let mut b = stored.get(id).cloned().unwrap_or_else(|| baseline::Baseline::new(now));
+                let mut b = stored
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| baseline::Baseline::new(now));
                 b.adopt(learned.clone(), &model, now);
                 b.to_json()
             },
@@ -694,11 +720,23 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
         }
         "close" => {
             if b.phase != baseline::Phase::Baselining {
-                return Err(refuse(format!("the baseline of {} is already {}", d.id, b.phase.name())));
+                return Err(refuse(format!(
+                    "the baseline of {} is already {}",
+                    d.id,
+                    b.phase.name()
+                )));
             }
             let n = learn_from_archive(&store, &d.id, &mut b, now)?;
-            store.set_baseline(&d.id, b.phase.name(), b.started_ms, &b.to_json(), &actor(), "baseline-close",
-                json!({"samples": n, "metrics": b.learned.metrics.len()}), now)?;
+            store.set_baseline(
+                &d.id,
+                b.phase.name(),
+                b.started_ms,
+                &b.to_json(),
+                &actor(),
+                "baseline-close",
+                json!({"samples": n, "metrics": b.learned.metrics.len()}),
+                now,
+            )?;
             out!(
                 "baseline of {} ({}) closed: learned {} metrics from {n} samples, {} listeners, {} outbound endpoints; review with `baseline show`, then `baseline approve`",
                 d.id, d.name, b.learned.metrics.len(), b.learned.listeners.len(), b.learned.outbound.len()
@@ -715,16 +753,36 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
                 )));
             }
             b.approve(now);
-            store.set_baseline(&d.id, b.phase.name(), b.started_ms, &b.to_json(), &actor(), "baseline-approve",
-                json!({"metrics": b.learned.metrics.len()}), now)?;
-            out!("baseline of {} ({}) approved: the device is monitored against it", d.id, d.name);
+            store.set_baseline(
+                &d.id,
+                b.phase.name(),
+                b.started_ms,
+                &b.to_json(),
+                &actor(),
+                "baseline-approve",
+                json!({"metrics": b.learned.metrics.len()}),
+                now,
+            )?;
+            out!(
+                "baseline of {} ({}) approved: the device is monitored against it",
+                d.id,
+                d.name
+            );
             Ok(())
         }
         "reset" => {
             let previous = b.phase.name();
             let fresh = baseline::Baseline::new(now);
-            store.set_baseline(&d.id, fresh.phase.name(), now, &fresh.to_json(), &actor(), "baseline-reset",
-                json!({"previous": previous}), now)?;
+            store.set_baseline(
+                &d.id,
+                fresh.phase.name(),
+                now,
+                &fresh.to_json(),
+                &actor(),
+                "baseline-reset",
+                json!({"previous": previous}),
+                now,
+            )?;
             out!(
                 "baseline of {} ({}) reset: learning again until {}",
                 d.id,
@@ -735,7 +793,10 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
         }
         "export" => {
             if b.phase == baseline::Phase::Baselining {
-                return Err(refuse(format!("the baseline of {} is still learning; close and approve it first", d.id)));
+                return Err(refuse(format!(
+                    "the baseline of {} is still learning; close and approve it first",
+                    d.id
+                )));
             }
             let doc = baseline::Exported {
                 format: baseline::EXPORT_FORMAT.into(),
@@ -748,7 +809,9 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             out!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(())
         }
-        other => Err(usage(format!("unknown baseline command `{other}` (show, close, approve, reset, export, import)"))),
+        other => Err(usage(format!(
+            "unknown baseline command `{other}` (show, close, approve, reset, export, import)"
+        ))),
     }
 }
 
@@ -838,7 +901,9 @@ fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
     if !prefixes.is_empty() {
         cfg.detect.internal_prefixes = prefixes;
     }
-    cfg.detect.allow_outbound.extend(a.take_all("allow-outbound"));
+    cfg.detect
+        .allow_outbound
+        .extend(a.take_all("allow-outbound"));
     cfg.detect.allow_lateral.extend(a.take_all("allow-lateral"));
     if let Some(v) = a.number("max-pending")? {
         cfg.limits.max_pending = v;

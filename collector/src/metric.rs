@@ -162,7 +162,11 @@ pub fn readings(s: &Sample, layout: &Layout) -> Vec<Reading> {
     if total > 0.0 {
         let pct = |v: f64| 100.0 * v / total;
         put("cpu.busy".into(), Kind::CpuBusy, pct(busy));
-        put("cpu.user".into(), Kind::CpuUser, pct(c.user as f64 + c.nice as f64));
+        put(
+            "cpu.user".into(),
+            Kind::CpuUser,
+            pct(c.user as f64 + c.nice as f64),
+        );
         put(
             "cpu.system".into(),
             Kind::CpuSystem,
@@ -179,7 +183,11 @@ pub fn readings(s: &Sample, layout: &Layout) -> Vec<Reading> {
         );
     }
     if s.memory.swap_total_kib > 0 {
-        put("swap.used".into(), Kind::SwapUsed, s.memory.swap_used_kib as f64);
+        put(
+            "swap.used".into(),
+            Kind::SwapUsed,
+            s.memory.swap_used_kib as f64,
+        );
     }
     let secs = s.interval_ms as f64 / 1000.0;
     if let Some(p) = &s.pressure {
@@ -201,17 +209,41 @@ pub fn readings(s: &Sample, layout: &Layout) -> Vec<Reading> {
                 continue;
             }
             let rate = |v: u64| v as f64 / secs;
-            put(format!("net.{name}.rx_bytes"), Kind::NetRxBytes, rate(n.rx_bytes));
-            put(format!("net.{name}.tx_bytes"), Kind::NetTxBytes, rate(n.tx_bytes));
-            put(format!("net.{name}.rx_packets"), Kind::NetRxPackets, rate(n.rx_packets));
-            put(format!("net.{name}.tx_packets"), Kind::NetTxPackets, rate(n.tx_packets));
+            put(
+                format!("net.{name}.rx_bytes"),
+                Kind::NetRxBytes,
+                rate(n.rx_bytes),
+            );
+            put(
+                format!("net.{name}.tx_bytes"),
+                Kind::NetTxBytes,
+                rate(n.tx_bytes),
+            );
+            put(
+                format!("net.{name}.rx_packets"),
+                Kind::NetRxPackets,
+                rate(n.rx_packets),
+            );
+            put(
+                format!("net.{name}.tx_packets"),
+                Kind::NetTxPackets,
+                rate(n.tx_packets),
+            );
         }
         if !s.disk.is_empty() {
             let sectors = |f: fn(&vigil_protocol::sample::DiskCounters) -> u64| {
                 s.disk.iter().map(f).sum::<u64>() as f64 * 512.0 / secs
             };
-            put("disk.read_bytes".into(), Kind::DiskReadBytes, sectors(|d| d.read_sectors));
-            put("disk.write_bytes".into(), Kind::DiskWriteBytes, sectors(|d| d.write_sectors));
+            put(
+                "disk.read_bytes".into(),
+                Kind::DiskReadBytes,
+                sectors(|d| d.read_sectors),
+            );
+            put(
+                "disk.write_bytes".into(),
+                Kind::DiskWriteBytes,
+                sectors(|d| d.write_sectors),
+            );
         }
     }
     put("processes".into(), Kind::Processes, s.processes as f64);

@@ -57,6 +57,10 @@ pub struct Summary {
     pub metric: String,
 }
 
+/// A series as read: (timestamp as written, value) rows, the metric's
+/// name and kind.
+type Series = (Vec<(String, f64)>, String, Kind);
+
 /// Splits one CSV line, honouring double quotes.
 fn fields(line: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -79,8 +83,11 @@ fn fields(line: &str) -> Vec<String> {
 }
 
 /// The series to replay: (timestamp as written, value).
-fn series(path: &str, text: &str, metric: Option<&str>) -> Result<(Vec<(String, f64)>, String, Kind), ReplayError> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+fn series(path: &str, text: &str, metric: Option<&str>) -> Result<Series, ReplayError> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let (_, head) = lines.next().ok_or_else(|| ReplayError::Format {
         path: path.into(),
         message: "empty file: expected a header line (timestamp,value)".into(),
@@ -106,7 +113,9 @@ fn series(path: &str, text: &str, metric: Option<&str>) -> Result<(Vec<(String, 
                 line: i + 1,
                 message,
             };
-            let ts = f.get(t).ok_or_else(|| row_err("no timestamp column".into()))?;
+            let ts = f
+                .get(t)
+                .ok_or_else(|| row_err("no timestamp column".into()))?;
             let raw = f.get(v).ok_or_else(|| row_err("no value column".into()))?;
             let x: f64 = raw
                 .trim()
@@ -142,7 +151,7 @@ fn export_series<'a>(
     head: &[String],
     lines: impl Iterator<Item = (usize, &'a str)>,
     key: &str,
-) -> Result<(Vec<(String, f64)>, String, Kind), ReplayError> {
+) -> Result<Series, ReplayError> {
     let col = |name: &str| head.iter().position(|h| h == name);
     let mut samples: Vec<(String, Sample, Layout)> = Vec::new();
     for (i, line) in lines {
@@ -161,7 +170,10 @@ fn export_series<'a>(
             raw.parse()
                 .map_err(|_| row_err(format!("{name} `{raw}` is not a whole number")))
         };
-        let time = col("time").and_then(|c| f.get(c)).cloned().unwrap_or_default();
+        let time = col("time")
+            .and_then(|c| f.get(c))
+            .cloned()
+            .unwrap_or_default();
         let uptime = num("uptime_s")?;
         let same = samples
             .last()
@@ -208,7 +220,9 @@ fn export_series<'a>(
                     tx_dropped: num("tx_dropped")?,
                 };
                 if s.net.push(n).is_err() {
-                    return Err(row_err("more interfaces in one sample than a device reports".into()));
+                    return Err(row_err(
+                        "more interfaces in one sample than a device reports".into(),
+                    ));
                 }
             }
         }
@@ -216,7 +230,10 @@ fn export_series<'a>(
     let mut kind = None;
     let mut out = Vec::new();
     for (time, s, layout) in &samples {
-        if let Some(r) = metric::readings(s, layout).into_iter().find(|r| r.key == key) {
+        if let Some(r) = metric::readings(s, layout)
+            .into_iter()
+            .find(|r| r.key == key)
+        {
             kind = Some(r.kind);
             out.push((time.clone(), r.value));
         }
@@ -260,16 +277,19 @@ pub fn run(path: &str, opts: &Options, out: &mut impl Write) -> Result<Summary, 
             writeln!(out, "{ts},0.0000,0")?;
             continue;
         }
-        let p = match &profile {
-            Some(p) => p,
-            None => {
-                watch = Some(Watch::after(Some(&learner)));
-                profile.insert(learner.profile(kind.floor_for(learner.max())).ok_or_else(|| ReplayError::Format {
-                    path: path.into(),
-                    message: "nothing to learn from".into(),
-                })?)
-            }
-        };
+        let p =
+            match &profile {
+                Some(p) => p,
+                None => {
+                    watch = Some(Watch::after(Some(&learner)));
+                    profile.insert(learner.profile(kind.floor_for(learner.max())).ok_or_else(
+                        || ReplayError::Format {
+                            path: path.into(),
+                            message: "nothing to learn from".into(),
+                        },
+                    )?)
+                }
+            };
         let Some(w) = watch.as_mut() else { continue };
         let v = w.score(p, t, kind.sides(), *x);
         anomalies += usize::from(v.anomaly());
@@ -306,7 +326,11 @@ mod tests {
     fn a_series_with_one_jump_flags_its_first_row_only() {
         let mut text = String::from("timestamp,value\n");
         for i in 0..400 {
-            let v = if i >= 300 { 90.0 } else { 10.0 + (i % 5) as f64 };
+            let v = if i >= 300 {
+                90.0
+            } else {
+                10.0 + (i % 5) as f64
+            };
             // Repeated timestamps are kept in file order.
             text.push_str(&format!("2024-01-01 00:{:02}:00,{v}\n", (i / 2) % 60));
         }
@@ -329,14 +353,17 @@ mod tests {
     #[test]
     fn bad_input_is_named_with_its_line() {
         let f = write("timestamp,value\n2024-01-01,1\n2024-01-02,abc\n");
-        let e = run(f.path().to_str().expect("path"), &opts(), &mut Vec::new()).expect_err("bad row");
+        let e =
+            run(f.path().to_str().expect("path"), &opts(), &mut Vec::new()).expect_err("bad row");
         assert!(e.to_string().contains("line 3"), "{e}");
         assert!(e.to_string().contains("`abc`"), "{e}");
         let f = write("when,what\n1,2\n");
-        let e = run(f.path().to_str().expect("path"), &opts(), &mut Vec::new()).expect_err("bad header");
+        let e = run(f.path().to_str().expect("path"), &opts(), &mut Vec::new())
+            .expect_err("bad header");
         assert!(e.to_string().contains("timestamp"), "{e}");
         let f = write("timestamp,value\n1,2\n");
-        let e = run(f.path().to_str().expect("path"), &opts(), &mut Vec::new()).expect_err("too short");
+        let e =
+            run(f.path().to_str().expect("path"), &opts(), &mut Vec::new()).expect_err("too short");
         assert!(e.to_string().contains("cannot learn"), "{e}");
     }
 

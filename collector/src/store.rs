@@ -426,9 +426,9 @@ impl Store {
     }
 
     pub fn baselines(&self) -> Result<Vec<(String, BaselineRow)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT device, rev, phase, started_ms, body FROM baselines ORDER BY device")?;
+        let mut st = self.conn.prepare(
+            "SELECT device, rev, phase, started_ms, body FROM baselines ORDER BY device",
+        )?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -524,7 +524,9 @@ impl Store {
         to_ms: u64,
         mut f: impl FnMut(&vigil_protocol::sample::Sample, &Layout),
     ) -> Result<u64> {
-        use vigil_protocol::sample::{CpuTicks, DiskCounters, Memory, NetCounters, Pressure, Sample};
+        use vigil_protocol::sample::{
+            CpuTicks, DiskCounters, Memory, NetCounters, Pressure, Sample,
+        };
         let mut st = self.conn.prepare(
             "SELECT s.frame, s.idx, s.time_ms, s.interval_ms, s.uptime_s,
                     cpu_user, cpu_nice, cpu_system, cpu_idle, cpu_iowait, cpu_irq, cpu_softirq, cpu_steal,
@@ -1024,9 +1026,17 @@ pub fn fleet_baseline(conn: &Connection, model: &str) -> Result<Option<String>> 
 
 /// The writer's save of a baseline's running state. Only if nobody
 /// changed it since `rev` (an admin command wins); false then.
-pub fn save_baseline(tx: &Connection, device: &str, rev: i64, phase: &str, body: &str) -> Result<bool> {
+pub fn save_baseline(
+    tx: &Connection,
+    device: &str,
+    rev: i64,
+    phase: &str,
+    body: &str,
+) -> Result<bool> {
     let n = tx
-        .prepare_cached("UPDATE baselines SET phase = ?3, body = ?4 WHERE device = ?1 AND rev = ?2")?
+        .prepare_cached(
+            "UPDATE baselines SET phase = ?3, body = ?4 WHERE device = ?1 AND rev = ?2",
+        )?
         .execute(params![device, rev, phase, body])?;
     Ok(n == 1)
 }

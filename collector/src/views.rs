@@ -275,7 +275,10 @@ fn baseline_line(b: &Value) -> String {
     let f = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("");
     match f("phase") {
         "baselining" => format!("baselining since {}, closes {}", f("started"), f("closes")),
-        "review" => format!("waiting for review since {} (baseline show, then baseline approve)", f("closed")),
+        "review" => format!(
+            "waiting for review since {} (baseline show, then baseline approve)",
+            f("closed")
+        ),
         "monitoring" => format!("monitoring since {} ({})", f("approved"), f("source")),
         _ => "none".into(),
     }
@@ -292,14 +295,26 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
         return;
     }
     let f = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    out!("device     {} ({}{})", d.id, d.name, if d.model.is_empty() { String::new() } else { format!(", model {}", d.model) });
+    out!(
+        "device     {} ({}{})",
+        d.id,
+        d.name,
+        if d.model.is_empty() {
+            String::new()
+        } else {
+            format!(", model {}", d.model)
+        }
+    );
     out!("phase      {}", baseline_line(b));
     out!("source     {}", f("source"));
     out!("learned    {} to {}", f("learned_from"), f("learned_to"));
     if b.get("preview").and_then(Value::as_bool) == Some(true) {
         out!("           (still learning: the metric ranges below are a preview from the samples so far)");
     }
-    let n = |v: Option<&Value>| v.and_then(Value::as_f64).map_or_else(|| "-".into(), crate::baseline::num);
+    let n = |v: Option<&Value>| {
+        v.and_then(Value::as_f64)
+            .map_or_else(|| "-".into(), crate::baseline::num)
+    };
     let rows: Vec<Vec<String>> = b
         .get("metrics")
         .and_then(Value::as_array)
@@ -307,8 +322,14 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
         .flatten()
         .map(|m| {
             vec![
-                m.get("metric").and_then(Value::as_str).unwrap_or("").to_string(),
-                m.get("unit").and_then(Value::as_str).unwrap_or("").to_string(),
+                m.get("metric")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                m.get("unit")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
                 n(m.get("samples")),
                 n(m.get("min")),
                 n(m.get("median")),
@@ -324,10 +345,26 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
     } else {
         out!(
             "{}",
-            table(&["METRIC", "UNIT", "SAMPLES", "MIN", "MEDIAN", "MAX", "ALERT BELOW", "ALERT ABOVE"], &rows)
+            table(
+                &[
+                    "METRIC",
+                    "UNIT",
+                    "SAMPLES",
+                    "MIN",
+                    "MEDIAN",
+                    "MAX",
+                    "ALERT BELOW",
+                    "ALERT ABOVE"
+                ],
+                &rows
+            )
         );
     }
-    for (key, title) in [("listeners", "listening"), ("outbound", "outbound"), ("inbound", "inbound")] {
+    for (key, title) in [
+        ("listeners", "listening"),
+        ("outbound", "outbound"),
+        ("inbound", "inbound"),
+    ] {
         let items: Vec<String> = b
             .get(key)
             .and_then(Value::as_array)
@@ -342,15 +379,34 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
                     .filter_map(Value::as_str)
                     .filter(|p| !p.is_empty())
                     .collect();
-                format!("{} ({})", e.get("endpoint").and_then(Value::as_str).unwrap_or(""), procs.join(", "))
+                format!(
+                    "{} ({})",
+                    e.get("endpoint").and_then(Value::as_str).unwrap_or(""),
+                    procs.join(", ")
+                )
             })
             .collect();
-        out!("{title:<10} {}", if items.is_empty() { "none".into() } else { items.join("; ") });
+        out!(
+            "{title:<10} {}",
+            if items.is_empty() {
+                "none".into()
+            } else {
+                items.join("; ")
+            }
+        );
     }
     let list = |k: &str| -> String {
         match b.get(k) {
-            Some(Value::Array(a)) if !a.is_empty() => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-            Some(Value::Object(o)) if !o.is_empty() => o.iter().map(|(k, v)| format!("{k} v{v}")).collect::<Vec<_>>().join(", "),
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            Some(Value::Object(o)) if !o.is_empty() => o
+                .iter()
+                .map(|(k, v)| format!("{k} v{v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             _ => "none".into(),
         }
     };

@@ -494,7 +494,11 @@ impl Writer {
                     "review_with": format!("vigil-collector baseline show {id}"),
                     "approve_with": format!("vigil-collector baseline approve {id}"),
                 });
-                raise(&tx, &self.metrics, Raise::new(alert::BASELINE_READY, id.clone(), "", ev, now))?;
+                raise(
+                    &tx,
+                    &self.metrics,
+                    Raise::new(alert::BASELINE_READY, id.clone(), "", ev, now),
+                )?;
                 log::info!("device {id}: baseline closed after its period, {n} samples; waiting for review");
             }
             tx.commit()?;
@@ -506,7 +510,10 @@ impl Writer {
 
 /// The kernel boot id as the archive writes it (hex).
 fn baseline_boot_id(h: &Hello) -> String {
-    h.kernel_boot_id.iter().map(|b| format!("{b:02x}")).collect()
+    h.kernel_boot_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// An integrity finding as evidence: what was expected, what was seen.
@@ -728,14 +735,26 @@ fn ingest(
         };
         let detected = match &body {
             Some(Body::Samples(s)) => {
-                let slot = slot(baselines, tx, &id, received_ms, settings.policy.baseline_period_ms)?;
+                let slot = slot(
+                    baselines,
+                    tx,
+                    &id,
+                    received_ms,
+                    settings.policy.baseline_period_ms,
+                )?;
                 let (r, opened) = slot.b.samples(&cx, s.as_slice(), &d.layout);
                 slot.save_now |= opened;
                 slot.save_later |= slot.b.phase == Phase::Monitoring;
                 r
             }
             Some(Body::Sockets(s)) => {
-                let slot = slot(baselines, tx, &id, received_ms, settings.policy.baseline_period_ms)?;
+                let slot = slot(
+                    baselines,
+                    tx,
+                    &id,
+                    received_ms,
+                    settings.policy.baseline_period_ms,
+                )?;
                 let (r, changed) = slot.b.sockets(&cx, s, h.time_ms);
                 slot.save_now |= changed;
                 slot.save_later = true;
@@ -743,8 +762,16 @@ fn ingest(
             }
             Some(Body::Hello(hello)) => {
                 let rebooted = h.seq == 0
-                    && d.boot_id.as_ref().is_some_and(|prev| *prev != baseline_boot_id(hello));
-                let slot = slot(baselines, tx, &id, received_ms, settings.policy.baseline_period_ms)?;
+                    && d.boot_id
+                        .as_ref()
+                        .is_some_and(|prev| *prev != baseline_boot_id(hello));
+                let slot = slot(
+                    baselines,
+                    tx,
+                    &id,
+                    received_ms,
+                    settings.policy.baseline_period_ms,
+                )?;
                 let (r, changed) = slot.b.hello(&cx, hello, rebooted);
                 slot.save_now |= changed;
                 r

@@ -65,8 +65,12 @@ fn one_approved_baseline_is_shared_by_every_device_of_a_model() {
     let c = Collector::start(&state, &args);
     let (a_id, a_key) = key_text(&dir.join("a"));
     let (b_id, b_key) = key_text(&dir.join("b"));
-    ok(c.cli(&["enroll", "--key", &a_key, "--name", "ecg-a", "--model", "ECG-1"]));
-    ok(c.cli(&["enroll", "--key", &b_key, "--name", "ecg-b", "--model", "ECG-1"]));
+    ok(c.cli(&[
+        "enroll", "--key", &a_key, "--name", "ecg-a", "--model", "ECG-1",
+    ]));
+    ok(c.cli(&[
+        "enroll", "--key", &b_key, "--name", "ecg-b", "--model", "ECG-1",
+    ]));
     let agents = [agent(&c, &dir.join("a")), agent(&c, &dir.join("b"))];
     // 24 samples fill the detector's rolling window; 100 ms apart.
     let enough = |c: &Collector| {
@@ -76,7 +80,10 @@ fn one_approved_baseline_is_shared_by_every_device_of_a_model() {
     assert!(c.wait_for(Duration::from_secs(30), enough), "{}", c.log());
 
     let s = show(&c, "ecg-a");
-    assert_eq!((s["phase"].as_str(), s["preview"].as_bool()), (Some("baselining"), Some(true)));
+    assert_eq!(
+        (s["phase"].as_str(), s["preview"].as_bool()),
+        (Some("baselining"), Some(true))
+    );
     refused(c.cli(&["baseline", "approve", "ecg-a"]), "close it first");
     refused(c.cli(&["baseline", "export", "ecg-a"]), "still learning");
     let closed = ok(c.cli(&["baseline", "close", "ecg-a"]));
@@ -86,9 +93,17 @@ fn one_approved_baseline_is_shared_by_every_device_of_a_model() {
     let a = show(&c, "ecg-a");
     assert_eq!(a["phase"], "monitoring");
     let metrics = a["metrics"].as_array().unwrap().clone();
-    assert!(metrics.iter().any(|m| m["metric"] == "cpu.busy" && m["samples"].as_u64().unwrap() >= 24), "{a:#}");
+    assert!(
+        metrics
+            .iter()
+            .any(|m| m["metric"] == "cpu.busy" && m["samples"].as_u64().unwrap() >= 24),
+        "{a:#}"
+    );
     let human = ok(c.cli(&["baseline", "show", "ecg-a"]));
-    assert!(human.contains("cpu.busy") && human.contains("ALERT ABOVE"), "{human}");
+    assert!(
+        human.contains("cpu.busy") && human.contains("ALERT ABOVE"),
+        "{human}"
+    );
 
     // The export, imported for the model: device B, still learning, and a
     // device enrolled afterwards are held to A's approved baseline.
@@ -98,30 +113,59 @@ fn one_approved_baseline_is_shared_by_every_device_of_a_model() {
     let garbage = dir.join("garbage.json");
     std::fs::write(&garbage, "{\"format\": \"something else\"}").unwrap();
     refused(
-        c.cli(&["baseline", "import", "--model", "ECG-1", garbage.to_str().unwrap()]),
+        c.cli(&[
+            "baseline",
+            "import",
+            "--model",
+            "ECG-1",
+            garbage.to_str().unwrap(),
+        ]),
         "not a baseline export",
     );
     assert_eq!(show(&c, "ecg-b")["phase"], "baselining");
-    let imported = ok(c.cli(&["baseline", "import", "--model", "ECG-1", file.to_str().unwrap()]));
+    let imported = ok(c.cli(&[
+        "baseline",
+        "import",
+        "--model",
+        "ECG-1",
+        file.to_str().unwrap(),
+    ]));
     assert!(imported.contains("2 device(s)"), "{imported}");
     let b = show(&c, "ecg-b");
     assert_eq!(b["phase"], "monitoring");
     assert_eq!(b["source"], "fleet baseline of model ECG-1");
-    assert_eq!(b["metrics"], Value::Array(metrics.clone()), "B holds exactly A's profiles");
+    assert_eq!(
+        b["metrics"],
+        Value::Array(metrics.clone()),
+        "B holds exactly A's profiles"
+    );
     let (_, c_key) = key_text(&dir.join("c"));
-    let enrolled = ok(c.cli(&["enroll", "--key", &c_key, "--name", "ecg-c", "--model", "ECG-1"]));
-    assert!(enrolled.contains("fleet baseline of model ECG-1"), "{enrolled}");
+    let enrolled = ok(c.cli(&[
+        "enroll", "--key", &c_key, "--name", "ecg-c", "--model", "ECG-1",
+    ]));
+    assert!(
+        enrolled.contains("fleet baseline of model ECG-1"),
+        "{enrolled}"
+    );
     assert_eq!(show(&c, "ecg-c")["metrics"], Value::Array(metrics.clone()));
     let log = ok(c.cli(&["admin-log", "--json"]));
-    for action in ["baseline-close", "baseline-approve", "baseline-import", "baseline-adopt"] {
+    for action in [
+        "baseline-close",
+        "baseline-approve",
+        "baseline-import",
+        "baseline-adopt",
+    ] {
         assert!(log.contains(action), "{action} is in the admin log: {log}");
     }
 
     // B keeps streaming against the fleet baseline; a restart keeps every
     // phase and profile.
-    let frames_b = c.device(&b_id).unwrap()["frames_received"].as_u64().unwrap();
+    let frames_b = c.device(&b_id).unwrap()["frames_received"]
+        .as_u64()
+        .unwrap();
     assert!(
-        c.wait_for(Duration::from_secs(20), |c| c.device(&b_id).unwrap()["frames_received"]
+        c.wait_for(Duration::from_secs(20), |c| c.device(&b_id).unwrap()
+            ["frames_received"]
             .as_u64()
             .unwrap()
             > frames_b + 5)
@@ -140,19 +184,35 @@ fn one_approved_baseline_is_shared_by_every_device_of_a_model() {
     let csv = ok(c.cli(&["export", "--device", &a_id, "--format", "csv"]));
     let export_file = dir.join("a.csv");
     std::fs::write(&export_file, &csv).unwrap();
-    let out = ok(c.cli(&["detect", "--csv", export_file.to_str().unwrap(), "--metric", "cpu.busy", "--learn", "24"]));
+    let out = ok(c.cli(&[
+        "detect",
+        "--csv",
+        export_file.to_str().unwrap(),
+        "--metric",
+        "cpu.busy",
+        "--learn",
+        "24",
+    ]));
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows[0], "timestamp,score,anomaly");
-    let samples = csv.lines().skip(1).map(|l| l.split(',').nth(1).unwrap()).collect::<std::collections::BTreeSet<_>>();
+    let samples = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect::<std::collections::BTreeSet<_>>();
     assert_eq!(rows.len() - 1, samples.len(), "one output row per sample");
-    assert!(rows[1..].iter().all(|r| r.ends_with(",0") || r.ends_with(",1")));
+    assert!(rows[1..]
+        .iter()
+        .all(|r| r.ends_with(",0") || r.ends_with(",1")));
 }
 
 /// The NAB DEV data and the team's scorer, where this machine has them.
 fn nab_dev() -> Option<(PathBuf, PathBuf)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let data = std::env::var_os("NAB_DEV").map_or_else(|| root.join("../shared/data/nab-dev"), PathBuf::from);
-    let scorer = std::env::var_os("NAB_SCORE").map_or_else(|| root.join("../shared/tools/nab_score.py"), PathBuf::from);
+    let data = std::env::var_os("NAB_DEV")
+        .map_or_else(|| root.join("../shared/data/nab-dev"), PathBuf::from);
+    let scorer = std::env::var_os("NAB_SCORE")
+        .map_or_else(|| root.join("../shared/tools/nab_score.py"), PathBuf::from);
     (data.join("combined_windows.json").is_file() && scorer.is_file()).then_some((data, scorer))
 }
 
@@ -175,9 +235,21 @@ fn the_nab_dev_table_is_reproduced_by_its_command() {
         .current_dir(&root)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = String::from_utf8(out.stdout).unwrap();
-    let expected = std::fs::read_to_string(root.join("collector/testdata/nab-dev-table.txt")).unwrap();
-    assert_eq!(table.trim_end(), expected.trim_end(), "the committed DEV table is what the command prints");
-    assert!(table.contains("NAB standard            score    75.22"), "{table}");
+    let expected =
+        std::fs::read_to_string(root.join("collector/testdata/nab-dev-table.txt")).unwrap();
+    assert_eq!(
+        table.trim_end(),
+        expected.trim_end(),
+        "the committed DEV table is what the command prints"
+    );
+    assert!(
+        table.contains("NAB standard            score    75.22"),
+        "{table}"
+    );
 }

@@ -77,24 +77,62 @@ impl Net {
             a.extend_from_slice(args);
             ip(&a)
         };
-        ip(&["link", "add", &net.veth_dev, "netns", &net.dev, "type", "veth", "peer", "name", &vh, "netns", &net.hosp])?;
-        ip(&["link", "add", &vh1, "netns", &net.hosp, "type", "veth", "peer", "name", &vi, "netns", &net.inet])?;
+        ip(&[
+            "link",
+            "add",
+            &net.veth_dev,
+            "netns",
+            &net.dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vh,
+            "netns",
+            &net.hosp,
+        ])?;
+        ip(&[
+            "link", "add", &vh1, "netns", &net.hosp, "type", "veth", "peer", "name", &vi, "netns",
+            &net.inet,
+        ])?;
         for ns in [&net.dev, &net.hosp, &net.inet] {
             x(ns, &["link", "set", "lo", "up"])?;
         }
-        x(&net.dev, &["addr", "add", &format!("{DEVICE}/24"), "dev", &net.veth_dev])?;
+        x(
+            &net.dev,
+            &["addr", "add", &format!("{DEVICE}/24"), "dev", &net.veth_dev],
+        )?;
         x(&net.dev, &["link", "set", &net.veth_dev, "up"])?;
         x(&net.dev, &["route", "add", "default", "via", HOSPITAL])?;
-        x(&net.hosp, &["addr", "add", &format!("{HOSPITAL}/24"), "dev", &vh])?;
-        x(&net.hosp, &["addr", "add", &format!("{EHR}/32"), "dev", "lo"])?;
+        x(
+            &net.hosp,
+            &["addr", "add", &format!("{HOSPITAL}/24"), "dev", &vh],
+        )?;
+        x(
+            &net.hosp,
+            &["addr", "add", &format!("{EHR}/32"), "dev", "lo"],
+        )?;
         x(&net.hosp, &["addr", "add", "203.0.113.1/24", "dev", &vh1])?;
         x(&net.hosp, &["link", "set", &vh, "up"])?;
         x(&net.hosp, &["link", "set", &vh1, "up"])?;
-        x(&net.inet, &["addr", "add", &format!("{INTERNET}/24"), "dev", &vi])?;
+        x(
+            &net.inet,
+            &["addr", "add", &format!("{INTERNET}/24"), "dev", &vi],
+        )?;
         x(&net.inet, &["link", "set", &vi, "up"])?;
-        x(&net.inet, &["route", "add", "default", "via", "203.0.113.1"])?;
+        x(
+            &net.inet,
+            &["route", "add", "default", "via", "203.0.113.1"],
+        )?;
         let fwd = Command::new("ip")
-            .args(["netns", "exec", &net.hosp, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .args([
+                "netns",
+                "exec",
+                &net.hosp,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
             .status()
             .map_err(|e| e.to_string())?;
         if !fwd.success() {
@@ -172,10 +210,20 @@ fn benign(net: &Net, c: &Collector, how_long: Duration) {
     let mut workers = Vec::new();
     while start.elapsed() < how_long {
         if tick % 3 == 0 {
-            workers.push(connect(&net.dev, &format!("{HOSPITAL}:11112"), 10_240, Duration::from_millis(1500)));
+            workers.push(connect(
+                &net.dev,
+                &format!("{HOSPITAL}:11112"),
+                10_240,
+                Duration::from_millis(1500),
+            ));
         }
         if tick % 5 == 0 {
-            workers.push(connect(&net.hosp, &format!("{DEVICE}:104"), 512, Duration::from_millis(1000)));
+            workers.push(connect(
+                &net.hosp,
+                &format!("{DEVICE}:104"),
+                512,
+                Duration::from_millis(1000),
+            ));
         }
         let _ = c.devices();
         tick += 1;
@@ -215,7 +263,11 @@ fn wait_alert(c: &Collector, after: i64, rule: &str, pred: impl Fn(&Value) -> bo
 }
 
 fn max_id(c: &Collector) -> i64 {
-    alerts(c).iter().filter_map(|a| a["id"].as_i64()).max().unwrap_or(0)
+    alerts(c)
+        .iter()
+        .filter_map(|a| a["id"].as_i64())
+        .max()
+        .unwrap_or(0)
 }
 
 /// How long after `start_ms` the device saw what the alert is about.
@@ -254,21 +306,44 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
     let c = Collector::start_with(
         &hosp_exec,
         &dir.join("collector"),
-        &["--listen", &format!("{HOSPITAL}:7443"), "--baseline-period-s", "86400"],
+        &[
+            "--listen",
+            &format!("{HOSPITAL}:7443"),
+            "--baseline-period-s",
+            "86400",
+        ],
     );
     let key = keygen(&dir.join("agent"));
     let mut key_text = String::new();
     vigil_protocol::frame::write_public_key(&mut key_text, &key).unwrap();
-    let out = c.cli(&["enroll", "--key", &key_text, "--name", "scanner", "--model", "CT-1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.cli(&[
+        "enroll", "--key", &key_text, "--name", "scanner", "--model", "CT-1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &net.dev])
         .arg(binary("vigil-agent"))
         .arg("run")
         .arg("--state-dir")
         .arg(dir.join("agent"))
-        .args(["--collector", &format!("{HOSPITAL}:7443"), "--pin", c.pin.as_deref().unwrap()])
-        .args(["--interval-ms", &INTERVAL_MS.to_string(), "--batch", "1", "--sockets-interval-s", "1"]);
+        .args([
+            "--collector",
+            &format!("{HOSPITAL}:7443"),
+            "--pin",
+            c.pin.as_deref().unwrap(),
+        ])
+        .args([
+            "--interval-ms",
+            &INTERVAL_MS.to_string(),
+            "--batch",
+            "1",
+            "--sockets-interval-s",
+            "1",
+        ]);
     let agent = Agent::spawn_logged(cmd, &dir.join("agent.log"));
     assert!(
         c.wait_for(Duration::from_secs(20), |c| c
@@ -282,20 +357,52 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
     benign(&net, &c, PHASE);
     for step in ["close", "approve"] {
         let out = c.cli(&["baseline", step, "scanner"]);
-        assert!(out.status.success(), "baseline {step}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "baseline {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let shown: Value =
         serde_json::from_slice(&c.cli(&["baseline", "show", "scanner", "--json"]).stdout).unwrap();
     assert_eq!(shown["phase"], "monitoring");
-    let learned_metric = |m: &str| shown["metrics"].as_array().unwrap().iter().any(|x| x["metric"] == m);
-    assert!(learned_metric("cpu.busy") && learned_metric(&format!("net.{}.tx_bytes", net.veth_dev)), "{shown:#}");
-    let endpoints = |k: &str| -> Vec<String> {
-        shown[k].as_array().unwrap().iter().map(|e| e["endpoint"].as_str().unwrap().to_string()).collect()
+    let learned_metric = |m: &str| {
+        shown["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["metric"] == m)
     };
-    assert!(endpoints("listeners").contains(&"tcp/104".to_string()), "{shown:#}");
-    assert!(endpoints("outbound").contains(&format!("tcp {HOSPITAL}:11112")), "{shown:#}");
-    assert!(endpoints("outbound").contains(&format!("tcp {HOSPITAL}:7443")), "{shown:#}");
-    assert!(endpoints("inbound").iter().any(|e| e.starts_with(&format!("tcp {HOSPITAL} -> 104"))), "{shown:#}");
+    assert!(
+        learned_metric("cpu.busy") && learned_metric(&format!("net.{}.tx_bytes", net.veth_dev)),
+        "{shown:#}"
+    );
+    let endpoints = |k: &str| -> Vec<String> {
+        shown[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["endpoint"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        endpoints("listeners").contains(&"tcp/104".to_string()),
+        "{shown:#}"
+    );
+    assert!(
+        endpoints("outbound").contains(&format!("tcp {HOSPITAL}:11112")),
+        "{shown:#}"
+    );
+    assert!(
+        endpoints("outbound").contains(&format!("tcp {HOSPITAL}:7443")),
+        "{shown:#}"
+    );
+    assert!(
+        endpoints("inbound")
+            .iter()
+            .any(|e| e.starts_with(&format!("tcp {HOSPITAL} -> 104"))),
+        "{shown:#}"
+    );
 
     // The same benign activity again, as long: nothing may be raised.
     let approved = max_id(&c);
@@ -304,12 +411,18 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
         .into_iter()
         .filter(|a| a["id"].as_i64().unwrap_or(0) > approved)
         .collect();
-    assert!(raised.is_empty(), "benign replay raised alerts: {raised:#?}");
+    assert!(
+        raised.is_empty(),
+        "benign replay raised alerts: {raised:#?}"
+    );
 
     let mut report = Vec::new();
     let mut check = |what: &str, a: &Value, start: u64| {
         let d = delay(a, start);
-        report.push(format!("{what}: {} after {d} ms", a["rule"].as_str().unwrap()));
+        report.push(format!(
+            "{what}: {} after {d} ms",
+            a["rule"].as_str().unwrap()
+        ));
         assert!(
             d <= 2 * INTERVAL_MS as i64,
             "{what}: the device saw it {d} ms after it began, more than two {INTERVAL_MS} ms intervals: {a:#}"
@@ -319,7 +432,12 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
     // Lateral movement: SMB, then RDP, to the EHR workstation.
     for port in [445, 3389] {
         let (after, start) = (max_id(&c), now_ms());
-        let w = connect(&net.dev, &format!("{EHR}:{port}"), 100, Duration::from_secs(3));
+        let w = connect(
+            &net.dev,
+            &format!("{EHR}:{port}"),
+            100,
+            Duration::from_secs(3),
+        );
         let a = wait_alert(&c, after, "network.lateral-movement", |a| {
             a["evidence"]["remote"] == format!("{EHR}:{port}")
         });
@@ -329,9 +447,16 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
 
     // An inbound connection from the Internet host.
     let (after, start) = (max_id(&c), now_ms());
-    let w = connect(&net.inet, &format!("{DEVICE}:104"), 100, Duration::from_secs(3));
+    let w = connect(
+        &net.inet,
+        &format!("{DEVICE}:104"),
+        100,
+        Duration::from_secs(3),
+    );
     let a = wait_alert(&c, after, "network.internet-inbound", |a| {
-        a["evidence"]["remote"].as_str().is_some_and(|r| r.starts_with(INTERNET))
+        a["evidence"]["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(INTERNET))
     });
     check("inbound from the Internet", &a, start);
     w.join().unwrap();
@@ -340,9 +465,13 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
     let (after, start) = (max_id(&c), now_ms());
     let telnet = Arc::new(AtomicBool::new(false));
     serve(&net.dev, "0.0.0.0:23", &telnet);
-    let a = wait_alert(&c, after, "network.new-listener", |a| a["evidence"]["listener"] == "tcp/23");
+    let a = wait_alert(&c, after, "network.new-listener", |a| {
+        a["evidence"]["listener"] == "tcp/23"
+    });
     check("new listener on 23", &a, start);
-    let a = wait_alert(&c, after, "service.insecure-listener", |a| a["evidence"]["listener"] == "tcp/23");
+    let a = wait_alert(&c, after, "service.insecure-listener", |a| {
+        a["evidence"]["listener"] == "tcp/23"
+    });
     check("cleartext service on 23", &a, start);
     telnet.store(true, Relaxed);
 
@@ -361,7 +490,9 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
             })
         })
         .collect();
-    let a = wait_alert(&c, after, "baseline.metric-deviation", |a| a["evidence"]["metric"] == "cpu.busy");
+    let a = wait_alert(&c, after, "baseline.metric-deviation", |a| {
+        a["evidence"]["metric"] == "cpu.busy"
+    });
     check("CPU burn", &a, start);
     burn.store(true, Relaxed);
     for b in burners {
@@ -370,17 +501,28 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
 
     // A burst of egress to a new destination.
     let (after, start) = (max_id(&c), now_ms());
-    let w = connect(&net.dev, &format!("{INTERNET}:8443"), 64 << 20, Duration::from_secs(3));
+    let w = connect(
+        &net.dev,
+        &format!("{INTERNET}:8443"),
+        64 << 20,
+        Duration::from_secs(3),
+    );
     let tx = format!("net.{}.tx_bytes", net.veth_dev);
-    let a = wait_alert(&c, after, "network.egress-volume", |a| a["evidence"]["metric"] == tx);
+    let a = wait_alert(&c, after, "network.egress-volume", |a| {
+        a["evidence"]["metric"] == tx
+    });
     check("egress burst", &a, start);
     // The socket table follows the bytes: the same alert then names the
     // new destination.
     let dest = format!("tcp {INTERNET}:8443");
     wait_alert(&c, after, "network.egress-volume", |a| {
-        a["evidence"]["recent_outbound"].as_array().is_some_and(|d| d.iter().any(|e| *e == dest))
+        a["evidence"]["recent_outbound"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|e| *e == dest))
     });
-    let a = wait_alert(&c, after, "network.new-outbound", |a| a["evidence"]["remote"] == format!("{INTERNET}:8443"));
+    let a = wait_alert(&c, after, "network.new-outbound", |a| {
+        a["evidence"]["remote"] == format!("{INTERNET}:8443")
+    });
     check("new outbound destination", &a, start);
     w.join().unwrap();
 
