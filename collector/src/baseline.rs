@@ -19,7 +19,7 @@ use vigil_protocol::sample::Sample;
 
 use crate::alert::{self, rfc3339, Raise, Rule};
 use crate::config::Policy;
-use crate::detect::{Learner, Profile, Sides, Tuning, Watch};
+use crate::detect::{Band, Learner, Profile, Sides, Tuning, Watch};
 use crate::metric::{self, Kind};
 use crate::store::Layout;
 
@@ -161,7 +161,7 @@ impl MetricLearning {
                 .entry(r.key)
                 .or_insert_with(|| (r.kind, Learner::new(t.shift_window)))
                 .1
-                .learn(r.value);
+                .learn_at(r.value, Some(s.time_ms));
         }
     }
 
@@ -183,7 +183,7 @@ impl MetricLearning {
 /// The values beyond which one sample opens a deviation: (below, above).
 /// No lower limit where it could not be reached (a non-negative metric,
 /// or one that only counts when it rises).
-pub fn limits(p: &Profile, t: &Tuning, sides: Sides) -> (Option<f64>, f64) {
+pub fn limits(p: &Band, t: &Tuning, sides: Sides) -> (Option<f64>, f64) {
     let lo = p.min - t.spike * p.scale;
     let hi = p.max + t.spike * p.scale;
     let reachable = sides == Sides::Both && !(lo < 0.0 && p.min >= 0.0);
@@ -325,7 +325,7 @@ impl Baseline {
                 };
                 let w = self.watches.entry(r.key.clone()).or_default();
                 let was = (w.deviation.open, w.shift.open);
-                let v = w.score(p, cx.tuning, r.kind.sides(), r.value);
+                let v = w.score(p, cx.tuning, r.kind.sides(), r.value, Some(s.time_ms));
                 opened |= was != (w.deviation.open, w.shift.open);
                 if !v.anomaly() {
                     continue;
@@ -339,19 +339,28 @@ impl Baseline {
                                  "spread_p01_p99": p.scale},
                     "excess_in_spreads": (v.excess * 1000.0).round() / 1000.0,
                 });
+                // The hour's ranges where the baseline had a daily cycle.
+                let band = p.band(Some(s.time_ms));
+                let hourly = if p.seasons.is_some() {
+                    ev["hour_of_day"] =
+                        json!({"min": band.min, "max": band.max, "spread": band.scale});
+                    " at this hour of the day"
+                } else {
+                    ""
+                };
                 let rule = if v.deviation {
-                    ev["expected"] = match limits(p, cx.tuning, r.kind.sides()) {
+                    ev["expected"] = match limits(&band, cx.tuning, r.kind.sides()) {
                         (None, hi) => json!(format!(
-                            "at most {} {unit} (baseline max {})",
+                            "at most {} {unit}{hourly} (baseline max {})",
                             num(hi),
-                            num(p.max)
+                            num(band.max)
                         )),
                         (Some(lo), hi) => json!(format!(
-                            "between {} and {} {unit} (baseline min {}, max {})",
+                            "between {} and {} {unit}{hourly} (baseline min {}, max {})",
                             num(lo),
                             num(hi),
-                            num(p.min),
-                            num(p.max)
+                            num(band.min),
+                            num(band.max)
                         )),
                     };
                     ev["seen"] = json!(format!("{} = {} {unit}", r.key, num(r.value)));
@@ -362,10 +371,10 @@ impl Baseline {
                     }
                 } else {
                     ev["expected"] = json!(format!(
-                        "a {}-sample mean between {} and {} {unit}",
+                        "a {}-sample mean between {} and {} {unit}{hourly}",
                         p.shift_window,
-                        num(p.mean_min),
-                        num(p.mean_max)
+                        num(band.mean_min),
+                        num(band.mean_max)
                     ));
                     ev["seen"] = json!(format!(
                         "{} averaged {} {unit} over {} samples",
@@ -679,11 +688,19 @@ impl Baseline {
             .iter()
             .map(|(k, p)| {
                 let kind = kind_of(k);
-                let (lo, hi) = limits(p, tuning, kind.sides());
+                let (lo, hi) = limits(&p.band(None), tuning, kind.sides());
+                let cycle = p.seasons.as_ref().map(|s| {
+                    if s.weekend_split {
+                        "hourly, weekends apart"
+                    } else {
+                        "hourly"
+                    }
+                });
                 json!({"metric": k, "unit": kind.unit(), "samples": p.samples,
                        "min": p.min, "p01": p.p01, "median": p.median, "p99": p.p99, "max": p.max,
                        "alert_below": lo, "alert_above": hi,
-                       "mean_min": p.mean_min, "mean_max": p.mean_max, "mean_window": p.shift_window})
+                       "mean_min": p.mean_min, "mean_max": p.mean_max, "mean_window": p.shift_window,
+                       "daily_cycle": cycle, "seasons": p.seasons})
             })
             .collect();
         let sets = |m: &BTreeMap<String, BTreeSet<String>>| -> Vec<Value> {

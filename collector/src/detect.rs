@@ -91,6 +91,129 @@ pub struct Profile {
     pub mean_min: f64,
     pub mean_max: f64,
     pub shift_window: usize,
+    /// Hour-of-day (and weekday/weekend) ranges, where the baseline showed
+    /// such a cycle; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seasons: Option<Seasons>,
+}
+
+/// The ranges of one hour of the day (UTC), or of one hour of weekdays
+/// and one of weekends when those differed. Each is learned from its hour
+/// and the two beside it, so a clinic opening ten minutes late is not an
+/// anomaly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Seasons {
+    /// `bands` holds 48 entries (weekdays 0..24, weekends 24..48), else 24.
+    pub weekend_split: bool,
+    pub bands: Vec<Band>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Band {
+    pub min: f64,
+    pub max: f64,
+    pub scale: f64,
+    pub mean_min: f64,
+    pub mean_max: f64,
+}
+
+/// Values kept per hour bucket while learning (48 buckets per metric, only
+/// while a baseline is closed from the archive).
+const BUCKET_RESERVOIR: usize = 256;
+/// Distinct days an hour must have been seen on before its range counts.
+const SEASON_DAYS: usize = 3;
+/// Distinct weekend days, for a separate weekend profile.
+const WEEKEND_DAYS: usize = 2;
+/// A cycle is "shown" when the hours' medians differ by this many overall
+/// spreads; an hour's band is never narrower than `BAND_MIN` spreads.
+const SEASON_SHOWN: f64 = 0.5;
+const BAND_MIN: f64 = 0.25;
+
+/// The bucket of a time: hour of day (UTC), plus 24 on Saturday and Sunday.
+pub fn bucket(time_ms: u64) -> usize {
+    let day = time_ms / 86_400_000;
+    let hour = usize::try_from((time_ms / 3_600_000) % 24).unwrap_or(0);
+    // 1970-01-01 was a Thursday: day 0 is weekday 4 (0 = Sunday).
+    let weekend = matches!((day + 4) % 7, 0 | 6);
+    hour + if weekend { 24 } else { 0 }
+}
+
+/// One hour bucket while learning.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Bucket {
+    values: Vec<f64>,
+    seen: u64,
+    min: f64,
+    max: f64,
+    mean_min: f64,
+    mean_max: f64,
+    days: std::collections::BTreeSet<u64>,
+    rng: u64,
+}
+
+impl Bucket {
+    fn learn(&mut self, x: f64, day: u64, rolling: Option<f64>) {
+        if self.seen == 0 {
+            self.rng = 0x2545_f491_4f6c_dd1d;
+            self.min = x;
+            self.max = x;
+            self.mean_min = f64::INFINITY;
+            self.mean_max = f64::NEG_INFINITY;
+        }
+        self.seen += 1;
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+        if let Some(m) = rolling {
+            self.mean_min = self.mean_min.min(m);
+            self.mean_max = self.mean_max.max(m);
+        }
+        if self.days.len() < 64 {
+            self.days.insert(day);
+        }
+        reservoir(
+            &mut self.values,
+            BUCKET_RESERVOIR,
+            self.seen,
+            x,
+            &mut self.rng,
+        );
+    }
+}
+
+/// Algorithm R with a fixed-seed xorshift: the same input always keeps
+/// the same sample.
+fn reservoir(values: &mut Vec<f64>, cap: usize, seen: u64, x: f64, rng: &mut u64) {
+    if values.len() < cap {
+        values.push(x);
+        return;
+    }
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let j = *rng % seen.max(1);
+    if let Some(slot) = usize::try_from(j).ok().and_then(|j| values.get_mut(j)) {
+        *slot = x;
+    }
+}
+
+impl Profile {
+    /// The ranges in force at `time_ms`: its hour's band where the
+    /// baseline had a cycle, else the whole baseline's.
+    pub fn band(&self, time_ms: Option<u64>) -> Band {
+        let whole = Band {
+            min: self.min,
+            max: self.max,
+            scale: self.scale,
+            mean_min: self.mean_min,
+            mean_max: self.mean_max,
+        };
+        let (Some(s), Some(t)) = (&self.seasons, time_ms) else {
+            return whole;
+        };
+        let b = bucket(t);
+        let i = if s.weekend_split { b } else { b % 24 };
+        s.bands.get(i).copied().unwrap_or(whole)
+    }
 }
 
 /// Learning state of one metric.
@@ -105,6 +228,8 @@ pub struct Learner {
     mean_max: f64,
     window: usize,
     rng: u64,
+    /// Per hour bucket, for values learned with a time.
+    buckets: Vec<Bucket>,
 }
 
 impl Learner {
@@ -119,6 +244,7 @@ impl Learner {
             mean_max: f64::NEG_INFINITY,
             window: shift_window.max(1),
             rng: 0x9e37_79b9_7f4a_7c15,
+            buckets: Vec::new(),
         }
     }
 
@@ -136,35 +262,130 @@ impl Learner {
         }
     }
 
+    #[cfg(test)]
     pub fn learn(&mut self, x: f64) {
+        self.learn_at(x, None);
+    }
+
+    /// Learns `x`, taken at `time_ms` when known (hour-of-day profiles).
+    pub fn learn_at(&mut self, x: f64, time_ms: Option<u64>) {
         if !x.is_finite() {
             return;
         }
         self.seen += 1;
         self.min = self.min.min(x);
         self.max = self.max.max(x);
-        if self.values.len() < RESERVOIR {
-            self.values.push(x);
-        } else {
-            // Algorithm R with a fixed-seed xorshift: the same input
-            // always learns the same profile.
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let j = self.rng % self.seen;
-            if let Some(slot) = usize::try_from(j).ok().and_then(|j| self.values.get_mut(j)) {
-                *slot = x;
-            }
-        }
+        reservoir(&mut self.values, RESERVOIR, self.seen, x, &mut self.rng);
         self.recent.push_back(x);
         if self.recent.len() > self.window {
             self.recent.pop_front();
         }
-        if self.recent.len() == self.window {
-            let m = mean(&self.recent);
+        let rolling = (self.recent.len() == self.window).then(|| mean(&self.recent));
+        if let Some(m) = rolling {
             self.mean_min = self.mean_min.min(m);
             self.mean_max = self.mean_max.max(m);
         }
+        if let Some(t) = time_ms {
+            if self.buckets.is_empty() {
+                self.buckets = vec![Bucket::default(); 48];
+            }
+            if let Some(b) = self.buckets.get_mut(bucket(t)) {
+                b.learn(x, t / 86_400_000, rolling);
+            }
+        }
+    }
+
+    /// Hour-of-day bands, if every hour was seen on enough days and the
+    /// hours differ; split by weekday/weekend if those differ too.
+    fn seasons(&self, scale: f64, floor: f64) -> Option<Seasons> {
+        if self.buckets.len() != 48 {
+            return None;
+        }
+        let merged = |hours: &[usize]| -> Bucket {
+            let mut m = Bucket::default();
+            for &h in hours {
+                if let Some(b) = self.buckets.get(h).filter(|b| b.seen > 0) {
+                    if m.seen == 0 {
+                        m.min = b.min;
+                        m.max = b.max;
+                        m.mean_min = b.mean_min;
+                        m.mean_max = b.mean_max;
+                    }
+                    m.seen += b.seen;
+                    m.min = m.min.min(b.min);
+                    m.max = m.max.max(b.max);
+                    m.mean_min = m.mean_min.min(b.mean_min);
+                    m.mean_max = m.mean_max.max(b.mean_max);
+                    m.values.extend_from_slice(&b.values);
+                    m.days.extend(b.days.iter().copied());
+                }
+            }
+            m
+        };
+        let median = |b: &Bucket| {
+            let mut v = b.values.clone();
+            v.sort_by(f64::total_cmp);
+            quantile(&v, 0.5)
+        };
+        let hour = |h: usize| merged(&[h, h + 24]);
+        let all: Vec<Bucket> = (0..24).map(hour).collect();
+        if all
+            .iter()
+            .any(|b| b.days.len() < SEASON_DAYS || b.seen < self.window as u64)
+        {
+            return None;
+        }
+        let spread = |m: &[f64]| {
+            let lo = m.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = m.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            hi - lo
+        };
+        let medians: Vec<f64> = all.iter().map(median).collect();
+        if spread(&medians) < SEASON_SHOWN * scale {
+            return None;
+        }
+        let day = |h: usize, weekend: bool| {
+            self.buckets
+                .get(h + if weekend { 24 } else { 0 })
+                .cloned()
+                .unwrap_or_default()
+        };
+        let split = (0..24).all(|h| {
+            day(h, false).days.len() >= SEASON_DAYS && day(h, true).days.len() >= WEEKEND_DAYS
+        }) && (0..24).any(|h| {
+            (median(&day(h, false)) - median(&day(h, true))).abs() >= SEASON_SHOWN * scale
+        });
+        let band = |b: Bucket| {
+            let mut v = b.values;
+            v.sort_by(f64::total_cmp);
+            Band {
+                min: b.min,
+                max: b.max,
+                scale: (quantile(&v, 0.99) - quantile(&v, 0.01))
+                    .max(floor)
+                    .max(BAND_MIN * scale)
+                    .max(1e-9),
+                mean_min: b.mean_min,
+                mean_max: b.mean_max,
+            }
+        };
+        let around = |h: usize, base: usize| [base + (h + 23) % 24, base + h, base + (h + 1) % 24];
+        let bands = if split {
+            (0..48)
+                .map(|i| band(merged(&around(i % 24, i / 24 * 24))))
+                .collect()
+        } else {
+            (0..24)
+                .map(|h| {
+                    let a = around(h, 0);
+                    band(merged(&[a[0], a[1], a[2], a[0] + 24, a[1] + 24, a[2] + 24]))
+                })
+                .collect()
+        };
+        Some(Seasons {
+            weekend_split: split,
+            bands,
+        })
     }
 
     /// The profile learned so far, or `None` before a full rolling window.
@@ -179,6 +400,7 @@ impl Learner {
         s.sort_by(f64::total_cmp);
         let p01 = quantile(&s, 0.01);
         let p99 = quantile(&s, 0.99);
+        let scale = (p99 - p01).max(floor).max(1e-9);
         Some(Profile {
             samples: self.seen,
             min: self.min,
@@ -186,10 +408,11 @@ impl Learner {
             p01,
             median: quantile(&s, 0.5),
             p99,
-            scale: (p99 - p01).max(floor).max(1e-9),
+            scale,
             mean_min: self.mean_min,
             mean_max: self.mean_max,
             shift_window: self.window,
+            seasons: self.seasons(scale, floor),
         })
     }
 
@@ -298,13 +521,22 @@ impl Watch {
         }
     }
 
-    pub fn score(&mut self, p: &Profile, t: &Tuning, sides: Sides, x: f64) -> Verdict {
+    /// Scores `x`, taken at `time_ms` (when known: hour-of-day bands).
+    pub fn score(
+        &mut self,
+        p: &Profile,
+        t: &Tuning,
+        sides: Sides,
+        x: f64,
+        time_ms: Option<u64>,
+    ) -> Verdict {
+        let band = p.band(time_ms);
         let beyond = |v: f64, lo: f64, hi: f64| match sides {
             Sides::Both => (v - hi).max(lo - v).max(0.0),
             Sides::High => (v - hi).max(0.0),
         };
         let excess = if x.is_finite() {
-            beyond(x, p.min, p.max) / p.scale
+            beyond(x, band.min, band.max) / band.scale
         } else {
             0.0
         };
@@ -323,7 +555,7 @@ impl Watch {
         }
         let m = mean(&self.recent);
         let shift_excess = if self.recent.len() == p.shift_window {
-            beyond(m, p.mean_min, p.mean_max) / p.scale
+            beyond(m, band.mean_min, band.mean_max) / band.scale
         } else {
             0.0
         };
@@ -379,20 +611,20 @@ mod tests {
         assert!(p.min >= 10.0 && p.max <= 20.0);
         let mut w = Watch::after(Some(&l));
         for i in 500..1500 {
-            let v = w.score(&p, &t, Sides::Both, noise(i));
+            let v = w.score(&p, &t, Sides::Both, noise(i), None);
             assert!(!v.anomaly(), "value {} at {i} flagged", noise(i));
             assert!(v.score < 0.5);
         }
-        let v = w.score(&p, &t, Sides::Both, 40.0);
+        let v = w.score(&p, &t, Sides::Both, 40.0, None);
         assert!(v.deviation && v.score > 0.5, "{v:?}");
         // Still out of range: the open alarm is not raised again.
-        assert!(!w.score(&p, &t, Sides::Both, 45.0).deviation);
+        assert!(!w.score(&p, &t, Sides::Both, 45.0, None).deviation);
         // Back in range long enough: closed, and a new spike raises again.
         for i in 0..t.resolve_after {
-            assert!(!w.score(&p, &t, Sides::Both, noise(i)).anomaly());
+            assert!(!w.score(&p, &t, Sides::Both, noise(i), None).anomaly());
         }
         assert!(!w.deviation.open);
-        assert!(w.score(&p, &t, Sides::Both, 40.0).deviation);
+        assert!(w.score(&p, &t, Sides::Both, 40.0, None).deviation);
     }
 
     #[test]
@@ -401,9 +633,9 @@ mod tests {
         let (l, p) = learned((0..500).map(noise), &t);
         let mut w = Watch::after(Some(&l));
         let moderate = p.max + 0.3 * p.scale;
-        assert!(!w.score(&p, &t, Sides::Both, moderate).deviation);
-        assert!(!w.score(&p, &t, Sides::Both, moderate).deviation);
-        assert!(w.score(&p, &t, Sides::Both, moderate).deviation);
+        assert!(!w.score(&p, &t, Sides::Both, moderate, None).deviation);
+        assert!(!w.score(&p, &t, Sides::Both, moderate, None).deviation);
+        assert!(w.score(&p, &t, Sides::Both, moderate, None).deviation);
     }
 
     #[test]
@@ -413,7 +645,7 @@ mod tests {
         let mut w = Watch::after(Some(&l));
         // 19.9 is inside [min, max] but no learned hour averaged that high.
         let opened: Vec<bool> = (0..t.shift_window)
-            .map(|_| w.score(&p, &t, Sides::Both, 19.9).shift)
+            .map(|_| w.score(&p, &t, Sides::Both, 19.9, None).shift)
             .collect();
         assert_eq!(opened.iter().filter(|&&b| b).count(), 1);
         assert!(!w.deviation.open);
@@ -425,9 +657,9 @@ mod tests {
         let (l, p) = learned((0..500).map(noise), &t);
         let mut w = Watch::after(Some(&l));
         for _ in 0..100 {
-            assert!(!w.score(&p, &t, Sides::High, 0.0).anomaly());
+            assert!(!w.score(&p, &t, Sides::High, 0.0, None).anomaly());
         }
-        assert!(w.score(&p, &t, Sides::Both, 0.0).deviation);
+        assert!(w.score(&p, &t, Sides::Both, 0.0, None).deviation);
     }
 
     #[test]
@@ -438,6 +670,96 @@ mod tests {
         assert_eq!(a.values.len(), RESERVOIR);
         assert_eq!(pa, pb);
         assert_eq!(pa.samples, 10_000);
+    }
+
+    /// Seven days from Monday 2024-01-01 00:00 UTC, every 5 minutes: 10 at
+    /// night, 60 from 08:00 to 18:00 on weekdays (and on weekends when
+    /// `busy_weekends`), with a small wiggle.
+    fn clinic_week(busy_weekends: bool) -> Vec<(u64, f64)> {
+        let monday = 1_704_067_200_000u64;
+        (0..7 * 288u64)
+            .map(|i| {
+                let t = monday + i * 300_000;
+                let hour = (t / 3_600_000) % 24;
+                let weekend = bucket(t) >= 24;
+                let day = (8..18).contains(&hour) && (busy_weekends || !weekend);
+                (t, if day { 60.0 } else { 10.0 } + (i % 7) as f64 * 0.3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_daily_cycle_is_learned_per_hour_and_weekends_apart() {
+        let t = Tuning::default();
+        let week = clinic_week(true);
+        let mut timed = Learner::new(t.shift_window);
+        let mut untimed = Learner::new(t.shift_window);
+        for &(at, v) in &week {
+            timed.learn_at(v, Some(at));
+            untimed.learn(v);
+        }
+        let p = timed.profile(1.0).expect("profile");
+        let seasons = p.seasons.as_ref().expect("the cycle is shown");
+        assert!(!seasons.weekend_split, "weekends look like weekdays here");
+        assert!(untimed.profile(1.0).expect("profile").seasons.is_none());
+        let next_monday = 1_704_067_200_000u64 + 7 * 86_400_000;
+        let at = |h: u64| Some(next_monday + h * 3_600_000);
+        // Another ordinary Monday raises nothing...
+        let mut w = Watch::after(Some(&timed));
+        for &(when, v) in &week[..288] {
+            let v = w.score(&p, &t, Sides::Both, v, Some(when + 7 * 86_400_000));
+            assert!(!v.anomaly(), "{when}: {v:?}");
+        }
+        // ...but daytime load at 03:00, inside the whole week's range, is
+        // outside that hour's.
+        let mut night = Watch::after(Some(&timed));
+        assert!(night.score(&p, &t, Sides::Both, 60.0, at(3)).deviation);
+        let mut blind = Watch::after(Some(&timed));
+        assert!(!blind.score(&p, &t, Sides::Both, 60.0, None).anomaly());
+        // Round trip through the export format.
+        let back: Profile =
+            serde_json::from_str(&serde_json::to_string(&p).expect("json")).expect("parse");
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn quiet_weekends_get_their_own_hours() {
+        let t = Tuning::default();
+        let mut l = Learner::new(t.shift_window);
+        // Two weeks, so weekend hours are seen on enough days.
+        let mut weeks = clinic_week(false);
+        weeks.extend(
+            clinic_week(false)
+                .into_iter()
+                .map(|(at, v)| (at + 7 * 86_400_000, v)),
+        );
+        for (at, v) in weeks {
+            l.learn_at(v, Some(at));
+        }
+        let p = l.profile(1.0).expect("profile");
+        assert!(p
+            .seasons
+            .as_ref()
+            .is_some_and(|s| s.weekend_split && s.bands.len() == 48));
+        let saturday_noon = 1_704_067_200_000u64 + 19 * 86_400_000 + 12 * 3_600_000;
+        assert_eq!(bucket(saturday_noon), 36);
+        let mut w = Watch::after(Some(&l));
+        assert!(
+            w.score(&p, &t, Sides::Both, 60.0, Some(saturday_noon))
+                .deviation
+        );
+        let mut w = Watch::after(Some(&l));
+        assert!(
+            !w.score(
+                &p,
+                &t,
+                Sides::Both,
+                60.0,
+                Some(saturday_noon - 2 * 86_400_000)
+            )
+            .deviation,
+            "Thursday noon"
+        );
     }
 
     #[test]

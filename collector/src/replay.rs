@@ -247,6 +247,27 @@ fn export_series<'a>(
     Ok((out, key.to_string(), kind))
 }
 
+/// A row's time for the hour-of-day profiles: `YYYY-MM-DD HH:MM:SS`
+/// (NAB), RFC 3339 with or without milliseconds (`export`), taken as UTC;
+/// `None` for anything else (the replay then uses the whole-baseline
+/// ranges only).
+fn time_ms(ts: &str) -> Option<u64> {
+    let t = ts.trim().replacen(' ', "T", 1);
+    let t = t.strip_suffix('Z').unwrap_or(&t);
+    let (secs, frac) = match t.split_once('.') {
+        Some((a, f)) => (a, f),
+        None => (t, ""),
+    };
+    let ms = match frac.get(..3.min(frac.len())) {
+        Some(f) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => {
+            f.parse::<u64>().ok()? * 10u64.pow(3 - u32::try_from(f.len()).ok()?)
+        }
+        _ => 0,
+    };
+    let base = crate::alert::parse_rfc3339(&format!("{secs}Z"))?;
+    base.checked_add(ms)
+}
+
 /// Replays `path` and writes `timestamp,score,anomaly` lines to `out`.
 pub fn run(path: &str, opts: &Options, out: &mut impl Write) -> Result<Summary, ReplayError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Read {
@@ -272,8 +293,9 @@ pub fn run(path: &str, opts: &Options, out: &mut impl Write) -> Result<Summary, 
     let mut anomalies = 0;
     writeln!(out, "timestamp,score,anomaly")?;
     for (i, (ts, x)) in rows.iter().enumerate() {
+        let at = time_ms(ts);
         if i < learn {
-            learner.learn(*x);
+            learner.learn_at(*x, at);
             writeln!(out, "{ts},0.0000,0")?;
             continue;
         }
@@ -291,7 +313,7 @@ pub fn run(path: &str, opts: &Options, out: &mut impl Write) -> Result<Summary, 
                 }
             };
         let Some(w) = watch.as_mut() else { continue };
-        let v = w.score(p, t, kind.sides(), *x);
+        let v = w.score(p, t, kind.sides(), *x, at);
         anomalies += usize::from(v.anomaly());
         writeln!(out, "{ts},{:.4},{}", v.score, u8::from(v.anomaly()))?;
     }

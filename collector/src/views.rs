@@ -336,6 +336,10 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
                 n(m.get("max")),
                 n(m.get("alert_below")),
                 n(m.get("alert_above")),
+                m.get("daily_cycle")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_string(),
             ]
         })
         .collect();
