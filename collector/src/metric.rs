@@ -110,7 +110,7 @@ impl Kind {
             Kind::NetRxBytes | Kind::NetTxBytes => 65_536.0,
             Kind::NetRxPackets | Kind::NetTxPackets => 100.0,
             Kind::DiskReadBytes | Kind::DiskWriteBytes => 1_048_576.0,
-            Kind::Processes => 10.0,
+            Kind::Processes => 20.0,
             Kind::Value => 0.0,
         }
     }
