@@ -92,6 +92,11 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
         sinks: vec![Sink::Json {
             path: alerts_file.clone(),
         }],
+        // A one-minute baseline, so the lifecycle shows in a short run.
+        detect: crate::config::Detect {
+            baseline_period_s: QUICKSTART_BASELINE_S,
+            ..crate::config::Detect::default()
+        },
         ..Config::default()
     };
     let device = Store::open(&cfg.db_path())?.enroll(
@@ -147,6 +152,13 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
         child.id()
     );
     out!("  state      {}", dir.display());
+    out!(
+        "  baseline   learning for {QUICKSTART_BASELINE_S} s, then `baseline.ready-for-review`; approve with"
+    );
+    out!(
+        "             vigil-collector baseline approve {device} --state-dir {}",
+        collector_dir.display()
+    );
     out!("Ctrl-C stops both.\n");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -214,9 +226,16 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
         "  vigil-collector audit --state-dir {}",
         collector_dir.display()
     );
+    out!(
+        "  vigil-collector baseline show {device} --state-dir {}",
+        collector_dir.display()
+    );
     out!("  alerts as JSON lines: {}", alerts_file.display());
     Ok(())
 }
+
+/// The quickstart's baseline period (a real one is days).
+const QUICKSTART_BASELINE_S: u64 = 60;
 
 fn view(store: &Store, shown_alerts: &mut i64) {
     let Ok(devices) = store.devices() else { return };

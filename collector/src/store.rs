@@ -426,9 +426,25 @@ impl Store {
     }
 
     pub fn baselines(&self) -> Result<Vec<(String, BaselineRow)>> {
-        let mut st = self.conn.prepare(
-            "SELECT device, rev, phase, started_ms, body FROM baselines ORDER BY device",
-        )?;
+        self.baselines_where("1")
+    }
+
+    /// The baselines still learning (the writer closes them when due).
+    pub fn baselines_learning(&self) -> Result<Vec<(String, BaselineRow)>> {
+        self.baselines_where("phase = 'baselining'")
+    }
+
+    /// Every device's baseline revision, without the bodies.
+    pub fn baseline_revs(&self) -> Result<BTreeMap<String, i64>> {
+        let mut st = self.conn.prepare("SELECT device, rev FROM baselines")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    fn baselines_where(&self, filter: &str) -> Result<Vec<(String, BaselineRow)>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT device, rev, phase, started_ms, body FROM baselines WHERE {filter} ORDER BY device"
+        ))?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,

@@ -199,12 +199,7 @@ impl Writer {
             return Ok(());
         }
         self.registry_version = v;
-        let stored: HashMap<String, i64> = self
-            .store
-            .baselines()?
-            .into_iter()
-            .map(|(id, r)| (id, r.rev))
-            .collect();
+        let stored = self.store.baseline_revs()?;
         self.baselines
             .retain(|id, s| stored.get(id).map_or(true, |&rev| rev == s.rev));
         let devices = self.store.devices()?;
@@ -467,10 +462,7 @@ impl Writer {
     /// person to review it.
     fn close_due_baselines(&mut self, now: u64) -> Result<(), store::StoreError> {
         let period = self.settings.policy.baseline_period_ms;
-        for (id, row) in self.store.baselines()? {
-            if row.phase != Phase::Baselining.name() {
-                continue;
-            }
+        for (id, row) in self.store.baselines_learning()? {
             let mut b = match self.baselines.get(&id) {
                 Some(s) if s.rev == row.rev => s.b.clone(),
                 _ => Baseline::from_row(&row).unwrap_or_else(|_| Baseline::new(row.started_ms)),

@@ -82,10 +82,20 @@ const BUILDS: &[Build] = &[
     },
 ];
 
-/// Debian packages the builds and runs need: (command, package).
+/// Debian packages the builds and runs need: (command, or a file when it
+/// starts with `/`, package). The cross C libraries' headers are only a
+/// recommendation of the cross compilers, so they are named here.
 const PACKAGES: &[(&str, &str)] = &[
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
     ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    (
+        "/usr/aarch64-linux-gnu/include/stdio.h",
+        "libc6-dev-arm64-cross",
+    ),
+    (
+        "/usr/arm-linux-gnueabihf/include/stdio.h",
+        "libc6-dev-armhf-cross",
+    ),
     ("qemu-aarch64", "qemu-user"),
     ("readelf", "binutils"),
     ("shellcheck", "shellcheck"),
@@ -118,6 +128,9 @@ fn run(cmd: &mut Command) -> Result<std::process::Output> {
 }
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return Path::new(cmd).is_file();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .output()
