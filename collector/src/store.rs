@@ -1272,6 +1272,15 @@ pub fn device_num(tx: &Connection, id: &str) -> Result<Option<i64>> {
         .optional()?)
 }
 
+/// A device's enrollment state in the archive, if it is there.
+pub fn device_state(tx: &Connection, id: &str) -> Result<Option<DeviceState>> {
+    Ok(tx
+        .prepare_cached("SELECT state FROM devices WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|s| DeviceState::parse(&s)))
+}
+
 pub fn silent_devices(conn: &Connection, cutoff_ms: u64) -> Result<Vec<(String, Option<u64>)>> {
     let mut st = conn.prepare_cached(
         "SELECT d.id, t.last_seen_ms FROM devices d LEFT JOIN tracks t ON t.device = d.id

@@ -219,6 +219,7 @@ impl Writer {
             }
         }
         self.registry.replace(&devices);
+        log::debug!("registry version {v}: {} devices", devices.len());
         Ok(())
     }
 
@@ -300,6 +301,18 @@ impl Writer {
                         let pending = self.registry.pending_count();
                         let id = DeviceId::of(&key).to_string();
                         let now = now_ms();
+                        // Enrolled (or approved, or revoked) after the last
+                        // registry refresh: the archive's state stands; the
+                        // agent reconnects and is taken as that.
+                        if let Some(state) = store::device_state(&tx, &id)? {
+                            log::debug!(
+                                "device {id} is {} since the last registry refresh",
+                                state.name()
+                            );
+                            self.registry.insert(DeviceId::of(&key), key, state);
+                            replies.push((reply, Reply::default()));
+                            continue;
+                        }
                         if u32::try_from(pending).unwrap_or(u32::MAX) >= self.settings.max_pending {
                             let ev = json!({"peer": &*peer, "device": id, "pending": pending,
                                             "limit": self.settings.max_pending});
