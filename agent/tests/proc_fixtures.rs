@@ -292,6 +292,32 @@ fn odd_process_names_keep_their_parentheses_and_spaces() {
 }
 
 #[test]
+fn an_unanswered_connection_attempt_is_outbound_like_the_connection() {
+    use std::collections::HashMap;
+    use vigil_agent::sample::sockets::{entries, parse_row, snapshot};
+    use vigil_protocol::body::{Proto, SocketKind};
+    // SYN-SENT to 10.0.0.9:445 (state 02), then the same once established.
+    let attempt = "   0: 0100000A:C350 0900000A:01BD 02 00000000:00000000 00:00000000 00000000  1000        0 102 1 0 100 0 0 10 0";
+    let done = "   0: 0100000A:C350 0900000A:01BD 01 00000000:00000000 00:00000000 00000000  1000        0 102 1 0 100 0 0 10 0";
+    let closing = "   0: 0100000A:C350 0900000A:01BD 06 00000000:00000000 00:00000000 00000000  1000        0 102 1 0 100 0 0 10 0";
+    let names: HashMap<u64, String> = [(102, "smbclient".to_string())].into_iter().collect();
+    let table = |l: &str| entries(&[(Proto::Tcp, parse_row(l).unwrap())], &names);
+    let snap = snapshot(&table(attempt));
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0].kind, SocketKind::Outbound);
+    assert_eq!(
+        (snap[0].remote.unwrap().port, snap[0].process.as_str()),
+        (445, "smbclient")
+    );
+    assert_eq!(
+        table(attempt),
+        table(done),
+        "the attempt and the connection are one entry"
+    );
+    assert!(table(closing).is_empty(), "TIME-WAIT is no connection");
+}
+
+#[test]
 fn inbound_and_outbound_drop_ephemeral_ports() {
     use std::collections::HashMap;
     use vigil_agent::sample::sockets::{entries, parse_row, snapshot};

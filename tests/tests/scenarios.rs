@@ -1,7 +1,8 @@
 //! Scenario tests with real traffic between network namespaces this test
 //! makes (`ip netns`, veth): a device namespace running the real agent, a
 //! hospital namespace with the real collector, a PACS service and an "EHR
-//! workstation" listening on 445 and 3389, and an "Internet" host on a
+//! workstation" listening on 445 and 3389, a file server that never
+//! answers (a blackhole route), and an "Internet" host on a
 //! TEST-NET-3 address (203.0.113.10). After an approved baseline of benign
 //! activity, a benign replay of the same length must raise nothing, and
 //! each attack must raise its alert within two sample intervals of the
@@ -32,6 +33,8 @@ const PHASE: Duration = Duration::from_secs(35);
 const DEVICE: &str = "10.77.0.2";
 const HOSPITAL: &str = "10.77.0.1";
 const EHR: &str = "10.77.1.5";
+/// A file server that never answers (a blackhole route in the hospital).
+const SILENT: &str = "10.77.1.6";
 const INTERNET: &str = "203.0.113.10";
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -113,6 +116,10 @@ impl Net {
             &["addr", "add", &format!("{EHR}/32"), "dev", "lo"],
         )?;
         x(&net.hosp, &["addr", "add", "203.0.113.1/24", "dev", &vh1])?;
+        x(
+            &net.hosp,
+            &["route", "add", "blackhole", &format!("{SILENT}/32")],
+        )?;
         x(&net.hosp, &["link", "set", &vh, "up"])?;
         x(&net.hosp, &["link", "set", &vh1, "up"])?;
         x(
@@ -198,6 +205,17 @@ fn connect(ns: &str, to: &str, bytes: usize, hold: Duration) -> JoinHandle<()> {
             left -= n;
         }
         thread::sleep(hold);
+    })
+}
+
+/// From `ns`, tries to connect to `to` for up to `patience` (nobody answers).
+fn attempt(ns: &str, to: &str, patience: Duration) -> JoinHandle<()> {
+    let to: SocketAddr = to.parse().unwrap();
+    in_ns(ns, move || {
+        assert!(
+            TcpStream::connect_timeout(&to, patience).is_err(),
+            "{to} answered"
+        );
     })
 }
 
@@ -444,6 +462,15 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
         check(&format!("connection to {EHR}:{port}"), &a, start);
         w.join().unwrap();
     }
+
+    // An SMB connection attempt nobody answers (a scan): SYN-SENT only.
+    let (after, start) = (max_id(&c), now_ms());
+    let w = attempt(&net.dev, &format!("{SILENT}:445"), Duration::from_secs(3));
+    let a = wait_alert(&c, after, "network.lateral-movement", |a| {
+        a["evidence"]["remote"] == format!("{SILENT}:445")
+    });
+    check(&format!("unanswered attempt to {SILENT}:445"), &a, start);
+    w.join().unwrap();
 
     // An inbound connection from the Internet host.
     let (after, start) = (max_id(&c), now_ms());

@@ -3,7 +3,8 @@
 //! IPv4 and IPv6 in one walk of the kernel's established-connection hash
 //! (reading the two /proc files walks it twice, and that walk is most of
 //! the agent's CPU time on a large-memory machine), and asks only for the
-//! states the baseline uses (LISTEN, ESTABLISHED). Pure parsing is split
+//! states the baseline uses (LISTEN, ESTABLISHED, and SYN-SENT: a
+//! connection attempt that nobody answered yet). Pure parsing is split
 //! from the socket so it is tested on bytes; the socket part is Linux-only
 //! and used only when observing the live root.
 
@@ -23,6 +24,7 @@ const TCPDIAG_GETSOCK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
 const TCP_LISTEN: u32 = 10;
 /// `struct inet_diag_msg` without attributes.
 const DIAG_MSG_LEN: usize = 72;
@@ -39,7 +41,7 @@ pub fn request(seq: u32) -> [u8; NLMSG_HDRLEN + 60] {
     b[8..12].copy_from_slice(&seq.to_ne_bytes());
     // family, src_len, dst_len, ext: 0; the socket id: all zero; then
     // idiag_states and idiag_dbs.
-    let states: u32 = (1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN);
+    let states: u32 = (1 << TCP_ESTABLISHED) | (1 << TCP_SYN_SENT) | (1 << TCP_LISTEN);
     b[NLMSG_HDRLEN + 52..NLMSG_HDRLEN + 56].copy_from_slice(&states.to_ne_bytes());
     b
 }

@@ -112,6 +112,9 @@ fn unspecified(e: &Endpoint) -> bool {
 }
 
 const TCP_ESTABLISHED: u8 = 0x01;
+/// A connection attempt not answered yet: outbound, like the connection
+/// it may become (a scan of hosts that do not answer shows only as this).
+const TCP_SYN_SENT: u8 = 0x02;
 const TCP_LISTEN: u8 = 0x0a;
 const UDP_UNCONNECTED: u8 = 0x07;
 
@@ -146,6 +149,15 @@ pub fn entries(rows: &[(Proto, Row)], names: &HashMap<u64, String>) -> BTreeSet<
                 uid: r.uid,
                 process,
             }
+        } else if *p == Proto::Tcp && r.state == TCP_SYN_SENT && !unspecified(&r.remote) {
+            Entry {
+                kind: 1,
+                proto: pc,
+                local: (addr_bytes(&r.local.addr), 0),
+                remote: Some((addr_bytes(&r.remote.addr), r.remote.port)),
+                uid: r.uid,
+                process,
+            }
         } else if (r.state == TCP_ESTABLISHED || *p == Proto::Udp) && !unspecified(&r.remote) {
             if listening.contains(&(pc, r.local.port)) {
                 // Inbound: our listener, their address; their port is ephemeral.
@@ -169,7 +181,7 @@ pub fn entries(rows: &[(Proto, Row)], names: &HashMap<u64, String>) -> BTreeSet<
                 }
             }
         } else {
-            continue; // closing, syn-sent, time-wait: not yet or no longer a connection
+            continue; // closing, time-wait: no longer a connection
         };
         if out.len() >= MAX_ENTRIES {
             break;
