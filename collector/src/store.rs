@@ -530,8 +530,9 @@ impl Store {
         Ok(devices)
     }
 
-    /// Calls `f` with every archived sample of `device` taken in
-    /// `[from_ms, to_ms)`, in time order, rebuilt as the device sent it
+    /// Calls `f` with every archived sample of `device` that arrived in
+    /// `[from_ms, to_ms)` (the collector's clock: a device's clock may be
+    /// off), in the device's time order, rebuilt as the device sent it
     /// (interfaces named by `Layout`): what a baseline learns from.
     pub fn for_each_sample(
         &self,
@@ -550,7 +551,8 @@ impl Store {
                     psi_cpu_some_ms, psi_memory_some_ms, psi_memory_full_ms, psi_io_some_ms, psi_io_full_ms,
                     load1_centi, load5_centi, load15_centi, processes
              FROM frames f JOIN samples s ON s.frame = f.id
-             WHERE f.device = (SELECT num FROM devices WHERE id = ?1) AND s.time_ms >= ?2 AND s.time_ms < ?3
+             WHERE f.device = (SELECT num FROM devices WHERE id = ?1)
+               AND f.received_ms >= ?2 AND f.received_ms < ?3
              ORDER BY s.time_ms, f.boot, f.seq, s.idx",
         )?;
         let mut net = self.conn.prepare(

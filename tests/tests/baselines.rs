@@ -253,3 +253,108 @@ fn the_nab_dev_table_is_reproduced_by_its_command() {
         "{table}"
     );
 }
+
+/// A sample whose CPU is `busy` ticks of 200 busy, the rest as the
+/// scripted device's usual samples.
+fn cpu_sample(busy: u64) -> vigil_protocol::Body {
+    use vigil_protocol::sample::{CpuTicks, Memory, NetCounters};
+    let s = vigil_protocol::Sample {
+        time_ms: vigil_tests::collector::now_ms(),
+        interval_ms: 1000,
+        uptime_s: 500,
+        cpu: CpuTicks {
+            user: busy,
+            idle: 200 - busy,
+            ..Default::default()
+        },
+        memory: Memory {
+            total_kib: 4_000_000,
+            available_kib: 3_000_000,
+            ..Default::default()
+        },
+        net: heapless::Vec::from_slice(&[NetCounters {
+            iface: 0,
+            rx_bytes: 1000,
+            rx_packets: 10,
+            tx_bytes: 500,
+            tx_packets: 5,
+            ..Default::default()
+        }])
+        .unwrap(),
+        load_centi: [10, 20, 30],
+        processes: 80,
+        ..Default::default()
+    };
+    vigil_protocol::Body::Samples(vigil_protocol::Samples::new(s))
+}
+
+#[test]
+fn an_anomaly_in_progress_survives_a_collector_kill() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use vigil_tests::collector::{Device, Link};
+    let dir = tempdir("alarm-kill");
+    let state = dir.join("collector");
+    let args = ["--baseline-period-s", "3600"];
+    let mut d = Device::new(71);
+    // Enrolled before the collector starts, so the first connection counts.
+    ok(vigil_tests::collector::cli(
+        &state,
+        &["enroll", "--key", &d.public_key(), "--name", "pump"],
+    ));
+    let c = Collector::start_plain(&state, &args);
+    let mut link = Link::connect(c.plain.as_deref().unwrap());
+    let mut frames = vec![d.frame(d.hello_body())];
+    for _ in 0..3 {
+        frames.push(d.frame(d.sample_body(16)));
+    }
+    link.send(&frames);
+    assert_eq!(link.ack(Duration::from_secs(10)).map(|a| a.seq), Some(3));
+    ok(c.cli(&["baseline", "close", "pump"]));
+    ok(c.cli(&["baseline", "approve", "pump"]));
+    // The CPU pinned: sent until the writer has taken the approval.
+    let deviation = |c: &Collector| {
+        c.alerts().into_iter().find(|a| {
+            a["rule"] == "baseline.metric-deviation" && a["evidence"]["metric"] == "cpu.busy"
+        })
+    };
+    let mut tries = 0;
+    while deviation(&c).is_none() {
+        tries += 1;
+        assert!(tries < 50, "no deviation alert: {:#?}", c.alerts());
+        link.send(&[d.frame(cpu_sample(195))]);
+        link.ack(Duration::from_millis(300));
+    }
+    // Still pinned: the open alarm raises nothing more.
+    link.send(&[d.frame(cpu_sample(195)), d.frame(cpu_sample(196))]);
+    assert!(link.ack(Duration::from_secs(5)).is_some());
+    assert_eq!(deviation(&c).unwrap()["count"], 1);
+
+    // Killed without a chance to save: the alarm was saved when it opened.
+    kill(Pid::from_raw(c.pid() as i32), Signal::SIGKILL).unwrap();
+    drop(c);
+    let c = Collector::start_plain(&state, &args);
+    let mut link = Link::connect(c.plain.as_deref().unwrap());
+    link.send(&[d.frame(cpu_sample(197))]);
+    let acked = link.ack(Duration::from_secs(10)).map(|a| a.seq);
+    assert_eq!(
+        acked,
+        Some(d.seq - 1),
+        "the frame after the restart is stored"
+    );
+    let a = deviation(&c).unwrap();
+    assert_eq!(
+        a["count"], 1,
+        "the anomaly in progress is not raised again after the restart: {a:#}"
+    );
+    let shown = show(&c, "pump");
+    assert_eq!(shown["phase"], "monitoring");
+    assert!(
+        shown["open_alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "cpu.busy"),
+        "{shown:#}"
+    );
+}
