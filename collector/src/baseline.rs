@@ -323,7 +323,13 @@ impl Baseline {
                 let Some(p) = self.learned.metrics.get(&r.key) else {
                     continue;
                 };
-                let w = self.watches.entry(r.key.clone()).or_default();
+                // No key copy once the metric has its detector.
+                if !self.watches.contains_key(&r.key) {
+                    self.watches.insert(r.key.clone(), Watch::default());
+                }
+                let Some(w) = self.watches.get_mut(&r.key) else {
+                    continue;
+                };
                 let was = (w.deviation.open, w.shift.open);
                 let v = w.score(p, cx.tuning, r.kind.sides(), r.value, Some(s.time_ms));
                 opened |= was != (w.deviation.open, w.shift.open);
@@ -753,6 +759,15 @@ mod tests {
     use vigil_protocol::body::{Endpoint, SocketChange};
     use vigil_protocol::sample::CpuTicks;
 
+    fn context<'a>(policy: &'a Policy, tuning: &'a Tuning) -> Context<'a> {
+        Context {
+            device: "d",
+            policy,
+            tuning,
+            now_ms: 1,
+        }
+    }
+
     fn policy() -> Policy {
         let d = Detect {
             allow_lateral: vec!["10.9.9.9:22".into()],
@@ -802,12 +817,7 @@ mod tests {
     #[test]
     fn rule_based_detectors_run_while_baselining_and_new_sockets_only_after_approval() {
         let (p, t) = (policy(), Tuning::default());
-        let cx = Context {
-            device: "d",
-            policy: &p,
-            tuning: &t,
-            now_ms: 1,
-        };
+        let cx = context(&p, &t);
         let dev = [10, 0, 0, 2];
         let mut b = Baseline::new(0);
         let benign = sockets(vec![
@@ -903,12 +913,7 @@ mod tests {
     #[test]
     fn metrics_are_learned_at_close_and_deviations_raised_once_in_monitoring() {
         let (p, t) = (policy(), Tuning::default());
-        let cx = Context {
-            device: "d",
-            policy: &p,
-            tuning: &t,
-            now_ms: 1,
-        };
+        let cx = context(&p, &t);
         let layout = Layout {
             interfaces: vec!["eth0".into()],
             disks: vec![],
@@ -950,12 +955,7 @@ mod tests {
     fn kernel_manifest_and_reboot_changes_after_approval() {
         use vigil_protocol::body::{Class, ManifestVersion};
         let (p, t) = (policy(), Tuning::default());
-        let cx = Context {
-            device: "d",
-            policy: &p,
-            tuning: &t,
-            now_ms: 1,
-        };
+        let cx = context(&p, &t);
         let mut h = Hello {
             public_key: [0; 32],
             agent_version: "0".try_into().expect("short"),

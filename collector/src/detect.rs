@@ -344,17 +344,13 @@ impl Learner {
         if spread(&medians) < SEASON_SHOWN * scale {
             return None;
         }
-        let day = |h: usize, weekend: bool| {
-            self.buckets
-                .get(h + if weekend { 24 } else { 0 })
-                .cloned()
-                .unwrap_or_default()
-        };
-        let split = (0..24).all(|h| {
-            day(h, false).days.len() >= SEASON_DAYS && day(h, true).days.len() >= WEEKEND_DAYS
-        }) && (0..24).any(|h| {
-            (median(&day(h, false)) - median(&day(h, true))).abs() >= SEASON_SHOWN * scale
-        });
+        let day = |h: usize, weekend: bool| self.buckets.get(h + if weekend { 24 } else { 0 });
+        let days = |h: usize, weekend: bool| day(h, weekend).map_or(0, |b| b.days.len());
+        let split = (0..24).all(|h| days(h, false) >= SEASON_DAYS && days(h, true) >= WEEKEND_DAYS)
+            && (0..24).any(|h| match (day(h, false), day(h, true)) {
+                (Some(wd), Some(we)) => (median(wd) - median(we)).abs() >= SEASON_SHOWN * scale,
+                _ => false,
+            });
         let band = |b: Bucket| {
             let mut v = b.values;
             v.sort_by(f64::total_cmp);

@@ -402,12 +402,10 @@ fn run() -> anyhow::Result<()> {
                     let mut b = load_baseline(&store, &id)?
                         .map_or_else(|| baseline::Baseline::new(now), |(_, b)| b);
                     b.adopt(learned, &model, now);
-                    store.set_baseline(
+                    save_baseline(
+                        &mut store,
                         &id,
-                        b.phase.name(),
-                        b.started_ms,
-                        &b.to_json(),
-                        &actor(),
+                        &b,
                         "baseline-adopt",
                         json!({"model": model}),
                         now,
@@ -613,6 +611,28 @@ fn load_baseline(
     Ok(Some((row, b)))
 }
 
+/// Stores an admin change to a device's baseline, with its admin-log entry.
+fn save_baseline(
+    store: &mut Store,
+    id: &str,
+    b: &baseline::Baseline,
+    action: &str,
+    detail: Value,
+    now: u64,
+) -> anyhow::Result<()> {
+    store.set_baseline(
+        id,
+        b.phase.name(),
+        b.started_ms,
+        &b.to_json(),
+        &actor(),
+        action,
+        detail,
+        now,
+    )?;
+    Ok(())
+}
+
 /// The metric profiles learned from a device's archived samples since
 /// its baseline started.
 fn learn_from_archive(
@@ -727,12 +747,10 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
                 )));
             }
             let n = learn_from_archive(&store, &d.id, &mut b, now)?;
-            store.set_baseline(
+            save_baseline(
+                &mut store,
                 &d.id,
-                b.phase.name(),
-                b.started_ms,
-                &b.to_json(),
-                &actor(),
+                &b,
                 "baseline-close",
                 json!({"samples": n, "metrics": b.learned.metrics.len()}),
                 now,
@@ -753,12 +771,10 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
                 )));
             }
             b.approve(now);
-            store.set_baseline(
+            save_baseline(
+                &mut store,
                 &d.id,
-                b.phase.name(),
-                b.started_ms,
-                &b.to_json(),
-                &actor(),
+                &b,
                 "baseline-approve",
                 json!({"metrics": b.learned.metrics.len()}),
                 now,
@@ -773,12 +789,10 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
         "reset" => {
             let previous = b.phase.name();
             let fresh = baseline::Baseline::new(now);
-            store.set_baseline(
+            save_baseline(
+                &mut store,
                 &d.id,
-                fresh.phase.name(),
-                now,
-                &fresh.to_json(),
-                &actor(),
+                &fresh,
                 "baseline-reset",
                 json!({"previous": previous}),
                 now,

@@ -739,7 +739,7 @@ fn ingest(
             now_ms: received_ms,
         };
         let detected = match &body {
-            Some(Body::Samples(s)) => {
+            Some(b @ (Body::Samples(_) | Body::Sockets(_) | Body::Hello(_))) => {
                 let slot = slot(
                     baselines,
                     tx,
@@ -747,39 +747,30 @@ fn ingest(
                     received_ms,
                     settings.policy.baseline_period_ms,
                 )?;
-                let (r, opened) = slot.b.samples(&cx, s.as_slice(), &d.layout);
-                slot.save_now |= opened;
-                slot.save_later |= slot.b.phase == Phase::Monitoring;
-                r
-            }
-            Some(Body::Sockets(s)) => {
-                let slot = slot(
-                    baselines,
-                    tx,
-                    &id,
-                    received_ms,
-                    settings.policy.baseline_period_ms,
-                )?;
-                let (r, changed) = slot.b.sockets(&cx, s, h.time_ms);
-                slot.save_now |= changed;
-                slot.save_later = true;
-                r
-            }
-            Some(Body::Hello(hello)) => {
-                let rebooted = h.seq == 0
-                    && d.boot_id
-                        .as_ref()
-                        .is_some_and(|prev| *prev != baseline_boot_id(hello));
-                let slot = slot(
-                    baselines,
-                    tx,
-                    &id,
-                    received_ms,
-                    settings.policy.baseline_period_ms,
-                )?;
-                let (r, changed) = slot.b.hello(&cx, hello, rebooted);
-                slot.save_now |= changed;
-                r
+                match b {
+                    Body::Samples(s) => {
+                        let (r, opened) = slot.b.samples(&cx, s.as_slice(), &d.layout);
+                        slot.save_now |= opened;
+                        slot.save_later |= slot.b.phase == Phase::Monitoring;
+                        r
+                    }
+                    Body::Sockets(s) => {
+                        let (r, changed) = slot.b.sockets(&cx, s, h.time_ms);
+                        slot.save_now |= changed;
+                        slot.save_later = true;
+                        r
+                    }
+                    Body::Hello(hello) => {
+                        let rebooted = h.seq == 0
+                            && d.boot_id
+                                .as_ref()
+                                .is_some_and(|prev| *prev != baseline_boot_id(hello));
+                        let (r, changed) = slot.b.hello(&cx, hello, rebooted);
+                        slot.save_now |= changed;
+                        r
+                    }
+                    _ => Vec::new(),
+                }
             }
             _ => Vec::new(),
         };

@@ -149,17 +149,11 @@ pub fn entries(rows: &[(Proto, Row)], names: &HashMap<u64, String>) -> BTreeSet<
                 uid: r.uid,
                 process,
             }
-        } else if *p == Proto::Tcp && r.state == TCP_SYN_SENT && !unspecified(&r.remote) {
-            Entry {
-                kind: 1,
-                proto: pc,
-                local: (addr_bytes(&r.local.addr), 0),
-                remote: Some((addr_bytes(&r.remote.addr), r.remote.port)),
-                uid: r.uid,
-                process,
-            }
-        } else if (r.state == TCP_ESTABLISHED || *p == Proto::Udp) && !unspecified(&r.remote) {
-            if listening.contains(&(pc, r.local.port)) {
+        } else if (r.state == TCP_ESTABLISHED || r.state == TCP_SYN_SENT || *p == Proto::Udp)
+            && !unspecified(&r.remote)
+        {
+            // An attempt is always ours; an established one may be inbound.
+            if r.state != TCP_SYN_SENT && listening.contains(&(pc, r.local.port)) {
                 // Inbound: our listener, their address; their port is ephemeral.
                 Entry {
                     kind: 2,
