@@ -29,6 +29,50 @@ pub struct Config {
     pub integrity: Integrity,
     #[serde(default)]
     pub posture: crate::posture::PostureConfig,
+    #[serde(default)]
+    pub sessions: Sessions,
+}
+
+/// Logins and privileged sessions: where the login records are and how
+/// often sessions are looked for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sessions {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_sessions_interval_s")]
+    pub interval_s: u64,
+    /// Current logins (under `root`); absent on many minimal images.
+    #[serde(default = "default_utmp")]
+    pub utmp: PathBuf,
+    /// Login history (under `root`), followed for short sessions and for
+    /// records that vanish.
+    #[serde(default = "default_wtmp")]
+    pub wtmp: PathBuf,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_sessions_interval_s() -> u64 {
+    5
+}
+fn default_utmp() -> PathBuf {
+    PathBuf::from("/var/run/utmp")
+}
+fn default_wtmp() -> PathBuf {
+    PathBuf::from("/var/log/wtmp")
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            enabled: true,
+            interval_s: default_sessions_interval_s(),
+            utmp: default_utmp(),
+            wtmp: default_wtmp(),
+        }
+    }
 }
 
 /// Signed manifests in force and how often the tree is checked.
@@ -122,6 +166,7 @@ impl Default for Config {
             serial: None,
             integrity: Integrity::default(),
             posture: crate::posture::PostureConfig::default(),
+            sessions: Sessions::default(),
         }
     }
 }
@@ -224,6 +269,12 @@ impl Config {
                     "must be between 1 and {}",
                     vigil_protocol::sample::MAX_SAMPLES
                 ),
+            ));
+        }
+        if !(1..=86_400).contains(&self.sessions.interval_s) {
+            return Err(invalid(
+                "sessions.interval_s",
+                "must be between 1 and 86400",
             ));
         }
         if !(1..=86_400).contains(&self.sockets_interval_s) {

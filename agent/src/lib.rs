@@ -16,4 +16,5 @@ pub mod privilege;
 pub mod queue;
 pub mod report;
 pub mod sample;
+pub mod sessions;
 pub mod stream;

@@ -43,6 +43,10 @@ run options (each overrides the same setting in --config):
   --interval-ms N          sampling interval (default 1000)
   --batch N                samples per frame, 1..16 (default 10)
   --sockets-interval-s N   socket table cadence (default 10)
+  --sessions-interval-s N  login and sudo/su session cadence (default 5)
+  --utmp FILE              current logins (default /var/run/utmp, under --root)
+  --wtmp FILE              login history (default /var/log/wtmp, under --root)
+  --no-sessions            do not report sessions
   --collector HOST:PORT    stream over TCP + TLS 1.3 to the collector
   --pin SHA256             pin the collector's certificate (hex SHA-256 of its DER)
   --ca-file FILE           or verify it against these CA certificates (PEM)
@@ -243,7 +247,7 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
     while let Some(a) = p.next()? {
         match a {
             Long("config") => path = Some(PathBuf::from(p.value()?)),
-            Long("insecure-plaintext") => flags.push(("insecure-plaintext".into(), None)),
+            Long(f @ ("insecure-plaintext" | "no-sessions")) => flags.push((f.into(), None)),
             Long(name) => {
                 let name = name.to_string();
                 let v = p.value()?.string()?;
@@ -268,6 +272,10 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
             "interval-ms" => cfg.interval_ms = num(&name, &v)?,
             "batch" => cfg.batch = usize::try_from(num(&name, &v)?).unwrap_or(usize::MAX),
             "sockets-interval-s" => cfg.sockets_interval_s = num(&name, &v)?,
+            "sessions-interval-s" => cfg.sessions.interval_s = num(&name, &v)?,
+            "utmp" => cfg.sessions.utmp = v.into(),
+            "wtmp" => cfg.sessions.wtmp = v.into(),
+            "no-sessions" => cfg.sessions.enabled = false,
             "collector" => collector(&mut cfg).address = v,
             "pin" => collector(&mut cfg).pin_sha256 = Some(v),
             "ca-file" => collector(&mut cfg).ca_file = Some(v.into()),

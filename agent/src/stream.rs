@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeSet;
 
-use vigil_protocol::body::{Body, Sockets, MAX_SOCKET_CHANGES};
+use vigil_protocol::body::{Body, Sessions, Sockets, MAX_SESSION_EVENTS, MAX_SOCKET_CHANGES};
 use vigil_protocol::cobs::FrameDecoder;
 use vigil_protocol::{to_wire, Ack, DeviceId, Frame, Header, Sample, Samples, SigningKey, VERSION};
 
@@ -290,6 +290,11 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
     let mut sockets: Option<BTreeSet<sockets::Entry>> = None;
     let mut owners = sockets::Owners::new();
     let mut next_sockets = Instant::now();
+    let mut tracker = cfg
+        .sessions
+        .enabled
+        .then(|| crate::sessions::Tracker::new(&root, &cfg.sessions));
+    let mut next_sessions = Instant::now();
     let mut batch: Option<Samples> = None;
     let mut last = Instant::now();
     let mut next = last + Duration::from_millis(cfg.interval_ms);
@@ -355,8 +360,71 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
                 shared.wake.notify_all();
             }
         }
+        // After the sockets of the same tick: a remote session's peer is
+        // then already in the socket table the collector holds.
+        if let Some(t) = tracker.as_mut().filter(|_| now >= next_sessions) {
+            next_sessions += Duration::from_secs(cfg.sessions.interval_s);
+            if next_sessions < now {
+                next_sessions = now + Duration::from_secs(cfg.sessions.interval_s);
+            }
+            issues.clear();
+            let report = t.poll(now_ms() / 1000, &mut issues);
+            seen.report(&issues);
+            send_sessions(shared, report);
+        }
     }
     flush(shared, &mut batch);
+}
+
+/// Queues the sessions report as `Sessions` frames (a snapshot always, even
+/// empty: it tells the collector nothing else is open).
+fn send_sessions(shared: &Shared, report: crate::sessions::Report) {
+    if !report.snapshot && report.events.is_empty() {
+        return;
+    }
+    for e in &report.events {
+        match e {
+            vigil_protocol::body::SessionEvent::LogTampered(t) => log::warn!(
+                "{}: {} (had read {} bytes, now {})",
+                t.path,
+                t.kind.name(),
+                t.expected_len,
+                t.actual_len
+            ),
+            vigil_protocol::body::SessionEvent::Opened(s) => log::info!(
+                "session opened: {} {} on {} ({}, pid {})",
+                s.kind.name(),
+                s.user,
+                s.terminal,
+                s.process,
+                s.pid
+            ),
+            vigil_protocol::body::SessionEvent::Closed { session: s, .. } => log::info!(
+                "session closed: {} {} on {} ({}, pid {})",
+                s.kind.name(),
+                s.user,
+                s.terminal,
+                s.process,
+                s.pid
+            ),
+        }
+    }
+    let chunks: Vec<_> = report.events.chunks(MAX_SESSION_EVENTS).collect();
+    let n = chunks.len().max(1);
+    let mut st = shared.lock();
+    for i in 0..n {
+        let events = chunks.get(i).map_or_else(heapless::Vec::new, |c| c.iter().cloned().collect());
+        st.enqueue(
+            Body::Sessions(Sessions {
+                snapshot: report.snapshot,
+                continued: report.snapshot && i + 1 < n,
+                events,
+            }),
+            0,
+        );
+    }
+    drop(st);
+    shared.wake.notify_all();
 }
 
 fn add(shared: &Shared, batch: &mut Option<Samples>, s: Sample, size: usize) {

@@ -24,6 +24,9 @@ pub const MAX_CHECKS: usize = 24;
 pub const MAX_PATH: usize = 256;
 /// Most dropped-sequence ranges one `Gap` names.
 pub const MAX_GAP_RANGES: usize = 32;
+/// Most session events in one `Sessions` frame (a full one still fits
+/// `MAX_FRAME_LEN`: tested).
+pub const MAX_SESSION_EVENTS: usize = 12;
 
 /// Everything a device can send. The variant index is the wire tag.
 // Bounded inline storage (no allocator on a microcontroller) makes `Samples`
@@ -38,6 +41,7 @@ pub enum Body {
     Posture(Posture),
     Gap(Gap),
     Heartbeat(Heartbeat),
+    Sessions(Sessions),
 }
 
 /// The body's kind without its content, e.g. for `Gap` records and counters.
@@ -50,6 +54,7 @@ pub enum BodyKind {
     Posture,
     Gap,
     Heartbeat,
+    Sessions,
 }
 
 impl Body {
@@ -62,6 +67,7 @@ impl Body {
             Body::Posture(_) => BodyKind::Posture,
             Body::Gap(_) => BodyKind::Gap,
             Body::Heartbeat(_) => BodyKind::Heartbeat,
+            Body::Sessions(_) => BodyKind::Sessions,
         }
     }
 }
@@ -81,6 +87,7 @@ impl BodyKind {
             BodyKind::Posture => "posture",
             BodyKind::Gap => "gap",
             BodyKind::Heartbeat => "heartbeat",
+            BodyKind::Sessions => "sessions",
         }
     }
 }
@@ -335,4 +342,131 @@ pub struct Heartbeat {
     pub uptime_s: u64,
     pub queued_frames: u32,
     pub queued_bytes: u32,
+}
+
+/// Logins and privileged sessions on the device, opened and closed since
+/// the previous `Sessions` frame, and findings about the login records
+/// themselves. A security frame: never evicted. First in a sequence space
+/// comes a snapshot: every open session as `Opened`, over as many frames as
+/// it takes (`continued` on all but the last; an empty one when there are
+/// none), so a collector can close what ended while no agent was watching.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    pub snapshot: bool,
+    pub continued: bool,
+    pub events: Vec<SessionEvent, MAX_SESSION_EVENTS>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    Opened(Session),
+    Closed {
+        session: Session,
+        ended_s: u64,
+    },
+    /// Records of a login log vanished or changed between two reads.
+    LogTampered(LogTamper),
+}
+
+/// One session as the device saw it. Every field is the device's word,
+/// signed with its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Stable for the life of the session, across agent restarts: derived
+    /// from the session's leading process (pid and start time) or its login
+    /// record.
+    pub key: u64,
+    pub kind: SessionKind,
+    /// Who the session runs as (`root` for a privileged session).
+    pub user: String<32>,
+    pub uid: Option<u32>,
+    /// `pts/0`, `ttyS0`, `notty`, ... (empty when unknown).
+    pub terminal: String<32>,
+    /// The peer of a remote session; port 0 when only the address is known
+    /// (a login record without the process's socket).
+    pub remote: Option<Endpoint>,
+    /// The process that owns the session: `sshd`, `dropbear`, `login`,
+    /// `su`, `sudo`.
+    pub process: String<32>,
+    pub pid: u32,
+    /// What a privileged session runs as root (`bash`, `sleep`, ...).
+    pub command: String<32>,
+    /// The session a privileged one was started from, and its user.
+    pub parent: Option<u64>,
+    pub by_user: String<32>,
+    /// Unix seconds.
+    pub started_s: u64,
+    pub source: SessionSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SessionKind {
+    /// Over the network (ssh, dropbear, telnet).
+    Remote,
+    /// On a local terminal or serial console (getty/login).
+    Console,
+    /// A root shell or command started with `su` or `sudo`.
+    Privileged,
+}
+
+impl SessionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionKind::Remote => "remote",
+            SessionKind::Console => "console",
+            SessionKind::Privileged => "privileged",
+        }
+    }
+}
+
+/// Where the agent learned of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SessionSource {
+    /// The process table (with the login record's details when there is one).
+    Processes,
+    /// `utmp`: a login record of a session the process table did not explain.
+    Utmp,
+    /// `wtmp`: a session that opened and closed between two reads.
+    Wtmp,
+}
+
+impl SessionSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionSource::Processes => "processes",
+            SessionSource::Utmp => "utmp",
+            SessionSource::Wtmp => "wtmp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTamper {
+    /// The log, e.g. `/var/log/wtmp`.
+    pub path: String<64>,
+    pub kind: TamperKind,
+    /// Bytes the agent had read before, and the log's size now.
+    pub expected_len: u64,
+    pub actual_len: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TamperKind {
+    /// The log is shorter than what was already read.
+    Truncated,
+    /// Records already read changed in place.
+    Rewritten,
+    /// The log was replaced or removed, and not by a rotation that kept the
+    /// old records (`FILE.1`).
+    Replaced,
+}
+
+impl TamperKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TamperKind::Truncated => "truncated",
+            TamperKind::Rewritten => "rewritten",
+            TamperKind::Replaced => "replaced",
+        }
+    }
 }

@@ -246,6 +246,7 @@ impl<'a> SignedFrame<'a> {
             4 => BodyKind::Posture,
             5 => BodyKind::Gap,
             6 => BodyKind::Heartbeat,
+            7 => BodyKind::Sessions,
             _ => return None,
         })
     }

@@ -254,6 +254,74 @@ fn body() -> impl Strategy<Value = Body> {
     ];
     let gap_reason = prop_oneof![Just(GapReason::QueueFull), Just(GapReason::Unencodable)];
     let range = (any::<u64>(), any::<u64>()).prop_map(|(first, count)| SeqRange { first, count });
+    let session_kind = prop_oneof![
+        Just(SessionKind::Remote),
+        Just(SessionKind::Console),
+        Just(SessionKind::Privileged)
+    ];
+    let source = prop_oneof![
+        Just(SessionSource::Processes),
+        Just(SessionSource::Utmp),
+        Just(SessionSource::Wtmp)
+    ];
+    let session = (
+        (
+            any::<u64>(),
+            session_kind,
+            hstr::<32>(),
+            any::<Option<u32>>(),
+            hstr::<32>(),
+        ),
+        (
+            proptest::option::of(endpoint()),
+            hstr::<32>(),
+            any::<u32>(),
+            hstr::<32>(),
+        ),
+        (any::<Option<u64>>(), hstr::<32>(), any::<u64>(), source),
+    )
+        .prop_map(
+            |(
+                (key, kind, user, uid, terminal),
+                (remote, process, pid, command),
+                (parent, by_user, started_s, source),
+            )| Session {
+                key,
+                kind,
+                user,
+                uid,
+                terminal,
+                remote,
+                process,
+                pid,
+                command,
+                parent,
+                by_user,
+                started_s,
+                source,
+            },
+        )
+        .boxed();
+    let tamper = prop_oneof![
+        Just(TamperKind::Truncated),
+        Just(TamperKind::Rewritten),
+        Just(TamperKind::Replaced)
+    ];
+    let event = prop_oneof![
+        session.clone().prop_map(SessionEvent::Opened),
+        (session, any::<u64>())
+            .prop_map(|(session, ended_s)| SessionEvent::Closed { session, ended_s }),
+        (hstr::<64>(), tamper, any::<u64>(), any::<u64>()).prop_map(
+            |(path, kind, expected_len, actual_len)| {
+                SessionEvent::LogTampered(LogTamper {
+                    path,
+                    kind,
+                    expected_len,
+                    actual_len,
+                })
+            }
+        ),
+    ];
     prop_oneof![
         hello().prop_map(Body::Hello),
         samples().prop_map(Body::Samples),
@@ -300,7 +368,63 @@ fn body() -> impl Strategy<Value = Body> {
                 queued_bytes
             })
         ),
+        (any::<bool>(), any::<bool>(), hvec::<_, MAX_SESSION_EVENTS>(event)).prop_map(
+            |(snapshot, continued, events)| Body::Sessions(Sessions {
+                snapshot,
+                continued,
+                events
+            })
+        ),
     ]
+}
+
+/// The largest `Sessions` body the agent can build (every string full of
+/// 4-byte characters counts as its byte capacity, every number at its
+/// widest) still fits one frame: a session event is never unencodable.
+#[test]
+fn a_full_sessions_frame_fits() {
+    fn full<const N: usize>() -> HString<N> {
+        let mut s = HString::new();
+        while s.push('\u{10ffff}').is_ok() {}
+        while s.push('x').is_ok() {}
+        s
+    }
+    let session = Session {
+        key: u64::MAX,
+        kind: SessionKind::Privileged,
+        user: full(),
+        uid: Some(u32::MAX),
+        terminal: full(),
+        remote: Some(Endpoint {
+            addr: Addr::V6([0xff; 16]),
+            port: u16::MAX,
+        }),
+        process: full(),
+        pid: u32::MAX,
+        command: full(),
+        parent: Some(u64::MAX),
+        by_user: full(),
+        started_s: u64::MAX,
+        source: SessionSource::Wtmp,
+    };
+    let mut events = HVec::new();
+    while events
+        .push(SessionEvent::Closed {
+            session: session.clone(),
+            ended_s: u64::MAX,
+        })
+        .is_ok()
+    {}
+    let k = key(7);
+    let frame = Frame::new(
+        header(&k, u32::MAX, u64::MAX, u64::MAX),
+        Body::Sessions(Sessions {
+            snapshot: true,
+            events,
+        }),
+    );
+    let bytes = frame.sign(&k).expect("a full Sessions frame must encode");
+    assert!(bytes.len() <= MAX_FRAME_LEN, "{} bytes", bytes.len());
 }
 
 proptest! {

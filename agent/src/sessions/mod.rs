@@ -1,0 +1,556 @@
+//! Sessions on the device — remote logins, console logins, root shells and
+//! commands started with `su`/`sudo` — as signed security events. Three
+//! sources, whichever the image has: the process table (`procs`), the
+//! current login records (`utmp`) and the login history (`wtmp`, followed
+//! for sessions shorter than one read and for records that vanish). A
+//! `Tracker` merges them into one set of open sessions and reports what
+//! opened and closed since its last read.
+
+pub mod procs;
+pub mod utmp;
+pub mod wtmp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use heapless::String as HString;
+use vigil_protocol::body::{
+    Addr, Endpoint, LogTamper, Session, SessionEvent, SessionKind, SessionSource,
+};
+
+use crate::sample::sockets::{comm_from_stat, parse_row};
+use crate::sample::Issue;
+use procs::{Found, Proc, Table};
+use utmp::Record;
+
+/// Most processes looked at in one read; more is an issue.
+const MAX_PROCS: usize = 65_536;
+/// Most sessions tracked at once (open, pending, from wtmp).
+const MAX_SESSIONS: usize = 1024;
+/// Largest utmp file read (it holds current logins only).
+const MAX_UTMP: u64 = 1 << 20;
+
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn hs<const N: usize>(s: &str) -> HString<N> {
+    let mut out = HString::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+fn under(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+/// uid -> user name from `etc/passwd`, re-read when it changes.
+#[derive(Default)]
+struct Passwd {
+    stamp: Option<std::time::SystemTime>,
+    names: HashMap<u32, String>,
+}
+
+impl Passwd {
+    fn refresh(&mut self, root: &Path) {
+        let p = root.join("etc/passwd");
+        let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+        if m == self.stamp && m.is_some() {
+            return;
+        }
+        self.stamp = m;
+        self.names = std::fs::read_to_string(&p)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let uid = f.nth(1)?.parse().ok()?;
+                Some((uid, name.to_string()))
+            })
+            .collect();
+    }
+
+    fn name(&self, uid: Option<u32>) -> String {
+        uid.map(|u| self.names.get(&u).cloned().unwrap_or_else(|| u.to_string()))
+            .unwrap_or_default()
+    }
+}
+
+/// Reads the process table: `stat` of every process, then uids and titles
+/// of the session candidates and their children only.
+pub fn read_table(root: &Path, issues: &mut Vec<Issue>) -> Table {
+    let mut list = Vec::new();
+    let Ok(dir) = std::fs::read_dir(root.join("proc")) else {
+        issues.push(Issue::new("/proc", "not readable: no process sessions"));
+        return Table::default();
+    };
+    for e in dir.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if list.len() >= MAX_PROCS {
+            issues.push(Issue::new(
+                "/proc",
+                format!("more than {MAX_PROCS} processes: the rest not looked at for sessions"),
+            ));
+            break;
+        }
+        // A process that exits between the listing and the read is gone:
+        // not an issue.
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        if let Some(p) = parse_stat(pid, &stat) {
+            list.push(p);
+        }
+    }
+    let wanted: std::collections::HashSet<u32> = {
+        let cand: std::collections::HashSet<u32> = list
+            .iter()
+            .filter(|p| procs::is_candidate(&p.comm))
+            .map(|p| p.pid)
+            .collect();
+        // Candidates, their children and grandchildren (sudo's monitor).
+        let parents: HashMap<u32, u32> = list.iter().map(|p| (p.pid, p.ppid)).collect();
+        list.iter()
+            .filter(|p| {
+                cand.contains(&p.pid)
+                    || cand.contains(&p.ppid)
+                    || parents.get(&p.ppid).is_some_and(|g| cand.contains(g))
+            })
+            .map(|p| p.pid)
+            .collect()
+    };
+    for p in list.iter_mut().filter(|p| wanted.contains(&p.pid)) {
+        let dir = root.join("proc").join(p.pid.to_string());
+        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
+            if let Some(l) = status.lines().find(|l| l.starts_with("Uid:")) {
+                let mut f = l.split_ascii_whitespace().skip(1);
+                p.uid = f.next().and_then(|v| v.parse().ok());
+                p.euid = f.next().and_then(|v| v.parse().ok());
+            }
+        }
+        if p.comm.starts_with("sshd") {
+            if let Ok(c) = std::fs::read(dir.join("cmdline")) {
+                let c = c.get(..c.len().min(256)).unwrap_or(&[]);
+                p.title = String::from_utf8_lossy(c).replace('\0', " ");
+            }
+        }
+    }
+    Table::new(list)
+}
+
+/// `pid (comm) S ppid pgrp session tty_nr ... starttime(22)`.
+pub fn parse_stat(pid: u32, stat: &str) -> Option<Proc> {
+    let comm = comm_from_stat(stat)?.to_string();
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    let f: Vec<&str> = after.split_ascii_whitespace().collect();
+    // Fields after the name, numbered from 3 (state).
+    let field = |n: usize| f.get(n - 3).copied();
+    Some(Proc {
+        pid,
+        ppid: field(4)?.parse().ok()?,
+        comm,
+        tty: field(7)?.parse::<i64>().ok().and_then(|t| u32::try_from(t).ok())?,
+        start_ticks: field(22)?.parse().ok()?,
+        ..Proc::default()
+    })
+}
+
+/// The established TCP peer of one of `pid`'s sockets, from its own
+/// network namespace's tables.
+fn peer_of(root: &Path, pid: u32) -> Option<Endpoint> {
+    let dir = root.join("proc").join(pid.to_string());
+    let inodes: Vec<u64> = std::fs::read_dir(dir.join("fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|fd| {
+            let t = std::fs::read_link(fd.path()).ok()?;
+            t.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    for table in ["net/tcp", "net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(table)) else {
+            continue;
+        };
+        for row in text.lines().filter_map(parse_row) {
+            if row.state == 0x01 && inodes.contains(&row.inode) {
+                return Some(row.remote);
+            }
+        }
+    }
+    None
+}
+
+/// An IPv4-mapped IPv6 peer is reported as the IPv4 address it is.
+fn unmapped(e: Endpoint) -> Endpoint {
+    match e.addr {
+        Addr::V6(b) if b.get(..12) == Some(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]) => {
+            Endpoint {
+                addr: Addr::V4([b[12], b[13], b[14], b[15]]),
+                port: e.port,
+            }
+        }
+        _ => e,
+    }
+}
+
+fn remote_host(r: &Record) -> bool {
+    r.addr.is_some() || !(r.host.is_empty() || r.host.starts_with(':'))
+}
+
+/// Follows the sessions of one device.
+pub struct Tracker {
+    root: PathBuf,
+    utmp: PathBuf,
+    wtmp: wtmp::Follower,
+    /// Sessions reported open, by key.
+    open: BTreeMap<u64, Session>,
+    /// Sessions known only from wtmp, open until their logout record.
+    from_wtmp: BTreeMap<u64, (u32, Session)>,
+    /// wtmp logins no other source explained yet: (record, reads waited).
+    pending: Vec<(Record, u8)>,
+    /// Logout times from wtmp by pid, kept for a few reads.
+    dead: HashMap<u32, (u64, u8)>,
+    /// Remote peers already resolved, by session key.
+    peers: HashMap<u64, Option<Endpoint>>,
+    passwd: Passwd,
+    clk_tck: u64,
+    first: bool,
+}
+
+/// What one read found.
+pub struct Report {
+    /// First read of this agent process: `events` opens every session.
+    pub snapshot: bool,
+    pub events: Vec<SessionEvent>,
+}
+
+impl Tracker {
+    pub fn new(root: &Path, cfg: &crate::config::Sessions) -> Tracker {
+        Tracker {
+            root: root.to_path_buf(),
+            utmp: under(root, &cfg.utmp),
+            wtmp: wtmp::Follower::at_end(&under(root, &cfg.wtmp)),
+            open: BTreeMap::new(),
+            from_wtmp: BTreeMap::new(),
+            pending: Vec::new(),
+            dead: HashMap::new(),
+            peers: HashMap::new(),
+            passwd: Passwd::default(),
+            // USER_HZ: 100 on every architecture Linux runs on today.
+            clk_tck: 100,
+            first: true,
+        }
+    }
+
+    fn boot_time_s(&self) -> u64 {
+        std::fs::read_to_string(self.root.join("proc/stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn alive(&self, pid: u32) -> bool {
+        self.root.join("proc").join(pid.to_string()).exists()
+    }
+
+    /// Reads every source once and reports the changes.
+    pub fn poll(&mut self, now_s: u64, issues: &mut Vec<Issue>) -> Report {
+        let mut events = Vec::new();
+        // wtmp first: a login it shows and the process table does not yet
+        // is given one more read to appear there.
+        let w = self.wtmp.poll();
+        if let Some(t) = w.tamper {
+            events.push(SessionEvent::LogTampered(LogTamper {
+                path: hs(&self.wtmp.path().to_string_lossy()),
+                kind: t.kind,
+                expected_len: t.expected_len,
+                actual_len: t.actual_len,
+            }));
+        }
+        if w.bad > 0 {
+            issues.push(Issue::new(
+                "wtmp",
+                format!("{} records do not decode", w.bad),
+            ));
+        }
+        self.dead.retain(|_, (_, age)| {
+            *age += 1;
+            *age <= 3
+        });
+        for r in &w.records {
+            match r.kind {
+                utmp::USER_PROCESS if self.pending.len() < MAX_SESSIONS => {
+                    self.pending.push((r.clone(), 0));
+                }
+                utmp::DEAD_PROCESS => {
+                    self.dead.insert(r.pid, (r.time_s, 0));
+                }
+                _ => {}
+            }
+        }
+
+        self.passwd.refresh(&self.root);
+        let table = read_table(&self.root, issues);
+        let boot = self.boot_time_s();
+        let mut current: BTreeMap<u64, Session> = BTreeMap::new();
+        let mut by_pid: HashMap<u32, u64> = HashMap::new();
+        let found = procs::find(&table);
+        // Logins first, so a privileged session can name the one it was
+        // started from.
+        let (privileged, logins): (Vec<&Found>, Vec<&Found>) = found
+            .iter()
+            .partition(|f| f.kind == SessionKind::Privileged);
+        for f in logins.into_iter().chain(privileged) {
+            let Some(leader) = table.get(f.leader) else {
+                continue;
+            };
+            let key = fnv(&[
+                b"p",
+                &f.leader.to_le_bytes(),
+                &leader.start_ticks.to_le_bytes(),
+            ]);
+            let remote = match f.socket_owner {
+                None => None,
+                Some(owner) => *self
+                    .peers
+                    .entry(key)
+                    .or_insert_with(|| peer_of(&self.root, owner).map(unmapped)),
+            };
+            let parent = f.invoker.and_then(|mut pid| {
+                for _ in 0..32 {
+                    if let Some(k) = by_pid.get(&pid) {
+                        return Some(*k);
+                    }
+                    pid = table.get(pid)?.ppid;
+                }
+                None
+            });
+            let s = Session {
+                key,
+                kind: f.kind,
+                user: hs(&f.user.clone().unwrap_or_else(|| self.passwd.name(f.uid))),
+                uid: f.uid,
+                terminal: hs(&f
+                    .terminal
+                    .clone()
+                    .unwrap_or_else(|| procs::tty_name(f.tty))),
+                remote,
+                process: hs(&f.process),
+                pid: f.leader,
+                command: hs(&f.command),
+                parent,
+                by_user: hs(&if f.by_uid.is_some() {
+                    self.passwd.name(f.by_uid)
+                } else {
+                    String::new()
+                }),
+                started_s: boot + leader.start_ticks / self.clk_tck,
+                source: SessionSource::Processes,
+            };
+            for p in &f.pids {
+                by_pid.insert(*p, key);
+            }
+            current.insert(key, s);
+        }
+
+        // utmp: details for the sessions above, and sessions of daemons the
+        // process table does not recognise.
+        for r in self.read_utmp(issues) {
+            if r.kind != utmp::USER_PROCESS || !self.alive(r.pid) {
+                continue; // stale record of a session that crashed
+            }
+            if let Some(s) = by_pid.get(&r.pid).and_then(|k| current.get_mut(k)) {
+                if s.remote.is_none() && s.kind == SessionKind::Remote {
+                    s.remote = r.addr.map(|addr| Endpoint { addr, port: 0 });
+                }
+                if s.terminal.is_empty() {
+                    s.terminal = hs(&r.line);
+                }
+                continue;
+            }
+            let key = fnv(&[
+                b"u",
+                &r.pid.to_le_bytes(),
+                r.line.as_bytes(),
+                &r.time_s.to_le_bytes(),
+            ]);
+            let remote = *self.peers.entry(key).or_insert_with(|| {
+                peer_of(&self.root, r.pid)
+                    .map(unmapped)
+                    .or(r.addr.map(|addr| Endpoint { addr, port: 0 }))
+            });
+            let comm = table.get(r.pid).map(|p| p.comm.clone()).unwrap_or_default();
+            by_pid.insert(r.pid, key);
+            current.insert(key, self.from_record(key, &r, remote, &comm, SessionSource::Utmp));
+        }
+
+        // wtmp logins nobody else explains: a session shorter than a read,
+        // or one of a daemon without processes or utmp we know.
+        let pending = std::mem::take(&mut self.pending);
+        for (r, age) in pending {
+            if by_pid.contains_key(&r.pid) {
+                continue;
+            }
+            let key = fnv(&[
+                b"w",
+                &r.pid.to_le_bytes(),
+                r.line.as_bytes(),
+                &r.time_s.to_le_bytes(),
+            ]);
+            let remote = r.addr.map(|addr| Endpoint { addr, port: 0 });
+            let s = self.from_record(key, &r, remote, "", SessionSource::Wtmp);
+            if let Some((end, _)) = self.dead.get(&r.pid) {
+                events.push(SessionEvent::Opened(s.clone()));
+                events.push(SessionEvent::Closed {
+                    session: s,
+                    ended_s: *end,
+                });
+            } else if age == 0 {
+                self.pending.push((r, 1));
+            } else if self.from_wtmp.len() < MAX_SESSIONS {
+                self.from_wtmp.insert(key, (r.pid, s));
+            }
+        }
+        let dead = &self.dead;
+        let root = &self.root;
+        self.from_wtmp.retain(|_, (pid, _)| {
+            !dead.contains_key(pid) && root.join("proc").join(pid.to_string()).exists()
+        });
+        for (k, (_, s)) in &self.from_wtmp {
+            current.entry(*k).or_insert_with(|| s.clone());
+        }
+        if current.len() > MAX_SESSIONS {
+            issues.push(Issue::new(
+                "sessions",
+                format!("more than {MAX_SESSIONS} open sessions: the rest not tracked"),
+            ));
+            while current.len() > MAX_SESSIONS {
+                current.pop_last();
+            }
+        }
+
+        let snapshot = std::mem::replace(&mut self.first, false);
+        for (k, s) in &self.open {
+            if !current.contains_key(k) {
+                let ended_s = self
+                    .dead
+                    .get(&s.pid)
+                    .map_or(now_s, |(t, _)| *t)
+                    .max(s.started_s);
+                events.push(SessionEvent::Closed {
+                    session: s.clone(),
+                    ended_s,
+                });
+            }
+        }
+        for (k, s) in &current {
+            if !self.open.contains_key(k) {
+                events.push(SessionEvent::Opened(s.clone()));
+            }
+        }
+        self.peers.retain(|k, _| current.contains_key(k));
+        self.open = current;
+        Report { snapshot, events }
+    }
+
+    fn from_record(
+        &self,
+        key: u64,
+        r: &Record,
+        remote: Option<Endpoint>,
+        comm: &str,
+        source: SessionSource,
+    ) -> Session {
+        let uid = self
+            .passwd
+            .names
+            .iter()
+            .find(|(_, n)| **n == r.user)
+            .map(|(u, _)| *u);
+        Session {
+            key,
+            kind: if remote_host(r) {
+                SessionKind::Remote
+            } else {
+                SessionKind::Console
+            },
+            user: hs(&r.user),
+            uid,
+            terminal: hs(&r.line),
+            remote,
+            process: hs(comm),
+            pid: r.pid,
+            command: HString::new(),
+            parent: None,
+            by_user: HString::new(),
+            started_s: r.time_s,
+            source,
+        }
+    }
+
+    fn read_utmp(&self, issues: &mut Vec<Issue>) -> Vec<Record> {
+        use std::io::Read;
+        let Ok(f) = std::fs::File::open(&self.utmp) else {
+            return Vec::new(); // many minimal images have none
+        };
+        let mut b = Vec::new();
+        if f.take(MAX_UTMP).read_to_end(&mut b).is_err() {
+            return Vec::new();
+        }
+        let (records, bad, _) = utmp::parse(&b, utmp::detect(&b));
+        if bad > 0 {
+            issues.push(Issue::new("utmp", format!("{bad} records do not decode")));
+        }
+        records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names() {
+        let p = parse_stat(
+            7,
+            "7 (a) b (c)) S 1 7 7 34816 7 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5555 0 0",
+        )
+        .unwrap();
+        assert_eq!((p.comm.as_str(), p.ppid, p.tty, p.start_ticks), ("a) b (c)", 1, 34816, 5555));
+        assert!(parse_stat(1, "1 (x) S 0").is_none());
+    }
+
+    #[test]
+    fn keys_depend_on_every_part() {
+        assert_ne!(fnv(&[b"ab", b"c"]), fnv(&[b"a", b"bc"]));
+        assert_ne!(fnv(&[b"p", &1u32.to_le_bytes()]), fnv(&[b"u", &1u32.to_le_bytes()]));
+    }
+}
