@@ -413,7 +413,9 @@ fn send_sessions(shared: &Shared, report: crate::sessions::Report) {
     let n = chunks.len().max(1);
     let mut st = shared.lock();
     for i in 0..n {
-        let events = chunks.get(i).map_or_else(heapless::Vec::new, |c| c.iter().cloned().collect());
+        let events = chunks
+            .get(i)
+            .map_or_else(heapless::Vec::new, |c| c.iter().cloned().collect());
         st.enqueue(
             Body::Sessions(Sessions {
                 snapshot: report.snapshot,

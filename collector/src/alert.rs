@@ -103,6 +103,10 @@ rules! {
     MANIFEST_CHANGED = "device.manifest-changed", Medium, "a signed manifest version differs from the approved baseline";
     UNEXPECTED_REBOOT = "device.unexpected-reboot", Medium, "the device rebooted more often than during the baseline";
     BASELINE_READY = "baseline.ready-for-review", Info, "the baseline period ended: review and approve the baseline";
+    ACCESS_OUTSIDE_POLICY = "access.outside-policy", High, "a login or privileged session the access policy does not allow";
+    ACCESS_ROOT = "access.root-session", Info, "a root session on the device (root login, su or sudo)";
+    ACCESS_OVERSTAY = "access.overstay", Medium, "a session still open after its access window ended";
+    ACCESS_LOG_TAMPERED = "access.log-tampered", High, "login records on the device vanished or changed";
 }
 
 /// One occurrence of a rule, before it is merged into an alert.

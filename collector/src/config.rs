@@ -39,6 +39,37 @@ pub struct Config {
     pub sinks: Vec<Sink>,
     /// Baselines and the detectors.
     pub detect: Detect,
+    /// Who may log in to which devices, from where, when.
+    pub access: Access,
+}
+
+/// The access policy: sessions the agents report are checked against it.
+/// A device no rule covers has no approved access: every session on it is
+/// outside policy, unless an access window is opened for it
+/// (`vigil-collector access open`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    /// IANA time zone the windows are in (default: the collector's local
+    /// time zone).
+    pub timezone: Option<String>,
+    pub policy: Vec<AccessRule>,
+}
+
+/// One rule: for a device (id or name) or a model, the users, source
+/// prefixes and time windows allowed. Empty `users` or `sources` allow
+/// any; empty `windows` allow only the windows opened with `access open`;
+/// `"always"` allows any time.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessRule {
+    pub device: Option<String>,
+    pub model: Option<String>,
+    pub users: Vec<String>,
+    pub sources: Vec<String>,
+    /// `Mon-Fri 09:00-17:00`, `Sat,Sun 10:00-12:00`, `daily 22:00-06:00`,
+    /// `always`.
+    pub windows: Vec<String>,
 }
 
 /// How devices are baselined and what the network detectors allow.
@@ -219,6 +250,136 @@ impl Detect {
     }
 }
 
+/// A weekly time window in local time: days (Monday = 0) and minutes of
+/// the day; an end at or before the start runs past midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub days: [bool; 7],
+    pub start_min: u16,
+    pub end_min: u16,
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+impl Window {
+    /// Every minute of every day.
+    pub const ALWAYS: Window = Window {
+        days: [true; 7],
+        start_min: 0,
+        end_min: 1440,
+    };
+
+    /// `always`, or `DAYS HH:MM-HH:MM` where DAYS is `daily`, a day
+    /// (`Mon`), a range (`Mon-Fri`) or a list of those (`Mon,Wed,Fri-Sun`).
+    pub fn parse(s: &str) -> Option<Window> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("always") {
+            return Some(Window::ALWAYS);
+        }
+        let (days_s, times) = s.split_once(' ')?;
+        let day = |d: &str| DAYS.iter().position(|n| n.eq_ignore_ascii_case(d));
+        let mut days = [false; 7];
+        if days_s.eq_ignore_ascii_case("daily") {
+            days = [true; 7];
+        } else {
+            for part in days_s.split(',') {
+                let (a, b) = part.split_once('-').unwrap_or((part, part));
+                let (a, b) = (day(a)?, day(b)?);
+                let mut d = a;
+                loop {
+                    *days.get_mut(d)? = true;
+                    if d == b {
+                        break;
+                    }
+                    d = (d + 1) % 7;
+                }
+            }
+        }
+        let minute = |t: &str| -> Option<u16> {
+            let (h, m) = t.split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+        };
+        let (a, b) = times.trim().split_once('-')?;
+        let (start_min, end_min) = (minute(a)?, minute(b)?);
+        (start_min < 1440).then_some(Window {
+            days,
+            start_min,
+            end_min,
+        })
+    }
+}
+
+/// An access rule, parsed.
+#[derive(Debug, Clone)]
+pub struct AccessGrant {
+    pub device: Option<String>,
+    pub model: Option<String>,
+    pub users: Vec<String>,
+    pub sources: Vec<Prefix>,
+    pub windows: Vec<Window>,
+    /// The rule as written, for evidence.
+    pub text: String,
+}
+
+impl Access {
+    pub fn grants(&self) -> Result<Vec<AccessGrant>, ConfigError> {
+        let bad = |field, message: String| ConfigError::Invalid { field, message };
+        self.policy
+            .iter()
+            .enumerate()
+            .map(|(n, r)| {
+                if r.device.is_some() == r.model.is_some() {
+                    return Err(bad(
+                        "access.policy",
+                        format!("rule {}: give exactly one of device or model", n + 1),
+                    ));
+                }
+                let sources = r
+                    .sources
+                    .iter()
+                    .map(|p| {
+                        Prefix::parse(p).ok_or_else(|| {
+                            bad("access.policy.sources", format!("`{p}` is not an address prefix"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                let windows = r
+                    .windows
+                    .iter()
+                    .map(|w| {
+                        Window::parse(w).ok_or_else(|| {
+                            bad(
+                                "access.policy.windows",
+                                format!("`{w}` is not `always` or DAYS HH:MM-HH:MM (e.g. Mon-Fri 09:00-17:00)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                let target = match (&r.device, &r.model) {
+                    (Some(d), _) => format!("device {d}"),
+                    (_, Some(m)) => format!("model {m}"),
+                    _ => String::new(),
+                };
+                let list = |v: &[String]| if v.is_empty() { "any".to_string() } else { v.join(",") };
+                Ok(AccessGrant {
+                    device: r.device.clone(),
+                    model: r.model.clone(),
+                    users: r.users.clone(),
+                    sources,
+                    windows,
+                    text: format!(
+                        "{target}: users {}, sources {}, windows {}",
+                        list(&r.users),
+                        list(&r.sources),
+                        if r.windows.is_empty() { "only those opened with `access open`".to_string() } else { r.windows.join(", ") }
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialPort {
@@ -312,6 +473,7 @@ impl Default for Config {
             loss_grace_s: 120,
             sinks: Vec::new(),
             detect: Detect::default(),
+            access: Access::default(),
         }
     }
 }
@@ -403,6 +565,7 @@ impl Config {
             }
         }
         self.detect.policy()?;
+        self.access.grants()?;
         // A baseline learns from the raw samples archived during it.
         if self.detect.baseline_period_s > u64::from(self.retention_days).saturating_mul(86_400) {
             return bad(

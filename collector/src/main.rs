@@ -25,6 +25,7 @@ fn print_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+mod access;
 mod alert;
 mod baseline;
 mod config;
@@ -66,6 +67,11 @@ usage:
   vigil-collector baseline close|approve|reset DEVICE  end learning | approve | learn again
   vigil-collector baseline export DEVICE > FILE        the approved baseline as JSON
   vigil-collector baseline import --model MODEL FILE   one baseline for every device of MODEL
+  vigil-collector access [--device D] [--from T] [--to T] [--json|--csv]
+                                                       the access record: every session
+  vigil-collector access open --device D --for 2h --reason \"...\"
+                                                       an access window (audited)
+  vigil-collector access close --device D | access windows [--device D]
   vigil-collector detect --csv FILE [--metric KIND] [--learn N] [tuning]
                                                        replay a recorded series through
                                                        the detector: timestamp,score,anomaly
@@ -563,6 +569,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         "baseline" => baseline_command(&mut a, now),
+        "access" => access_command(&mut a, now),
         "detect" => {
             let path = a
                 .take("csv")
@@ -646,6 +653,150 @@ fn learn_from_archive(
     let n = store.for_each_sample(id, b.started_ms, now, |s, l| learning.add(s, l, &t))?;
     b.close(learning, now);
     Ok(n)
+}
+
+fn access_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
+    let sub = a.positional.first().cloned();
+    if sub.is_some() {
+        a.positional.remove(0);
+    }
+    match sub.as_deref() {
+        None => {
+            let device = a.take("device");
+            let time = |v: Option<String>, default: u64| -> anyhow::Result<u64> {
+                v.map_or(Ok(default), |t| {
+                    alert::parse_rfc3339(&t).ok_or_else(|| {
+                        usage(format!("`{t}` is not YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"))
+                    })
+                })
+            };
+            let from = time(a.take("from"), 0)?;
+            let to = time(a.take("to"), u64::MAX / 2)?;
+            let format = if a.json {
+                "json"
+            } else if a.flag("csv") {
+                "csv"
+            } else {
+                "table"
+            };
+            a.done()?;
+            let store = a.store()?;
+            let device = device
+                .map(|d| store.find_device(&d).map(|d| d.id))
+                .transpose()?;
+            let rows = access::record(store.conn(), device.as_deref(), from, to)?;
+            views::access(&rows, format, now);
+            Ok(())
+        }
+        Some("open") => {
+            let device = a
+                .take("device")
+                .ok_or_else(|| usage("access open needs --device D"))?;
+            let span = a
+                .take("for")
+                .ok_or_else(|| usage("access open needs --for DURATION (e.g. 2h, 90m)"))?;
+            let ms = access::parse_duration(&span)
+                .filter(|&ms| ms <= 31 * 86_400_000)
+                .ok_or_else(|| usage(format!("--for: `{span}` is not a duration of at most 31d such as 2h, 90m, 1h30m")))?;
+            let reason = a
+                .take("reason")
+                .filter(|r| !r.trim().is_empty())
+                .ok_or_else(|| usage("access open needs --reason \"...\" (it goes in the audit log)"))?;
+            a.done()?;
+            let mut store = a.store()?;
+            let d = store.find_device(&device)?;
+            let who = actor();
+            let until = now.saturating_add(ms);
+            let tx = store.transaction()?;
+            tx.execute(
+                "INSERT INTO access_windows(device, from_ms, until_ms, reason, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![d.id, store::i(now), store::i(until), reason, who],
+            )?;
+            let id = tx.last_insert_rowid();
+            store::admin(
+                &tx,
+                &who,
+                "access-open",
+                &d.id,
+                json!({"window": id, "from": alert::rfc3339(now), "until": alert::rfc3339(until), "reason": reason}),
+                now,
+            )?;
+            tx.commit()?;
+            out!(
+                "access window {id} open for device {} ({}) until {}",
+                d.id,
+                d.name,
+                alert::rfc3339(until)
+            );
+            Ok(())
+        }
+        Some("close") => {
+            let device = a
+                .take("device")
+                .ok_or_else(|| usage("access close needs --device D"))?;
+            a.done()?;
+            let mut store = a.store()?;
+            let d = store.find_device(&device)?;
+            let who = actor();
+            let tx = store.transaction()?;
+            let n = tx.execute(
+                "UPDATE access_windows SET closed_ms = ?2 WHERE device = ?1 AND closed_ms IS NULL AND until_ms > ?2",
+                rusqlite::params![d.id, store::i(now)],
+            )?;
+            store::admin(&tx, &who, "access-close", &d.id, json!({"windows_closed": n}), now)?;
+            tx.commit()?;
+            out!("{n} access windows closed for device {} ({})", d.id, d.name);
+            Ok(())
+        }
+        Some("windows") => {
+            let device = a.take("device");
+            a.done()?;
+            let store = a.store()?;
+            let device = device
+                .map(|d| store.find_device(&d).map(|d| d.id))
+                .transpose()?;
+            let ws = access::open_windows(store.conn(), device.as_deref().unwrap_or(""))?;
+            let state = |w: &access::Opened| match w.closed_ms {
+                Some(_) => "closed",
+                None if w.until_ms <= now => "ended",
+                None => "open",
+            };
+            if a.json {
+                let v: Vec<Value> = ws
+                    .iter()
+                    .map(|w| {
+                        json!({"id": w.id, "device": w.device, "from": alert::rfc3339(w.from_ms),
+                               "until": alert::rfc3339(w.until_ms), "closed": w.closed_ms.map(alert::rfc3339),
+                               "state": state(w), "reason": w.reason, "actor": w.actor})
+                    })
+                    .collect();
+                out!("{}", Value::Array(v));
+            } else {
+                let rows: Vec<Vec<String>> = ws
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.id.to_string(),
+                            w.device.clone(),
+                            alert::rfc3339(w.from_ms),
+                            alert::rfc3339(w.until_ms),
+                            state(w).into(),
+                            w.actor.clone(),
+                            w.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                out!(
+                    "{}",
+                    views::table(&["ID", "DEVICE", "FROM", "UNTIL", "STATE", "BY", "REASON"], &rows)
+                );
+            }
+            Ok(())
+        }
+        Some(other) => Err(usage(format!(
+            "unknown access command `{other}` (access [--device D] [--from T] [--to T] [--json|--csv], access open|close|windows)"
+        ))),
+    }
 }
 
 fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {

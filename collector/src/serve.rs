@@ -53,6 +53,7 @@ pub fn run(
             max_pending: cfg.limits.max_pending,
             policy: cfg.detect.policy()?,
             tuning: crate::detect::Tuning::default(),
+            access: crate::access::Policy::new(&cfg.access)?,
         },
     )?;
     let identity = match cfg.listen {

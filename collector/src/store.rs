@@ -111,11 +111,11 @@ impl Track {
     }
 }
 
-fn i(v: u64) -> i64 {
+pub(crate) fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn u(v: i64) -> u64 {
+pub(crate) fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -228,6 +228,8 @@ impl Store {
         conn.pragma_update(None, "cache_size", -65_536)
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.execute_batch(crate::access::SCHEMA)
+            .map_err(open_err)?;
         // Every statement of the ingest path stays prepared (the default
         // cache of 16 thrashes and re-prepares per frame).
         conn.set_prepared_statement_cache_capacity(64);
@@ -247,6 +249,11 @@ impl Store {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
+    }
+
+    /// Read-only queries of other modules (`access`).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {

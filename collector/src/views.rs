@@ -506,6 +506,141 @@ pub fn export(d: &Device, rows: &[Value], format: &str) {
     }
 }
 
+fn duration(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The access record: one line per session, oldest first.
+pub fn access(rows: &[crate::access::Row], format: &str, now_ms: u64) {
+    match format {
+        "json" => {
+            out!(
+                "{}",
+                Value::Array(rows.iter().map(|r| r.to_json(now_ms)).collect())
+            );
+        }
+        "csv" => {
+            out!("device,device_name,session,kind,user,by_user,remote,remote_port,terminal,process,command,started,ended,duration_s,verdict,violations,alerts");
+            for r in rows {
+                let j = r.to_json(now_ms);
+                out!(
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    csv(&r.device),
+                    csv(&r.device_name),
+                    csv(j["session"].as_str().unwrap_or("")),
+                    csv(&r.kind),
+                    csv(&r.user),
+                    csv(&r.by_user),
+                    csv(r.remote.as_deref().unwrap_or("")),
+                    r.remote_port.map(|p| p.to_string()).unwrap_or_default(),
+                    csv(&r.terminal),
+                    csv(&r.process),
+                    csv(&r.command),
+                    rfc3339(r.started_ms),
+                    r.ended_ms.map(rfc3339).unwrap_or_default(),
+                    j["duration_s"],
+                    csv(&r.verdict),
+                    csv(&r.violations.join("; ")),
+                    csv(&r
+                        .alerts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")),
+                );
+            }
+        }
+        _ => {
+            let table_rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    let who = if r.by_user.is_empty() {
+                        r.user.clone()
+                    } else {
+                        format!("{} (by {})", r.user, r.by_user)
+                    };
+                    let from = match (&r.remote, r.remote_port) {
+                        (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+                        (Some(a), Some(p)) => format!("{a}:{p}"),
+                        (Some(a), None) => a.clone(),
+                        (None, _) => "-".into(),
+                    };
+                    let via = if r.command.is_empty() {
+                        r.process.clone()
+                    } else {
+                        format!("{} {}", r.process, r.command)
+                    };
+                    let end = r.ended_ms.unwrap_or(now_ms);
+                    vec![
+                        if r.device_name.is_empty() {
+                            r.device.clone()
+                        } else {
+                            r.device_name.clone()
+                        },
+                        who,
+                        r.kind.clone(),
+                        from,
+                        r.terminal.clone(),
+                        via,
+                        rfc3339(r.started_ms),
+                        r.ended_ms.map_or_else(|| "open".into(), rfc3339),
+                        duration(end.saturating_sub(r.started_ms) / 1000),
+                        match (r.verdict.as_str(), r.overstay) {
+                            ("allowed", true) => "allowed, overstayed".into(),
+                            (v, _) => v.to_string(),
+                        },
+                        if r.alerts.is_empty() {
+                            "-".into()
+                        } else {
+                            r.alerts
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        },
+                    ]
+                })
+                .collect();
+            out!(
+                "{}",
+                table(
+                    &[
+                        "DEVICE", "USER", "KIND", "FROM", "TTY", "VIA", "STARTED", "ENDED",
+                        "DURATION", "VERDICT", "ALERTS"
+                    ],
+                    &table_rows
+                )
+            );
+            // Why each session outside the policy is, under the table.
+            for r in rows
+                .iter()
+                .filter(|r| !r.violations.is_empty() || !r.end_note.is_empty())
+            {
+                let who = if r.device_name.is_empty() {
+                    &r.device
+                } else {
+                    &r.device_name
+                };
+                for v in &r.violations {
+                    out!("  {who} {} {}: {v}", r.user, rfc3339(r.started_ms));
+                }
+                if !r.end_note.is_empty() {
+                    out!(
+                        "  {who} {} {}: {}",
+                        r.user,
+                        rfc3339(r.started_ms),
+                        r.end_note
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,7 @@ pub struct Settings {
     pub max_pending: u32,
     pub policy: Policy,
     pub tuning: Tuning,
+    pub access: crate::access::Policy,
 }
 
 /// A device's baseline as the writer holds it.
@@ -449,6 +450,10 @@ impl Writer {
             // Alert once per hole; a resend can still fill it.
             t.hole_since_ms = Some(u64::MAX / 2);
         }
+        let metrics = &self.metrics;
+        crate::access::overstays(&tx, &self.settings.access, now, &mut |tx, r| {
+            raise_id(tx, metrics, r)
+        })?;
         let periodic = self.baselines_saved.elapsed() >= BASELINE_SAVE;
         if periodic {
             self.baselines_saved = Instant::now();
@@ -552,7 +557,16 @@ fn job_frames(j: &Job) -> usize {
 }
 
 fn raise(tx: &rusqlite::Connection, metrics: &Metrics, r: Raise) -> Result<(), store::StoreError> {
-    let (_, new) = store::raise(tx, &r)?;
+    raise_id(tx, metrics, r).map(|_| ())
+}
+
+/// `raise`, returning the alert's id.
+fn raise_id(
+    tx: &rusqlite::Connection,
+    metrics: &Metrics,
+    r: Raise,
+) -> Result<i64, store::StoreError> {
+    let (id, new) = store::raise(tx, &r)?;
     if new {
         metrics.alert(r.rule.severity);
         log::warn!(
@@ -562,7 +576,7 @@ fn raise(tx: &rusqlite::Connection, metrics: &Metrics, r: Raise) -> Result<(), s
             r.evidence
         );
     }
-    Ok(())
+    Ok(id)
 }
 
 /// Marks `[first, first+count)` as stored or explained and moves `acked`
@@ -775,7 +789,11 @@ fn ingest(
             _ => Vec::new(),
         };
         for r in detected {
-            raise(tx, metrics, r)?;
+            let (rule, peer) = (r.rule, r.dedup.clone());
+            let alert_id = raise_id(tx, metrics, r)?;
+            if rule == alert::INTERNET_INBOUND {
+                crate::access::link_network(tx, &id, &peer, alert_id)?;
+            }
         }
         match &body {
             Some(Body::Hello(hello)) => {
@@ -837,6 +855,18 @@ fn ingest(
                         Raise::new(alert::INTEGRITY, id.clone(), path, ev, received_ms),
                     )?;
                 }
+            }
+            Some(Body::Sessions(s)) => {
+                crate::access::ingest(
+                    tx,
+                    &settings.access,
+                    &id,
+                    h.boot,
+                    h.seq,
+                    s,
+                    received_ms,
+                    &mut |tx, r| raise_id(tx, metrics, r),
+                )?;
             }
             Some(Body::Posture(p)) => {
                 for c in p.results.iter().filter(|c| c.status == CheckStatus::Fail) {

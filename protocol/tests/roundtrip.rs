@@ -368,13 +368,16 @@ fn body() -> impl Strategy<Value = Body> {
                 queued_bytes
             })
         ),
-        (any::<bool>(), any::<bool>(), hvec::<_, MAX_SESSION_EVENTS>(event)).prop_map(
-            |(snapshot, continued, events)| Body::Sessions(Sessions {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            hvec::<_, MAX_SESSION_EVENTS>(event)
+        )
+            .prop_map(|(snapshot, continued, events)| Body::Sessions(Sessions {
                 snapshot,
                 continued,
                 events
-            })
-        ),
+            })),
     ]
 }
 
@@ -420,6 +423,7 @@ fn a_full_sessions_frame_fits() {
         header(&k, u32::MAX, u64::MAX, u64::MAX),
         Body::Sessions(Sessions {
             snapshot: true,
+            continued: true,
             events,
         }),
     );

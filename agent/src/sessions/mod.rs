@@ -166,7 +166,10 @@ pub fn parse_stat(pid: u32, stat: &str) -> Option<Proc> {
         pid,
         ppid: field(4)?.parse().ok()?,
         comm,
-        tty: field(7)?.parse::<i64>().ok().and_then(|t| u32::try_from(t).ok())?,
+        tty: field(7)?
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| u32::try_from(t).ok())?,
         start_ticks: field(22)?.parse().ok()?,
         ..Proc::default()
     })
@@ -358,10 +361,7 @@ impl Tracker {
                 kind: f.kind,
                 user: hs(&f.user.clone().unwrap_or_else(|| self.passwd.name(f.uid))),
                 uid: f.uid,
-                terminal: hs(&f
-                    .terminal
-                    .clone()
-                    .unwrap_or_else(|| procs::tty_name(f.tty))),
+                terminal: hs(&f.terminal.clone().unwrap_or_else(|| procs::tty_name(f.tty))),
                 remote,
                 process: hs(&f.process),
                 pid: f.leader,
@@ -409,7 +409,10 @@ impl Tracker {
             });
             let comm = table.get(r.pid).map(|p| p.comm.clone()).unwrap_or_default();
             by_pid.insert(r.pid, key);
-            current.insert(key, self.from_record(key, &r, remote, &comm, SessionSource::Utmp));
+            current.insert(
+                key,
+                self.record_session(key, &r, remote, &comm, SessionSource::Utmp),
+            );
         }
 
         // wtmp logins nobody else explains: a session shorter than a read,
@@ -426,7 +429,7 @@ impl Tracker {
                 &r.time_s.to_le_bytes(),
             ]);
             let remote = r.addr.map(|addr| Endpoint { addr, port: 0 });
-            let s = self.from_record(key, &r, remote, "", SessionSource::Wtmp);
+            let s = self.record_session(key, &r, remote, "", SessionSource::Wtmp);
             if let Some((end, _)) = self.dead.get(&r.pid) {
                 events.push(SessionEvent::Opened(s.clone()));
                 events.push(SessionEvent::Closed {
@@ -481,7 +484,7 @@ impl Tracker {
         Report { snapshot, events }
     }
 
-    fn from_record(
+    fn record_session(
         &self,
         key: u64,
         r: &Record,
@@ -544,13 +547,19 @@ mod tests {
             "7 (a) b (c)) S 1 7 7 34816 7 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5555 0 0",
         )
         .unwrap();
-        assert_eq!((p.comm.as_str(), p.ppid, p.tty, p.start_ticks), ("a) b (c)", 1, 34816, 5555));
+        assert_eq!(
+            (p.comm.as_str(), p.ppid, p.tty, p.start_ticks),
+            ("a) b (c)", 1, 34816, 5555)
+        );
         assert!(parse_stat(1, "1 (x) S 0").is_none());
     }
 
     #[test]
     fn keys_depend_on_every_part() {
         assert_ne!(fnv(&[b"ab", b"c"]), fnv(&[b"a", b"bc"]));
-        assert_ne!(fnv(&[b"p", &1u32.to_le_bytes()]), fnv(&[b"u", &1u32.to_le_bytes()]));
+        assert_ne!(
+            fnv(&[b"p", &1u32.to_le_bytes()]),
+            fnv(&[b"u", &1u32.to_le_bytes()])
+        );
     }
 }

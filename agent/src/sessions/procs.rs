@@ -98,14 +98,18 @@ fn is_sshd(comm: &str) -> bool {
 /// `sshd: USER [priv]` -> `USER`.
 fn sshd_priv_user(title: &str) -> Option<&str> {
     let t = title.trim_end_matches([' ', '\0']);
-    let rest = t.strip_prefix("sshd: ").or_else(|| t.strip_prefix("sshd-session: "))?;
+    let rest = t
+        .strip_prefix("sshd: ")
+        .or_else(|| t.strip_prefix("sshd-session: "))?;
     rest.strip_suffix(" [priv]").filter(|u| !u.is_empty())
 }
 
 /// `sshd: USER@pts/0` -> (`USER`, `pts/0`).
 fn sshd_user_tty(title: &str) -> Option<(&str, &str)> {
     let t = title.trim_end_matches([' ', '\0']);
-    let rest = t.strip_prefix("sshd: ").or_else(|| t.strip_prefix("sshd-session: "))?;
+    let rest = t
+        .strip_prefix("sshd: ")
+        .or_else(|| t.strip_prefix("sshd-session: "))?;
     let (u, tty) = rest.rsplit_once('@')?;
     (!u.is_empty() && !tty.is_empty() && !tty.contains(' ')).then_some((u, tty))
 }
@@ -282,7 +286,14 @@ mod tests {
         let pad = " ".repeat(40);
         Table::new(vec![
             p(1, 0, "init", 0, 0, ""),
-            p(476, 1, "sshd", 0, 0, "sshd: /usr/sbin/sshd -f cfg [listener] 0 of 10-100 startups"),
+            p(
+                476,
+                1,
+                "sshd",
+                0,
+                0,
+                "sshd: /usr/sbin/sshd -f cfg [listener] 0 of 10-100 startups",
+            ),
             p(481, 476, "sshd", 0, 0, &format!("sshd: vendor [priv]{pad}")),
             p(483, 481, "sshd", 1001, 1001, "sshd: vendor@pts/0"),
             p(484, 483, "sudo", 1001, 0, "sudo -i sleep 3"),
@@ -341,7 +352,10 @@ mod tests {
             p(42, 41, "ash", 1001, 1001, ""),
         ]);
         let f = find(&t);
-        let kinds: Vec<_> = f.iter().map(|f| (f.leader, f.kind, f.uid, f.socket_owner)).collect();
+        let kinds: Vec<_> = f
+            .iter()
+            .map(|f| (f.leader, f.kind, f.uid, f.socket_owner))
+            .collect();
         assert_eq!(
             kinds,
             [

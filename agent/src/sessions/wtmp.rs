@@ -258,12 +258,15 @@ mod tests {
         let mut f = Follower::at_end(&p);
         assert!(f.poll().records.is_empty(), "history is not news");
         append(&p, &rec(2));
-        append(&p, &rec(3).get(..100).unwrap().to_vec()); // half written
+        append(&p, rec(3).get(..100).unwrap()); // half written
         let r = f.poll();
         assert_eq!(r.records.iter().map(|r| r.pid).collect::<Vec<_>>(), [2]);
         assert!(r.tamper.is_none());
         append(&p, rec(3).get(100..).unwrap());
-        assert_eq!(f.poll().records.iter().map(|r| r.pid).collect::<Vec<_>>(), [3]);
+        assert_eq!(
+            f.poll().records.iter().map(|r| r.pid).collect::<Vec<_>>(),
+            [3]
+        );
         assert!(f.poll().records.is_empty());
 
         // A record removed from the middle: the log is shorter than read.
