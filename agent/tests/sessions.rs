@@ -13,7 +13,12 @@ use vigil_agent::sessions::Tracker;
 use vigil_protocol::body::{Addr, SessionEvent, SessionKind, SessionSource, TamperKind};
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sessions").join(name)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/sessions")
+            .join(name),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -23,7 +28,10 @@ fn wtmp_written_by_openssh() {
     let (r, bad, partial) = utmp::parse(&b, Layout::Time32);
     assert_eq!((r.len(), bad, partial), (2, 0, 0));
     assert_eq!(r[0].kind, utmp::USER_PROCESS);
-    assert_eq!((r[0].user.as_str(), r[0].line.as_str()), ("vigiltest", "pts/0"));
+    assert_eq!(
+        (r[0].user.as_str(), r[0].line.as_str()),
+        ("vigiltest", "pts/0")
+    );
     assert_eq!(r[0].host, "127.0.0.1");
     assert_eq!(r[0].addr, Some(Addr::V4([127, 0, 0, 1])));
     assert_eq!(r[0].time_s, 1_796_124_918); // 2026-12-01T11:35:18Z
@@ -71,11 +79,16 @@ fn corrupt_and_64_bit_time_files() {
     assert_eq!((r.len(), bad), (5, 1));
     // The same records in the 64-bit time layout are recognised as such.
     let (orig, _, _) = utmp::parse(&b, Layout::Time32);
-    let wide: Vec<u8> = orig.iter().flat_map(|r| utmp::encode(r, Layout::Time64)).collect();
+    let wide: Vec<u8> = orig
+        .iter()
+        .flat_map(|r| utmp::encode(r, Layout::Time64))
+        .collect();
     assert_eq!(utmp::detect(&wide), Layout::Time64);
     assert_eq!(utmp::parse(&wide, Layout::Time64).0, orig);
     // Random bytes never panic.
-    let noise: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let l = utmp::detect(&noise);
     let _ = utmp::parse(&noise, l);
 }
@@ -85,7 +98,11 @@ struct Root(PathBuf);
 
 impl Root {
     fn new() -> Root {
-        let d = std::env::temp_dir().join(format!("vigil-sessions-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "vigil-sessions-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(d.join("proc")).unwrap();
         std::fs::create_dir_all(d.join("etc")).unwrap();
@@ -107,10 +124,17 @@ impl Root {
         std::fs::create_dir_all(p.join("fd")).unwrap();
         std::fs::write(
             p.join("stat"),
-            format!("{pid} ({comm}) S {ppid} {pid} {pid} {tty} 0 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n", 1000 + pid),
+            format!(
+                "{pid} ({comm}) S {ppid} {pid} {pid} {tty} 0 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n",
+                1000 + pid
+            ),
         )
         .unwrap();
-        std::fs::write(p.join("status"), format!("Name:\t{comm}\nUid:\t{uid}\t{euid}\t{euid}\t{euid}\n")).unwrap();
+        std::fs::write(
+            p.join("status"),
+            format!("Name:\t{comm}\nUid:\t{uid}\t{euid}\t{euid}\t{euid}\n"),
+        )
+        .unwrap();
         std::fs::write(p.join("cmdline"), format!("{title}\0")).unwrap();
     }
 
@@ -152,7 +176,9 @@ fn rec(kind: i16, pid: u32, line: &str, user: &str, t: u64, addr: Option<[u8; 4]
         pid,
         line: line.into(),
         user: user.into(),
-        host: addr.map(|a| std::net::Ipv4Addr::from(a).to_string()).unwrap_or_default(),
+        host: addr
+            .map(|a| std::net::Ipv4Addr::from(a).to_string())
+            .unwrap_or_default(),
         time_s: t,
         addr: addr.map(Addr::V4),
     }
@@ -185,7 +211,15 @@ fn tracker_over_a_fake_root() {
     // (0500140A:C386 in /proc/net/tcp order); its user child 483 started
     // `sudo -i`, whose monitor 485 runs a root shell 486.
     root.proc(1, 0, "init", 0, 0, "/sbin/init", 0);
-    root.proc(476, 1, "sshd", 0, 0, "sshd: /usr/sbin/sshd [listener] 0 of 10-100 startups", 0);
+    root.proc(
+        476,
+        1,
+        "sshd",
+        0,
+        0,
+        "sshd: /usr/sbin/sshd [listener] 0 of 10-100 startups",
+        0,
+    );
     root.proc(481, 476, "sshd", 0, 0, "sshd: vendor [priv]", 0);
     root.socket(
         481,
@@ -205,16 +239,28 @@ fn tracker_over_a_fake_root() {
     let o = opened(&r.events);
     assert_eq!(o.len(), 2, "{:#?}", r.events);
     let ssh = o.iter().find(|s| s.kind == SessionKind::Remote).unwrap();
-    assert_eq!((ssh.user.as_str(), ssh.uid, ssh.terminal.as_str()), ("vendor", Some(1001), "pts/0"));
+    assert_eq!(
+        (ssh.user.as_str(), ssh.uid, ssh.terminal.as_str()),
+        ("vendor", Some(1001), "pts/0")
+    );
     let peer = ssh.remote.unwrap();
     assert_eq!((peer.addr, peer.port), (Addr::V4([10, 20, 0, 5]), 50054));
     assert_eq!((ssh.process.as_str(), ssh.pid), ("sshd", 481));
     assert_eq!(ssh.started_s, 1_800_000_000 + (1000 + 481) / 100);
     assert_eq!(ssh.source, SessionSource::Processes);
-    let root_sh = o.iter().find(|s| s.kind == SessionKind::Privileged).unwrap();
+    let root_sh = o
+        .iter()
+        .find(|s| s.kind == SessionKind::Privileged)
+        .unwrap();
     assert_eq!((root_sh.user.as_str(), root_sh.uid), ("root", Some(0)));
-    assert_eq!((root_sh.process.as_str(), root_sh.command.as_str()), ("sudo", "bash"));
-    assert_eq!((root_sh.by_user.as_str(), root_sh.parent), ("vendor", Some(ssh.key)));
+    assert_eq!(
+        (root_sh.process.as_str(), root_sh.command.as_str()),
+        ("sudo", "bash")
+    );
+    assert_eq!(
+        (root_sh.by_user.as_str(), root_sh.parent),
+        ("vendor", Some(ssh.key))
+    );
     assert_eq!(root_sh.terminal, "pts/0");
 
     // Nothing changed: nothing to say.
@@ -224,16 +270,36 @@ fn tracker_over_a_fake_root() {
     // A session shorter than one read, seen only in wtmp; and sshd's own
     // login record of the session above (pid 481), which is not news.
     root.wtmp(&[
-        rec(utmp::USER_PROCESS, 481, "pts/0", "vendor", 1_800_000_014, Some([10, 20, 0, 5])),
-        rec(utmp::USER_PROCESS, 900, "pts/5", "vendor", 1_800_000_200, Some([10, 20, 0, 9])),
+        rec(
+            utmp::USER_PROCESS,
+            481,
+            "pts/0",
+            "vendor",
+            1_800_000_014,
+            Some([10, 20, 0, 5]),
+        ),
+        rec(
+            utmp::USER_PROCESS,
+            900,
+            "pts/5",
+            "vendor",
+            1_800_000_200,
+            Some([10, 20, 0, 9]),
+        ),
         rec(utmp::DEAD_PROCESS, 900, "pts/5", "", 1_800_000_203, None),
     ]);
     let r = t.poll(1_800_000_210, &mut issues);
     let (o, c) = (opened(&r.events), closed(&r.events));
     assert_eq!((o.len(), c.len()), (1, 1), "{:#?}", r.events);
-    assert_eq!((o[0].pid, o[0].source, o[0].kind), (900, SessionSource::Wtmp, SessionKind::Remote));
+    assert_eq!(
+        (o[0].pid, o[0].source, o[0].kind),
+        (900, SessionSource::Wtmp, SessionKind::Remote)
+    );
     assert_eq!(o[0].uid, Some(1001));
-    assert_eq!(o[0].remote.map(|e| (e.addr, e.port)), Some((Addr::V4([10, 20, 0, 9]), 0)));
+    assert_eq!(
+        o[0].remote.map(|e| (e.addr, e.port)),
+        Some((Addr::V4([10, 20, 0, 9]), 0))
+    );
     assert_eq!((c[0].0.key, c[0].1), (o[0].key, 1_800_000_203));
 
     // The root shell ends: closed at the time of the read.
@@ -243,19 +309,45 @@ fn tracker_over_a_fake_root() {
     let r = t.poll(1_800_000_300, &mut issues);
     let c = closed(&r.events);
     assert_eq!(c.len(), 1, "{:#?}", r.events);
-    assert_eq!((c[0].0.kind, c[0].1), (SessionKind::Privileged, 1_800_000_300));
+    assert_eq!(
+        (c[0].0.kind, c[0].1),
+        (SessionKind::Privileged, 1_800_000_300)
+    );
 
     // A login record of a daemon the process table does not know.
     root.proc(950, 1, "mgmtd", 0, 0, "mgmtd", 0);
     let mut u = Vec::new();
-    u.extend(utmp::encode(&rec(utmp::USER_PROCESS, 950, "pts/7", "vendor", 1_800_000_310, Some([10, 20, 0, 7])), Layout::Time32));
+    u.extend(utmp::encode(
+        &rec(
+            utmp::USER_PROCESS,
+            950,
+            "pts/7",
+            "vendor",
+            1_800_000_310,
+            Some([10, 20, 0, 7]),
+        ),
+        Layout::Time32,
+    ));
     // A stale record of a process that is gone: ignored.
-    u.extend(utmp::encode(&rec(utmp::USER_PROCESS, 4242, "pts/8", "vendor", 1_700_000_000, None), Layout::Time32));
+    u.extend(utmp::encode(
+        &rec(
+            utmp::USER_PROCESS,
+            4242,
+            "pts/8",
+            "vendor",
+            1_700_000_000,
+            None,
+        ),
+        Layout::Time32,
+    ));
     std::fs::write(root.0.join("var/run/utmp"), &u).unwrap();
     let r = t.poll(1_800_000_320, &mut issues);
     let o = opened(&r.events);
     assert_eq!(o.len(), 1, "{:#?}", r.events);
-    assert_eq!((o[0].pid, o[0].source, o[0].process.as_str()), (950, SessionSource::Utmp, "mgmtd"));
+    assert_eq!(
+        (o[0].pid, o[0].source, o[0].process.as_str()),
+        (950, SessionSource::Utmp, "mgmtd")
+    );
 
     // Records vanish from wtmp: a finding, once.
     let w = std::fs::read(root.0.join("var/log/wtmp")).unwrap();
@@ -271,7 +363,10 @@ fn tracker_over_a_fake_root() {
         .collect();
     assert_eq!(tampered.len(), 1, "{:#?}", r.events);
     assert_eq!(tampered[0].kind, TamperKind::Truncated);
-    assert_eq!((tampered[0].expected_len, tampered[0].actual_len), (3 * 384, 384));
+    assert_eq!(
+        (tampered[0].expected_len, tampered[0].actual_len),
+        (3 * 384, 384)
+    );
     assert!(tampered[0].path.ends_with("var/log/wtmp"));
     assert!(t.poll(1_800_000_340, &mut issues).events.is_empty());
 

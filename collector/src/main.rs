@@ -262,6 +262,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "name",
     "model",
     "device",
+    "for",
+    "reason",
     "severity",
     "from",
     "to",
@@ -312,7 +314,9 @@ fn parse_args() -> anyhow::Result<(String, Args)> {
             Long("json") => args.json = true,
             Long(name) => {
                 let name = name.to_string();
-                let v = if VALUE_OPTIONS.contains(&name.as_str()) {
+                // `detect --csv FILE` reads a file; `access --csv` is a format.
+                let switch = name == "csv" && command.as_deref() != Some("detect");
+                let v = if VALUE_OPTIONS.contains(&name.as_str()) && !switch {
                     Some(
                         p.value()
                             .map_err(usage)?

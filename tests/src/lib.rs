@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
 
 pub mod collector;
+pub mod netns;
 pub mod receiver;
 pub mod tls;
 

@@ -10,19 +10,17 @@
 //! Everything runs in one test so nothing else loads the machine meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
 use vigil_tests::collector::{now_ms, Collector};
+use vigil_tests::netns::{in_ns, Net, Plan};
 use vigil_tests::{binary, keygen, tempdir, Agent};
 
 /// The agent's sampling and socket-table interval in this test.
@@ -36,136 +34,6 @@ const EHR: &str = "10.77.1.5";
 /// A file server that never answers (a blackhole route in the hospital).
 const SILENT: &str = "10.77.1.6";
 const INTERNET: &str = "203.0.113.10";
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Three namespaces, deleted (with their veths) on drop.
-struct Net {
-    dev: String,
-    hosp: String,
-    inet: String,
-    veth_dev: String,
-}
-
-impl Net {
-    fn create() -> Result<Net, String> {
-        let n = std::process::id() % 100_000;
-        let net = Net {
-            dev: format!("vg-dev-{n}"),
-            hosp: format!("vg-hosp-{n}"),
-            inet: format!("vg-inet-{n}"),
-            veth_dev: format!("vgd{n}"),
-        };
-        for ns in [&net.dev, &net.hosp, &net.inet] {
-            let _ = ip(&["netns", "del", ns]);
-            ip(&["netns", "add", ns])?;
-        }
-        let (vh, vh1, vi) = (format!("vgh{n}"), format!("vgx{n}"), format!("vgi{n}"));
-        let x = |ns: &str, args: &[&str]| {
-            let mut a = vec!["-n", ns];
-            a.extend_from_slice(args);
-            ip(&a)
-        };
-        ip(&[
-            "link",
-            "add",
-            &net.veth_dev,
-            "netns",
-            &net.dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &vh,
-            "netns",
-            &net.hosp,
-        ])?;
-        ip(&[
-            "link", "add", &vh1, "netns", &net.hosp, "type", "veth", "peer", "name", &vi, "netns",
-            &net.inet,
-        ])?;
-        for ns in [&net.dev, &net.hosp, &net.inet] {
-            x(ns, &["link", "set", "lo", "up"])?;
-        }
-        x(
-            &net.dev,
-            &["addr", "add", &format!("{DEVICE}/24"), "dev", &net.veth_dev],
-        )?;
-        x(&net.dev, &["link", "set", &net.veth_dev, "up"])?;
-        x(&net.dev, &["route", "add", "default", "via", HOSPITAL])?;
-        x(
-            &net.hosp,
-            &["addr", "add", &format!("{HOSPITAL}/24"), "dev", &vh],
-        )?;
-        x(
-            &net.hosp,
-            &["addr", "add", &format!("{EHR}/32"), "dev", "lo"],
-        )?;
-        x(&net.hosp, &["addr", "add", "203.0.113.1/24", "dev", &vh1])?;
-        x(
-            &net.hosp,
-            &["route", "add", "blackhole", &format!("{SILENT}/32")],
-        )?;
-        x(&net.hosp, &["link", "set", &vh, "up"])?;
-        x(&net.hosp, &["link", "set", &vh1, "up"])?;
-        x(
-            &net.inet,
-            &["addr", "add", &format!("{INTERNET}/24"), "dev", &vi],
-        )?;
-        x(&net.inet, &["link", "set", &vi, "up"])?;
-        x(
-            &net.inet,
-            &["route", "add", "default", "via", "203.0.113.1"],
-        )?;
-        let fwd = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &net.hosp,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ])
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !fwd.success() {
-            return Err("cannot enable forwarding in the hospital namespace".into());
-        }
-        Ok(net)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in [&self.dev, &self.hosp, &self.inet] {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let f_ns = File::open(&path).unwrap();
-        setns(f_ns.as_raw_fd(), CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-}
 
 /// A service in `ns` on `addr`: accepts, reads until the peer closes.
 fn serve(ns: &str, addr: &str, stop: &Arc<AtomicBool>) {
@@ -303,7 +171,14 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
         eprintln!("skipped: network namespaces need root (run the tests as root, as CI does)");
         return;
     }
-    let net = match Net::create() {
+    let net = match Net::create(&Plan {
+        tag: "vg",
+        device: DEVICE,
+        hospital: HOSPITAL,
+        hospital_hosts: &[EHR],
+        blackholes: &[SILENT],
+        internet: INTERNET,
+    }) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("skipped: cannot create network namespaces here ({e})");
