@@ -118,7 +118,9 @@ impl Root {
         Root(d)
     }
 
-    /// A process: `stat` (start at `start` ticks), `status` uids, title.
+    /// A process: `stat` (started 1000 + pid ticks after boot), `status`
+    /// uids, title.
+    #[allow(clippy::too_many_arguments)]
     fn proc(&self, pid: u32, ppid: u32, comm: &str, uid: u32, euid: u32, title: &str, tty: u32) {
         let p = self.0.join("proc").join(pid.to_string());
         std::fs::create_dir_all(p.join("fd")).unwrap();
