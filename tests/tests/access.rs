@@ -404,20 +404,17 @@ fn vendor_sessions_are_recorded_checked_against_policy_and_tied_to_the_network_v
         inet_rules.contains(&"network.internet-inbound".to_string()),
         "{inet_rules:?}"
     );
-    let policy_alert = from_inet["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| alert(id))
-        .find(|a| a["rule"] == "access.outside-policy")
-        .unwrap();
-    let inbound = from_inet["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| alert(id))
-        .find(|a| a["rule"] == "network.internet-inbound")
-        .unwrap();
+    let linked = |rule: &str| -> &Value {
+        from_inet["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(&alert)
+            .find(|a| a["rule"] == rule)
+            .unwrap()
+    };
+    let policy_alert = linked("access.outside-policy");
+    let inbound = linked("network.internet-inbound");
     assert!(
         policy_alert["evidence"]["network_alerts"]
             .as_array()
