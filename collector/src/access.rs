@@ -48,6 +48,8 @@ pub struct Policy {
 impl Policy {
     pub fn new(cfg: &crate::config::Access) -> Result<Policy, ConfigError> {
         let (tz, tz_name) = match &cfg.timezone {
+            // Without the zone database too.
+            Some(name) if name.eq_ignore_ascii_case("UTC") => (TimeZone::UTC, "UTC".into()),
             Some(name) => (
                 TimeZone::get(name).map_err(|e| ConfigError::Invalid {
                     field: "access.timezone",
@@ -282,7 +284,57 @@ pub fn evaluate(
     })
 }
 
-pub fn open_windows(tx: &Connection, device: &str) -> rusqlite::Result<Vec<Opened>> {
+/// Opens a window for `device` from `from_ms` to `until_ms`, recorded in
+/// the admin log with `reason`; returns its id.
+pub fn open_window(
+    tx: &Connection,
+    device: &str,
+    from_ms: u64,
+    until_ms: u64,
+    reason: &str,
+    actor: &str,
+) -> Result<i64, crate::store::StoreError> {
+    tx.execute(
+        "INSERT INTO access_windows(device, from_ms, until_ms, reason, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![device, i(from_ms), i(until_ms), reason, actor],
+    )?;
+    let id = tx.last_insert_rowid();
+    crate::store::admin(
+        tx,
+        actor,
+        "access-open",
+        device,
+        json!({"window": id, "from": alert::rfc3339(from_ms), "until": alert::rfc3339(until_ms), "reason": reason}),
+        from_ms,
+    )?;
+    Ok(id)
+}
+
+/// Ends every window of `device` still open at `now_ms` (admin-logged);
+/// returns how many.
+pub fn close_windows(
+    tx: &Connection,
+    device: &str,
+    actor: &str,
+    now_ms: u64,
+) -> Result<usize, crate::store::StoreError> {
+    let n = tx.execute(
+        "UPDATE access_windows SET closed_ms = ?2 WHERE device = ?1 AND closed_ms IS NULL AND until_ms > ?2",
+        params![device, i(now_ms)],
+    )?;
+    crate::store::admin(
+        tx,
+        actor,
+        "access-close",
+        device,
+        json!({"windows_closed": n}),
+        now_ms,
+    )?;
+    Ok(n)
+}
+
+/// Every window of `device` (all devices: empty), oldest first.
+pub fn windows(tx: &Connection, device: &str) -> rusqlite::Result<Vec<Opened>> {
     let mut st = tx.prepare_cached(
         "SELECT id, device, from_ms, until_ms, reason, actor, closed_ms FROM access_windows
          WHERE device = ?1 OR ?1 = '' ORDER BY id",
@@ -376,7 +428,7 @@ pub fn ingest(
     raise: &mut RaiseFn<'_>,
 ) -> Result<(), crate::store::StoreError> {
     let (name, model) = target(tx, device)?;
-    let windows = open_windows(tx, device)?;
+    let windows = windows(tx, device)?;
     let t = Target {
         id: device,
         name: &name,
@@ -663,7 +715,7 @@ pub fn overstays(
     };
     for d in due {
         let (name, model) = target(tx, &d.device)?;
-        let windows = open_windows(tx, &d.device)?;
+        let windows = windows(tx, &d.device)?;
         let t = Target {
             id: &d.device,
             name: &name,
@@ -810,7 +862,7 @@ pub fn record(
                 s.verdict, s.violations, s.allowed_until_ms, s.overstay, s.alerts, s.boot, s.open_seq, s.close_seq
          FROM sessions s LEFT JOIN devices d ON d.id = s.device
          WHERE (?1 IS NULL OR s.device = ?1) AND s.started_ms < ?3 AND (s.ended_ms IS NULL OR s.ended_ms >= ?2)
-         ORDER BY s.started_ms, s.device, s.key",
+         ORDER BY s.started_ms, s.parent IS NOT NULL, s.device, s.key",
     )?;
     let rows = st.query_map(params![device, i(from_ms), i(to_ms)], |r| {
         Ok(Row {

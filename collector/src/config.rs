@@ -606,6 +606,51 @@ mod tests {
     }
 
     #[test]
+    fn access_rules_parse_and_bad_ones_name_their_field() {
+        let c = Config::parse(
+            r#"
+[access]
+timezone = "UTC"
+[[access.policy]]
+model = "CT-9"
+users = ["vendor"]
+sources = ["10.20.0.5/32"]
+windows = ["Mon-Fri 09:00-17:00", "always"]
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let g = c.access.grants().unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].windows[1], Window::ALWAYS);
+        for (bad, field) in [
+            ("[[access.policy]]\nusers = [\"a\"]", "access.policy"),
+            (
+                "[[access.policy]]\ndevice = \"d\"\nmodel = \"m\"",
+                "access.policy",
+            ),
+            (
+                "[[access.policy]]\ndevice = \"d\"\nsources = [\"10.0.0.0/33\"]",
+                "access.policy.sources",
+            ),
+            (
+                "[[access.policy]]\ndevice = \"d\"\nwindows = [\"Mon-Fri 9-17\"]",
+                "access.policy.windows",
+            ),
+        ] {
+            let c = Config::parse(bad).unwrap();
+            match c.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(
+            Config::parse("[[access.policy]]\nhours = 3").is_err(),
+            "unknown fields rejected"
+        );
+    }
+
+    #[test]
     fn full_config_parses() {
         let c = Config::parse(
             r#"

@@ -712,19 +712,7 @@ fn access_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             let who = actor();
             let until = now.saturating_add(ms);
             let tx = store.transaction()?;
-            tx.execute(
-                "INSERT INTO access_windows(device, from_ms, until_ms, reason, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![d.id, store::i(now), store::i(until), reason, who],
-            )?;
-            let id = tx.last_insert_rowid();
-            store::admin(
-                &tx,
-                &who,
-                "access-open",
-                &d.id,
-                json!({"window": id, "from": alert::rfc3339(now), "until": alert::rfc3339(until), "reason": reason}),
-                now,
-            )?;
+            let id = access::open_window(&tx, &d.id, now, until, &reason, &who)?;
             tx.commit()?;
             out!(
                 "access window {id} open for device {} ({}) until {}",
@@ -743,11 +731,7 @@ fn access_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             let d = store.find_device(&device)?;
             let who = actor();
             let tx = store.transaction()?;
-            let n = tx.execute(
-                "UPDATE access_windows SET closed_ms = ?2 WHERE device = ?1 AND closed_ms IS NULL AND until_ms > ?2",
-                rusqlite::params![d.id, store::i(now)],
-            )?;
-            store::admin(&tx, &who, "access-close", &d.id, json!({"windows_closed": n}), now)?;
+            let n = access::close_windows(&tx, &d.id, &who, now)?;
             tx.commit()?;
             out!("{n} access windows closed for device {} ({})", d.id, d.name);
             Ok(())
@@ -759,7 +743,7 @@ fn access_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             let device = device
                 .map(|d| store.find_device(&d).map(|d| d.id))
                 .transpose()?;
-            let ws = access::open_windows(store.conn(), device.as_deref().unwrap_or(""))?;
+            let ws = access::windows(store.conn(), device.as_deref().unwrap_or(""))?;
             let state = |w: &access::Opened| match w.closed_ms {
                 Some(_) => "closed",
                 None if w.until_ms <= now => "ended",
@@ -1106,5 +1090,7 @@ fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
     }
     cfg.validate()
         .map_err(|e| anyhow!(Exit::Config(e.to_string())))?;
+    // The time zone needs the zone database, which `config` does not link.
+    access::Policy::new(&cfg.access).map_err(|e| anyhow!(Exit::Config(e.to_string())))?;
     Ok(cfg)
 }
