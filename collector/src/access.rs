@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS sessions(
   overstay INTEGER NOT NULL DEFAULT 0, alerts TEXT NOT NULL DEFAULT '[]',
   PRIMARY KEY(device, key));
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions(device) WHERE ended_ms IS NULL;
+CREATE INDEX IF NOT EXISTS sessions_due ON sessions(allowed_until_ms) WHERE ended_ms IS NULL AND overstay = 0;
 CREATE TABLE IF NOT EXISTS access_windows(
   id INTEGER PRIMARY KEY, device TEXT NOT NULL,
   from_ms INTEGER NOT NULL, until_ms INTEGER NOT NULL,
@@ -696,7 +697,7 @@ pub fn overstays(
     let due: Vec<Due> = {
         let mut st = tx.prepare_cached(
             "SELECT device, key, user, kind, terminal, remote, started_ms, allowed_until_ms, by_user FROM sessions
-             WHERE ended_ms IS NULL AND overstay = 0 AND allowed_until_ms IS NOT NULL AND allowed_until_ms <= ?1",
+             WHERE ended_ms IS NULL AND overstay = 0 AND allowed_until_ms <= ?1",
         )?;
         let rows = st.query_map([i(now_ms)], |r| {
             Ok(Due {

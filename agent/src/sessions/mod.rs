@@ -238,7 +238,7 @@ pub struct Tracker {
     /// Logout times from wtmp by pid, kept for a few reads.
     dead: HashMap<u32, (u64, u8)>,
     /// Remote peers already resolved, by session key.
-    peers: HashMap<u64, Option<Endpoint>>,
+    peers: HashMap<u64, Endpoint>,
     passwd: Passwd,
     clk_tck: u64,
     first: bool,
@@ -278,6 +278,16 @@ impl Tracker {
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// The peer of a session's socket, looked up once it is found.
+    fn peer(&mut self, key: u64, owner: u32) -> Option<Endpoint> {
+        if let Some(p) = self.peers.get(&key) {
+            return Some(*p);
+        }
+        let p = peer_of(&self.root, owner).map(unmapped)?;
+        self.peers.insert(key, p);
+        Some(p)
     }
 
     fn alive(&self, pid: u32) -> bool {
@@ -342,10 +352,7 @@ impl Tracker {
             ]);
             let remote = match f.socket_owner {
                 None => None,
-                Some(owner) => *self
-                    .peers
-                    .entry(key)
-                    .or_insert_with(|| peer_of(&self.root, owner).map(unmapped)),
+                Some(owner) => self.peer(key, owner),
             };
             let parent = f.invoker.and_then(|mut pid| {
                 for _ in 0..32 {
@@ -402,11 +409,9 @@ impl Tracker {
                 r.line.as_bytes(),
                 &r.time_s.to_le_bytes(),
             ]);
-            let remote = *self.peers.entry(key).or_insert_with(|| {
-                peer_of(&self.root, r.pid)
-                    .map(unmapped)
-                    .or(r.addr.map(|addr| Endpoint { addr, port: 0 }))
-            });
+            let remote = self
+                .peer(key, r.pid)
+                .or(r.addr.map(|addr| Endpoint { addr, port: 0 }));
             let comm = table.get(r.pid).map(|p| p.comm.clone()).unwrap_or_default();
             by_pid.insert(r.pid, key);
             current.insert(

@@ -57,6 +57,9 @@ pub struct Follower {
     hash: Sha256,
     /// The file as it was when `read`/`hash` were last confirmed.
     seen: Option<Stamp>,
+    /// The file followed, held open: its inode cannot be reused by a file
+    /// put in its place, so a replacement always shows.
+    held: Option<File>,
 }
 
 fn hash_prefix(f: &mut File, len: u64) -> std::io::Result<Sha256> {
@@ -86,11 +89,23 @@ impl Follower {
             read: 0,
             hash: Sha256::new(),
             seen: None,
+            held: File::open(path).ok(),
         };
-        if let Ok(mut file) = File::open(path) {
-            let _ = f.take_new(&mut file, true);
-        }
+        f.skip_to_end();
         f
+    }
+
+    /// Takes in everything the file holds now without reporting it.
+    fn skip_to_end(&mut self) {
+        let Ok(mut file) = File::open(&self.path) else {
+            return;
+        };
+        loop {
+            let before = self.read;
+            if self.take_new(&mut file, true).is_err() || self.read == before {
+                return;
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -102,9 +117,7 @@ impl Follower {
         self.read = 0;
         self.hash = Sha256::new();
         self.seen = None;
-        if let Ok(mut file) = File::open(&self.path) {
-            let _ = self.take_new(&mut file, true);
-        }
+        self.skip_to_end();
     }
 
     /// Reads whole records past `self.read`, extending the hash.
@@ -145,8 +158,8 @@ impl Follower {
             return out;
         }
         let actual_len = now.map_or(0, |s| s.len);
-        let moved = match (self.seen, now) {
-            (Some(a), Some(b)) => a.ino != b.ino,
+        let moved = match (&self.held, now) {
+            (Some(h), Some(b)) => h.metadata().map_or(true, |m| m.ino() != b.ino),
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -163,6 +176,7 @@ impl Follower {
                 None => {}
             }
             // A new file (rotation or not): its records are new.
+            self.held = File::open(&self.path).ok();
             self.read = 0;
             self.hash = Sha256::new();
             self.seen = None;
@@ -171,6 +185,9 @@ impl Follower {
             self.seen = now;
             return out;
         };
+        if self.held.is_none() {
+            self.held = file.try_clone().ok(); // the log appeared
+        }
         if out.tamper.is_none() && actual_len < self.read {
             out.tamper = Some(Tamper {
                 kind: TamperKind::Truncated,
@@ -209,7 +226,8 @@ impl Follower {
         old.push(".1");
         let mut f = File::open(PathBuf::from(old)).ok()?;
         let m = f.metadata().ok()?;
-        if Some(m.ino()) != self.seen.map(|s| s.ino) {
+        let held = self.held.as_ref()?.metadata().ok()?;
+        if m.ino() != held.ino() {
             return None;
         }
         let h = hash_prefix(&mut f, self.read).ok()?;
@@ -313,6 +331,18 @@ mod tests {
         // Removed outright: tampering.
         std::fs::remove_file(&p).unwrap();
         assert_eq!(f.poll().tamper.unwrap().kind, TamperKind::Replaced);
+    }
+
+    #[test]
+    fn a_long_history_is_not_news() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("wtmp");
+        let many: Vec<u8> = (0..3000).flat_map(rec).collect(); // 1.1 MiB, more than one read
+        append(&p, &many);
+        let mut f = Follower::at_end(&p);
+        assert!(f.poll().records.is_empty());
+        append(&p, &rec(7));
+        assert_eq!(f.poll().records.len(), 1);
     }
 
     #[test]
