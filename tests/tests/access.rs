@@ -447,6 +447,25 @@ fn vendor_sessions_are_recorded_checked_against_policy_and_tied_to_the_network_v
     );
     assert!(from_jump["overstay"] == true && from_inet["overstay"] == false);
 
+    // Both peers are also in the device's inbound endpoints (it is still
+    // baselining: the socket table's inbound peers are being learned).
+    let shown: Value =
+        serde_json::from_slice(&c.cli(&["baseline", "show", "scanner", "--json"]).stdout).unwrap();
+    let inbound_seen: Vec<&str> = shown["inbound"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["endpoint"].as_str())
+        .collect();
+    for peer in [JUMP, INTERNET] {
+        assert!(
+            inbound_seen
+                .iter()
+                .any(|e| e.contains(peer) && e.ends_with("-> 22")),
+            "{peer} not among the inbound endpoints {inbound_seen:?}"
+        );
+    }
+
     // The readable record names both sources and the reason.
     assert!(
         table.contains(&format!("{INTERNET}:")) && table.contains(&format!("{JUMP}:")),
