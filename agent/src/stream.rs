@@ -24,6 +24,13 @@ use crate::sample::{sockets, Issue};
 
 /// How long SIGTERM waits for the collector to ack what is queued.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Go-back-N: frames outstanding this long without the collector's ack
+/// moving are sent again (one lost on a noisy serial line holds the ack
+/// below it forever otherwise; the collector stores each frame once). The
+/// wait doubles while nothing moves (a collector that holds a pending
+/// device's frames unacked), up to `RESEND_MAX`.
+const RESEND_AFTER: Duration = Duration::from_secs(3);
+const RESEND_MAX: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -554,6 +561,8 @@ fn session(
     let mut out = Vec::with_capacity(vigil_protocol::MAX_FRAME_LEN);
     let mut rbuf = [0u8; 512];
     let mut acks = FrameDecoder::<{ vigil_protocol::frame::MAX_DOWNLINK_LEN }>::new();
+    let mut progress = Instant::now();
+    let mut resend_after = RESEND_AFTER;
     loop {
         loop {
             let seq = shared.lock().queue.next_to_send(&mut out);
@@ -569,9 +578,28 @@ fn session(
                 Some(Ok(a)) if a.device == device && a.boot == boot => {
                     let released = shared.lock().queue.ack(a.seq);
                     log::debug!("ack {}: {released} frames released", a.seq);
+                    if released > 0 {
+                        progress = Instant::now();
+                        resend_after = RESEND_AFTER;
+                    }
                 }
                 Some(Ok(a)) => log::warn!("ignored an ack for device {} boot {}", a.device, a.boot),
                 _ => log::warn!("ignored an unreadable message from the collector"),
+            }
+        }
+        {
+            let mut st = shared.lock();
+            let outstanding = st.queue.stats().frames;
+            if outstanding == 0 {
+                progress = Instant::now();
+            } else if progress.elapsed() >= resend_after {
+                log::info!(
+                    "no ack progress for {} s: sending the {outstanding} unacknowledged frames again",
+                    resend_after.as_secs()
+                );
+                st.queue.rewind();
+                progress = Instant::now();
+                resend_after = (resend_after * 2).min(RESEND_MAX);
             }
         }
         if shared.reconnect.swap(false, Ordering::SeqCst) {

@@ -156,8 +156,8 @@ impl Session {
                         if !self.order.admit(&h) {
                             m.reject("replay");
                             let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
-                                            "expected": "strictly increasing (boot, seq) on a connection",
-                                            "seen": "a frame at or below the previous one"});
+                                            "expected": "no older boot after a newer one on a connection",
+                                            "seen": "a frame of an older boot spliced into the stream"});
                             self.raise(
                                 &mut fed,
                                 Raise::new(

@@ -70,22 +70,29 @@ pub fn advance(highest: Option<Position>, frame: &Header) -> Position {
     }
 }
 
-/// Per-connection order: an agent sends each connection's frames in
-/// strictly increasing (boot, seq) order, resends first. A frame that does
-/// not is a replay spliced into the stream and is rejected.
+/// Per-connection order: a connection carries one device's frames, and a
+/// frame of an older boot than one already seen on it is a replay spliced
+/// into the stream: rejected. Within a boot the agent may go back: it sends
+/// everything unacknowledged again when the acks stop moving (go-back-N;
+/// one frame lost on a noisy serial line otherwise holds the ack forever),
+/// and `stand` tells those resends apart (duplicate or hole filled).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnectionOrder {
     last: Option<(u32, u64)>,
 }
 
 impl ConnectionOrder {
-    /// Records `frame`; `false` when it does not come after the previous one.
+    /// Records `frame`; `false` when it belongs to an older boot than a
+    /// frame seen before on this connection.
     pub fn admit(&mut self, frame: &Header) -> bool {
         let key = (frame.boot, frame.seq);
-        if self.last.is_some_and(|last| key <= last) {
-            return false;
+        match self.last {
+            Some((boot, _)) if frame.boot < boot => false,
+            Some(last) if key <= last => true,
+            _ => {
+                self.last = Some(key);
+                true
+            }
         }
-        self.last = Some(key);
-        true
     }
 }

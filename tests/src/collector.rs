@@ -171,6 +171,15 @@ impl Collector {
     }
 
     /// SIGTERM and the exit code.
+    /// SIGKILL: the collector dies wherever it is (mid-transaction
+    /// included), as in a power cut or an OOM kill.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn stop(mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
@@ -396,4 +405,28 @@ impl Link {
         }
         false
     }
+}
+
+/// GET /metrics from a collector's metrics listener: the body, after
+/// checking the status and the Prometheus text content type.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let (head, body) = r.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+/// One sample's value (`name` with its labels, as printed), or -1.
+pub fn metric(addr: &str, name: &str) -> f64 {
+    scrape(addr)
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
 }

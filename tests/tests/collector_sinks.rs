@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vigil_protocol::SigningKey;
-use vigil_tests::collector::{cli, Collector, Device, Link};
+use vigil_tests::collector::{cli, metric, scrape, Collector, Device, Link};
 use vigil_tests::tempdir;
 
 fn free_tcp_port() -> u16 {
@@ -165,18 +165,6 @@ template(name="vigil" type="string" string="%app-name%|%msgid%|%syslogseverity-t
     assert_eq!(c.stop(), Some(0));
 }
 
-fn scrape(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let (head, body) = r.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    body.to_string()
-}
-
 /// A strict reading of the text format: every sample line is
 /// `name{label="value",...} number` with a declared TYPE.
 fn strict_parse(body: &str) -> Vec<(String, f64)> {
@@ -291,14 +279,6 @@ fn metrics_pass_promtool_and_count_what_happened() {
     }
     drop(link);
     assert_eq!(c.stop(), Some(0));
-}
-
-fn metric(addr: &str, name: &str) -> f64 {
-    scrape(addr)
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
 }
 
 #[test]

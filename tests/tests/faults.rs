@@ -1,0 +1,500 @@
+//! Faults, with the real binaries on loopback: the collector killed with
+//! SIGKILL again and again under a fast stream, a collector outage longer
+//! than the agent's queue covers, and the agent restarted mid-stream.
+//! Nothing may be lost silently or stored twice (DESIGN principle 3).
+//!
+//! `VIGIL_FAULT_KILLS` sets the number of kills (default 10) and
+//! `VIGIL_FAULT_SEED` the seed of the kill times (printed on every run).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vigil_tests::collector::Collector;
+use vigil_tests::{keygen, tempdir, Agent};
+
+fn key_text(k: &vigil_protocol::VerifyingKey) -> String {
+    let mut s = String::new();
+    vigil_protocol::frame::write_public_key(&mut s, k).unwrap();
+    s
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// xorshift64*: reproducible kill times from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// (boot, seq) -> kind of every frame of `device` in the archive, and
+/// how many rows there are (the unique index makes them equal; counted
+/// anyway).
+fn archive(state: &Path, device: &str) -> (BTreeMap<(i64, i64), String>, usize) {
+    let db = rusqlite::Connection::open(state.join("vigil.sqlite")).unwrap();
+    let mut st = db
+        .prepare(
+            "SELECT f.boot, f.seq, f.kind FROM frames f JOIN devices d ON d.num = f.device
+             WHERE d.id = ?1 ORDER BY f.boot, f.seq",
+        )
+        .unwrap();
+    let rows: Vec<((i64, i64), String)> = st
+        .query_map([device], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let n = rows.len();
+    (rows.into_iter().collect(), n)
+}
+
+fn enroll(state: &Path, key: &vigil_protocol::VerifyingKey, name: &str) {
+    let out =
+        vigil_tests::collector::cli(state, &["enroll", "--key", &key_text(key), "--name", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn fast_agent(dir: &Path, addr: &str, pin: &str) -> Agent {
+    let mut cmd = std::process::Command::new(vigil_tests::binary("vigil-agent"));
+    cmd.arg("run")
+        .arg("--state-dir")
+        .arg(dir)
+        .args(["--collector", addr, "--pin", pin])
+        // 50 samples/s, one per frame: 50 frames/s.
+        .args(["--interval-ms", "20", "--batch", "1", "--no-sessions"]);
+    Agent::spawn_logged(cmd, &dir.join("agent.log"))
+}
+
+fn audit(state: &Path) -> String {
+    let out = vigil_tests::collector::cli(state, &["audit"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "audit failed:\n{text}");
+    text
+}
+
+fn alerts(state: &Path) -> Vec<Value> {
+    let out = vigil_tests::collector::cli(state, &["alerts", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every sequence number of each boot, from 0 to the highest, exactly once.
+fn assert_complete(frames: &BTreeMap<(i64, i64), String>) {
+    let mut boots: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (b, s) in frames.keys() {
+        boots.entry(*b).or_default().push(*s);
+    }
+    for (b, seqs) in boots {
+        let expected: Vec<i64> = (0..=*seqs.last().unwrap()).collect();
+        if seqs != expected {
+            let missing: Vec<i64> = expected
+                .iter()
+                .filter(|s| !seqs.contains(s))
+                .copied()
+                .collect();
+            panic!("boot {b}: {} frames, missing {missing:?}", seqs.len());
+        }
+    }
+}
+
+#[test]
+fn collector_killed_again_and_again_loses_nothing_and_stores_nothing_twice() {
+    let kills: usize = std::env::var("VIGIL_FAULT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("VIGIL_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9 + 1);
+    eprintln!("{kills} kills, VIGIL_FAULT_SEED={seed}");
+    let mut rng = Rng(seed | 1);
+    let dir = tempdir("faults-kill");
+    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = keygen(&agent_dir);
+    let id = vigil_protocol::DeviceId::of(&key).to_string();
+    enroll(&state, &key, "kill-test");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let start = || Collector::start(&state, &["--listen", &addr]);
+    let mut c = start();
+    let pin = c.pin.clone().unwrap();
+    let agent = fast_agent(&agent_dir, &addr, &pin);
+    assert!(
+        c.wait_for(Duration::from_secs(20), |c| c
+            .device(&id)
+            .is_some_and(|d| d["frames_received"].as_u64().unwrap_or(0) >= 20)),
+        "the agent never streamed:\n{}",
+        std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default()
+    );
+    let t0 = Instant::now();
+    for _ in 0..kills {
+        // Somewhere in the next 0.2-1.5 s: between, inside or just after a
+        // batch transaction.
+        std::thread::sleep(Duration::from_millis(200 + rng.below(1300)));
+        c.kill();
+        std::thread::sleep(Duration::from_millis(rng.below(500)));
+        c = start();
+    }
+    // Let it catch up, then stop the agent: it flushes and says what is
+    // left unacknowledged.
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = agent.stop();
+    let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("0 frames left unacknowledged"),
+        "the agent could not get everything acked:\n{log}"
+    );
+    let took = t0.elapsed();
+    drop(c);
+    let (frames, rows) = archive(&state, &id);
+    assert_eq!(rows, frames.len(), "a (boot, seq) stored twice");
+    assert_complete(&frames);
+    assert!(
+        !frames.values().any(|k| k == "gap"),
+        "the queue overflowed: kills too long for this test"
+    );
+    let text = audit(&state);
+    assert!(text.contains(", 0 problems"), "{text}");
+    let lost: Vec<Value> = alerts(&state)
+        .into_iter()
+        .filter(|a| {
+            a["rule"] == "transport.sequence-loss"
+                || a["rule"] == "transport.replay"
+                || a["rule"] == "transport.agent-gap"
+        })
+        .collect();
+    assert!(lost.is_empty(), "{lost:#?}");
+    eprintln!(
+        "{kills} SIGKILLs in {took:.1?}: {} frames, every sequence number once, audit clean",
+        frames.len()
+    );
+}
+
+#[test]
+fn an_outage_longer_than_the_queue_is_one_exact_gap_and_an_alert() {
+    let dir = tempdir("faults-outage");
+    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = keygen(&agent_dir);
+    let id = vigil_protocol::DeviceId::of(&key).to_string();
+    enroll(&state, &key, "outage-test");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let c = Collector::start(&state, &["--listen", &addr]);
+    let pin = c.pin.clone().unwrap();
+    let agent = fast_agent(&agent_dir, &addr, &pin);
+    assert!(c.wait_for(Duration::from_secs(20), |c| c
+        .device(&id)
+        .is_some_and(|d| d["frames_received"].as_u64().unwrap_or(0) >= 20)));
+    // The collector is gone for 30 s: at 50 frames/s, 1,500 frames, more
+    // than the agent's 96 KiB routine ring holds.
+    c.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    let c = Collector::start(&state, &["--listen", &addr]);
+    // The agent's backoff has grown to up to 30 s meanwhile: wait for it to
+    // come back (its first frame then is the Gap), then a little more.
+    assert!(
+        c.wait_for(Duration::from_secs(60), |c| c
+            .alerts()
+            .iter()
+            .any(|a| a["rule"] == "transport.agent-gap")),
+        "the agent did not come back with a Gap:\n{}",
+        std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = agent.stop();
+    let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("0 frames left unacknowledged"), "{log}");
+    drop(c);
+
+    let (frames, _) = archive(&state, &id);
+    let gaps: Vec<Value> = alerts(&state)
+        .into_iter()
+        .filter(|a| a["rule"] == "transport.agent-gap")
+        .collect();
+    assert_eq!(gaps.len(), 1, "one overflow, one gap alert: {gaps:#?}");
+    let ev = &gaps[0]["evidence"];
+    let gap_frames = frames.values().filter(|k| *k == "gap").count();
+    assert_eq!(gap_frames, 1, "one Gap frame for one outage");
+    // The Gap names exactly the frames that are not stored.
+    let mut named = std::collections::BTreeSet::new();
+    for r in ev["ranges"].as_array().unwrap() {
+        let (first, count) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
+        named.extend(first..first + count);
+    }
+    let boot = frames.keys().next().unwrap().0;
+    let high = frames.keys().map(|k| k.1).max().unwrap();
+    let missing: std::collections::BTreeSet<i64> = (0..=high)
+        .filter(|s| !frames.contains_key(&(boot, *s)))
+        .collect();
+    assert_eq!(
+        missing, named,
+        "stored + named by the Gap = every sequence number"
+    );
+    assert_eq!(ev["dropped_frames"].as_u64().unwrap(), named.len() as u64);
+    assert_eq!(
+        ev["dropped_samples"].as_u64().unwrap(),
+        named.len() as u64,
+        "one sample per frame"
+    );
+    // Only routine frames were dropped: every other frame is stored.
+    assert_eq!(ev["kind"], "samples", "{ev:#}");
+    let text = audit(&state);
+    assert!(text.contains(", 0 problems"), "{text}");
+    eprintln!(
+        "30 s outage at 50 frames/s: {} frames stored, {} dropped and named by one Gap",
+        frames.len(),
+        named.len()
+    );
+}
+
+#[test]
+fn an_agent_restarted_mid_stream_starts_a_new_sequence_space_without_false_alerts() {
+    let dir = tempdir("faults-restart");
+    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = keygen(&agent_dir);
+    let id = vigil_protocol::DeviceId::of(&key).to_string();
+    enroll(&state, &key, "restart-test");
+    let c = Collector::start(&state, &["--listen", "127.0.0.1:0"]);
+    let (addr, pin) = (c.tls.clone().unwrap(), c.pin.clone().unwrap());
+    let frames_now = |c: &Collector| {
+        c.device(&id)
+            .map_or(0, |d| d["frames_received"].as_u64().unwrap_or(0))
+    };
+    // A clean restart (SIGTERM flush), then a crash (SIGKILL, unacked
+    // frames die with the process), then a last clean run.
+    let a = fast_agent(&agent_dir, &addr, &pin);
+    assert!(c.wait_for(Duration::from_secs(20), |c| frames_now(c) >= 20));
+    let (code, _) = a.stop();
+    assert_eq!(code, Some(0));
+    let before = frames_now(&c);
+    let a = fast_agent(&agent_dir, &addr, &pin);
+    assert!(c.wait_for(Duration::from_secs(20), |c| frames_now(c) >= before + 20));
+    drop(a); // SIGKILL
+    let before = frames_now(&c);
+    let a = fast_agent(&agent_dir, &addr, &pin);
+    assert!(c.wait_for(Duration::from_secs(20), |c| frames_now(c) >= before + 20));
+    let (code, _) = a.stop();
+    assert_eq!(code, Some(0));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (frames, _) = archive(&state, &id);
+    let boots: std::collections::BTreeSet<i64> = frames.keys().map(|k| k.0).collect();
+    assert_eq!(
+        boots.len(),
+        3,
+        "three runs, three sequence spaces: {boots:?}"
+    );
+    let all = alerts(&state);
+    let rules: Vec<&str> = all.iter().filter_map(|a| a["rule"].as_str()).collect();
+    assert!(!rules.contains(&"transport.replay"), "{all:#?}");
+    assert!(!rules.contains(&"transport.sequence-loss"), "{all:#?}");
+    let restarts = all
+        .iter()
+        .filter(|a| a["rule"] == "device.agent-restart")
+        .count();
+    assert_eq!(restarts, 2, "{all:#?}");
+    // The clean runs are complete; the crashed one lost at most what was in
+    // flight, and if it lost any the collector says so.
+    let boots: Vec<i64> = boots.into_iter().collect();
+    let clean: BTreeMap<(i64, i64), String> = frames
+        .iter()
+        .filter(|(k, _)| k.0 != boots[1])
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    assert_complete(&clean);
+    let crashed: Vec<i64> = frames
+        .keys()
+        .filter(|k| k.0 == boots[1])
+        .map(|k| k.1)
+        .collect();
+    let holes = (0..=*crashed.last().unwrap())
+        .filter(|s| !crashed.contains(s))
+        .count();
+    assert_eq!(
+        holes, 0,
+        "frames below the crashed run's highest were acked, so stored"
+    );
+    let text = audit(&state);
+    assert!(text.contains(", 0 problems"), "{text}");
+}
+
+/// Copies `from` to `to`, corrupting, dropping or inserting a byte at
+/// `per_million` of the bytes while `noisy` is set; counts each fault.
+fn relay(
+    mut from: std::fs::File,
+    mut to: std::fs::File,
+    per_million: u64,
+    noisy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    faults: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seed: u64,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut rng = Rng(seed | 1);
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::with_capacity(8192);
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return, // socat gone: the test is over
+            Ok(n) => n,
+        };
+        out.clear();
+        for &b in &buf[..n] {
+            if noisy.load(Relaxed) && rng.below(1_000_000) < per_million {
+                faults.fetch_add(1, Relaxed);
+                match rng.below(3) {
+                    0 => out.push(b ^ (1 << rng.below(8))),     // a flipped bit
+                    1 => {}                                     // a lost byte
+                    _ => out.extend([rng.below(256) as u8, b]), // line noise
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        if to.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// A child process killed when dropped (also when the test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pty_pair(a: &Path, b: &Path) -> Killed {
+    let child = std::process::Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("socat (apt-get install socat)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a.exists() && b.exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Killed(child)
+}
+
+#[test]
+fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let per_million: u64 = std::env::var("VIGIL_SERIAL_FAULTS_PER_MILLION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let dir = tempdir("faults-serial");
+    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = keygen(&agent_dir);
+    let id = vigil_protocol::DeviceId::of(&key).to_string();
+    enroll(&state, &key, "serial-noise");
+    // agent <-> [pty pair] <-> relay <-> [pty pair] <-> collector
+    let (agent_tty, relay_a) = (dir.join("tty-agent"), dir.join("tty-relay-a"));
+    let (relay_b, collector_tty) = (dir.join("tty-relay-b"), dir.join("tty-collector"));
+    let socat1 = pty_pair(&agent_tty, &relay_a);
+    let socat2 = pty_pair(&relay_b, &collector_tty);
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let (a, b) = (open(&relay_a), open(&relay_b));
+    let noisy = Arc::new(AtomicBool::new(true));
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let spawn = |from: std::fs::File, to: std::fs::File, count: &Arc<AtomicU64>, seed| {
+        let (noisy, count) = (Arc::clone(&noisy), Arc::clone(count));
+        std::thread::spawn(move || relay(from, to, per_million, noisy, count, seed));
+    };
+    spawn(a.try_clone().unwrap(), b.try_clone().unwrap(), &up, 7);
+    spawn(b, a, &down, 11);
+    let c = Collector::start(
+        &state,
+        &[
+            "--no-tls",
+            "--serial",
+            &format!("{}:115200", collector_tty.display()),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut cmd = std::process::Command::new(vigil_tests::binary("vigil-agent"));
+    cmd.arg("run")
+        .arg("--state-dir")
+        .arg(&agent_dir)
+        .arg("--serial")
+        .arg(&agent_tty)
+        .args(["--interval-ms", "50", "--batch", "1", "--no-sessions"]);
+    let agent = Agent::spawn_logged(cmd, &agent_dir.join("agent.log"));
+    std::thread::sleep(Duration::from_secs(20));
+    noisy.store(false, Relaxed);
+    let (faults_up, faults_down) = (up.load(Relaxed), down.load(Relaxed));
+    // A clean line again: resends fill every hole, then the agent stops
+    // with everything acknowledged.
+    std::thread::sleep(Duration::from_secs(8));
+    let (code, _) = agent.stop();
+    let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("0 frames left unacknowledged"),
+        "not everything was acked after the line went quiet:\n{}",
+        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    let resends = log.matches("sending the").count();
+    let metrics = c.metrics.clone().unwrap();
+    let rejected: f64 = vigil_tests::collector::scrape(&metrics)
+        .lines()
+        .filter(|l| l.starts_with("vigil_collector_frames_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let duplicates =
+        vigil_tests::collector::metric(&metrics, "vigil_collector_frames_duplicate_total");
+    drop(c);
+    drop((socat1, socat2));
+
+    let (frames, _) = archive(&state, &id);
+    assert_complete(&frames);
+    assert!(!frames.values().any(|k| k == "gap"), "the queue overflowed");
+    let text = audit(&state);
+    assert!(text.contains(", 0 problems"), "{text}");
+    assert!(
+        faults_up > 0 && rejected > 0.0,
+        "{faults_up} faults, {rejected} rejected: the test did not test"
+    );
+    eprintln!(
+        "{per_million} faults per million bytes for 20 s: {faults_up} towards the collector, \
+         {faults_down} towards the agent; {rejected} frames rejected, {resends} resends, \
+         {duplicates} duplicates dropped; {} frames stored, complete, audit clean",
+        frames.len()
+    );
+}
