@@ -28,6 +28,29 @@ pub struct Started {
     pub pin: Option<String>,
 }
 
+/// Every connection is a descriptor: lifts the soft limit towards the
+/// hard one so `limits.max_connections` can be reached (a distribution's
+/// default soft limit is often 1,024), and says when it cannot.
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // Connections, the archive, the sinks, the listeners.
+    let want = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(256);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= want {
+        return;
+    }
+    let new = want.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, new, hard).is_err() || new < want {
+        log::warn!(
+            "open files limited to {new} (hard limit {hard}): fewer than limits.max_connections = {max_connections} connections can be held"
+        );
+    }
+}
+
 /// Runs until `stop` turns true (or a signal, when `signals` is set).
 pub fn run(
     cfg: Config,
@@ -37,6 +60,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("state dir {}: {e}", cfg.state_dir.display()))?;
+    raise_fd_limit(cfg.limits.max_connections);
     let db = cfg.db_path();
     let store = Store::open(&db)?;
     store.manual_checkpoints()?;

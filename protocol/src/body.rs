@@ -389,7 +389,8 @@ pub struct Session {
     /// `su`, `sudo`.
     pub process: String<32>,
     pub pid: u32,
-    /// What a privileged session runs as root (`bash`, `sleep`, ...).
+    /// What a privileged session runs as root when first seen (`bash`,
+    /// `sleep`, ...).
     pub command: String<32>,
     /// The session a privileged one was started from, and its user.
     pub parent: Option<u64>,

@@ -59,6 +59,22 @@ pub struct Policy {
     pub cut_first_after: Option<usize>,
     /// Never ack (the agent must keep everything queued).
     pub no_acks: bool,
+    /// On the first connection, answer like a malicious collector instead
+    /// of acking.
+    pub hostile_first: Option<Hostile>,
+}
+
+/// What a malicious collector sends back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// Acks for sequence numbers the agent has not sent yet.
+    AcksAhead,
+    /// The right ack, then one for sequence 0 (going backwards).
+    AcksBackwards,
+    /// Random bytes, delimiters included.
+    Garbage,
+    /// 1 MiB without a delimiter: a frame far beyond any ack's size.
+    Huge,
 }
 
 /// Serves one byte stream until it closes.
@@ -153,11 +169,26 @@ pub fn serve<S: Read + Write>(
             }
         }
         if !policy.no_acks {
-            if let Some(a) = acks.last() {
-                let wire = to_wire(&a.encode()).expect("ack fits");
-                if s.write_all(&wire).and_then(|()| s.flush()).is_err() {
-                    return;
+            let ack = |a: &Ack| to_wire(&a.encode()).expect("ack fits").to_vec();
+            let reply: Vec<u8> = match (policy.hostile_first.filter(|_| first), acks.last()) {
+                (_, None) => Vec::new(),
+                (None, Some(a)) => ack(a),
+                (Some(Hostile::AcksAhead), Some(a)) => ack(&Ack {
+                    seq: a.seq + 1_000_000,
+                    ..*a
+                }),
+                (Some(Hostile::AcksBackwards), Some(a)) => {
+                    let mut w = ack(a);
+                    w.extend(ack(&Ack { seq: 0, ..*a }));
+                    w
                 }
+                (Some(Hostile::Garbage), Some(a)) => (0..4096u64)
+                    .map(|i| ((i + a.seq).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
+                    .collect(),
+                (Some(Hostile::Huge), Some(_)) => vec![0x41; 1 << 20],
+            };
+            if !reply.is_empty() && s.write_all(&reply).and_then(|()| s.flush()).is_err() {
+                return;
             }
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vigil_protocol::Body;
-use vigil_tests::receiver::{listen, serve, Log, Policy, Received};
+use vigil_tests::receiver::{listen, serve, Hostile, Log, Policy, Received};
 use vigil_tests::{binary, keygen, tempdir, Agent};
 
 /// Starts the agent streaming over pinned TLS to `server`, with `extra` flags.
@@ -120,7 +120,7 @@ fn resends_everything_unacked_after_the_connection_is_cut() {
         key,
         Policy {
             cut_first_after: Some(3),
-            no_acks: false,
+            ..Policy::default()
         },
         true,
     );
@@ -138,6 +138,80 @@ fn resends_everything_unacked_after_the_connection_is_cut() {
     assert_eq!(code, Some(0));
     assert!(stderr.contains("link lost"), "{stderr}");
     assert_contiguous(&server.log.frames());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A malicious collector on the first connection (acks for frames never
+/// sent, acks going backwards, garbage, 1 MiB without a delimiter), a
+/// well-behaved one after it cuts: the agent neither crashes nor loses a
+/// frame nor grows.
+#[test]
+fn a_hostile_collector_cannot_crash_the_agent_lose_frames_or_grow_its_memory() {
+    // First a well-behaved collector: the memory to compare with.
+    let mut control = None;
+    for hostile in [
+        None,
+        Some(Hostile::AcksAhead),
+        Some(Hostile::AcksBackwards),
+        Some(Hostile::Garbage),
+        Some(Hostile::Huge),
+    ] {
+        let dir = tempdir(&format!("hostile-{hostile:?}"));
+        let key = keygen(&dir);
+        // The one acking ahead keeps the connection and reads everything:
+        // an ack for a frame it did read is its word; the agent can only
+        // refuse acks beyond what it sent.
+        let cut = (hostile != Some(Hostile::AcksAhead)).then_some(40);
+        let server = listen(
+            key,
+            Policy {
+                cut_first_after: cut,
+                hostile_first: hostile,
+                ..Policy::default()
+            },
+            true,
+        );
+        let agent = start_tls(
+            &dir,
+            &server,
+            &["--interval-ms", "25", "--batch", "1", "--no-sessions"],
+        );
+        let got = server.log.wait_for(Duration::from_secs(30), |f| {
+            f.len() >= 120
+                && server
+                    .log
+                    .connections
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    >= if cut.is_some() { 2 } else { 1 }
+        });
+        let rss = rss_kib(agent.0.id());
+        let (code, stderr) = agent.stop();
+        assert!(got, "{hostile:?}: the agent did not come back: {stderr}");
+        assert_eq!(code, Some(0), "{hostile:?}: {stderr}");
+        assert!(
+            stderr.contains("0 frames left unacknowledged"),
+            "{hostile:?}: {stderr}"
+        );
+        assert_contiguous(&server.log.frames());
+        // Within 10 % (plus 512 KiB of noise) of the well-behaved run.
+        let base = *control.get_or_insert(rss);
+        assert!(
+            rss <= base + base / 10 + 512,
+            "{hostile:?}: RSS {rss} KiB against {base} KiB with a well-behaved collector"
+        );
+        eprintln!(
+            "{hostile:?}: {} frames, none lost, RSS {rss} KiB",
+            server.log.frames().len()
+        );
+    }
 }
 
 #[test]

@@ -432,12 +432,19 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
     let noisy = Arc::new(AtomicBool::new(true));
     let up = Arc::new(AtomicU64::new(0));
     let down = Arc::new(AtomicU64::new(0));
-    let spawn = |from: std::fs::File, to: std::fs::File, count: &Arc<AtomicU64>, seed| {
+    let spawn = |from: std::fs::File, to: std::fs::File, rate, count: &Arc<AtomicU64>, seed| {
         let (noisy, count) = (Arc::clone(&noisy), Arc::clone(count));
-        std::thread::spawn(move || relay(from, to, per_million, noisy, count, seed));
+        std::thread::spawn(move || relay(from, to, rate, noisy, count, seed));
     };
-    spawn(a.try_clone().unwrap(), b.try_clone().unwrap(), &up, 7);
-    spawn(b, a, &down, 11);
+    spawn(
+        a.try_clone().unwrap(),
+        b.try_clone().unwrap(),
+        per_million,
+        &up,
+        7,
+    );
+    // Acks are few bytes: ten times the rate, so some are hit too.
+    spawn(b, a, per_million * 10, &down, 11);
     let c = Collector::start(
         &state,
         &[
@@ -492,9 +499,10 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
         "{faults_up} faults, {rejected} rejected: the test did not test"
     );
     eprintln!(
-        "{per_million} faults per million bytes for 20 s: {faults_up} towards the collector, \
-         {faults_down} towards the agent; {rejected} frames rejected, {resends} resends, \
+        "{per_million} faults per million bytes for 20 s ({} towards the agent): {faults_up} towards \
+         the collector, {faults_down} towards the agent; {rejected} frames rejected, {resends} resends, \
          {duplicates} duplicates dropped; {} frames stored, complete, audit clean",
+        per_million * 10,
         frames.len()
     );
 }
