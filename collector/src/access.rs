@@ -249,10 +249,10 @@ pub fn evaluate(
         if until.is_none() {
             v.push(format!(
                 "outside the access windows ({}, time zone {}) and no access window is open",
-                if g.windows.is_empty() {
-                    "none scheduled".to_string()
+                if g.windows_text.is_empty() {
+                    "none scheduled"
                 } else {
-                    g.text.rsplit("windows ").next().unwrap_or("").to_string()
+                    &g.windows_text
                 },
                 policy.tz_name
             ));

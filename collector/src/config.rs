@@ -318,6 +318,8 @@ pub struct AccessGrant {
     pub users: Vec<String>,
     pub sources: Vec<Prefix>,
     pub windows: Vec<Window>,
+    /// The windows as written (`Mon-Fri 09:00-17:00, always`).
+    pub windows_text: String,
     /// The rule as written, for evidence.
     pub text: String,
 }
@@ -368,6 +370,7 @@ impl Access {
                     users: r.users.clone(),
                     sources,
                     windows,
+                    windows_text: r.windows.join(", "),
                     text: format!(
                         "{target}: users {}, sources {}, windows {}",
                         list(&r.users),

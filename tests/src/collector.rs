@@ -112,6 +112,11 @@ impl Collector {
         c
     }
 
+    /// Enrolls `key` as `name` (of `model`), asserting that it worked.
+    pub fn enroll(&self, key: &vigil_protocol::VerifyingKey, name: &str, model: &str) {
+        enroll(&self.state, key, name, model);
+    }
+
     /// Runs an admin command on the same state dir.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.state, args)
@@ -202,6 +207,21 @@ impl Drop for Collector {
             let _ = c.wait();
         }
     }
+}
+
+/// `enroll` on a state dir (a collector running on it or not).
+pub fn enroll(state: &Path, key: &vigil_protocol::VerifyingKey, name: &str, model: &str) {
+    let text = crate::key_text(key);
+    let mut args = vec!["enroll", "--key", &text, "--name", name];
+    if !model.is_empty() {
+        args.extend(["--model", model]);
+    }
+    let out = cli(state, &args);
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn cli(state: &Path, args: &[&str]) -> Output {

@@ -73,6 +73,13 @@ pub fn keygen(dir: &std::path::Path) -> vigil_protocol::VerifyingKey {
     keygen_with(cmd)
 }
 
+/// A device key as `enroll --key` takes it (`ed25519:<base64>`).
+pub fn key_text(k: &vigil_protocol::VerifyingKey) -> String {
+    let mut s = String::new();
+    vigil_protocol::frame::write_public_key(&mut s, k).expect("key text");
+    s
+}
+
 /// Runs a `vigil-agent keygen` command line and returns the key it made.
 pub fn keygen_with(mut cmd: Command) -> vigil_protocol::VerifyingKey {
     let out = cmd.output().expect("run keygen");

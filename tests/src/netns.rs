@@ -159,6 +159,20 @@ impl Drop for Net {
     }
 }
 
+/// `vigil-agent run` inside namespace `ns`, pinned to the collector at
+/// `addr`, with `extra` flags.
+pub fn agent(ns: &str, state: &std::path::Path, addr: &str, pin: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(crate::binary("vigil-agent"))
+        .arg("run")
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--collector", addr, "--pin", pin])
+        .args(extra);
+    cmd
+}
+
 /// Runs `f` on a thread inside network namespace `ns`.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
     let path = format!("/run/netns/{ns}");

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_tests::collector::Collector;
-use vigil_tests::netns::{Net, Plan};
-use vigil_tests::{binary, keygen, tempdir, Agent};
+use vigil_tests::netns::{self, Net, Plan};
+use vigil_tests::{keygen, tempdir, Agent};
 
 const DEVICE: &str = "10.78.0.2";
 const HOSPITAL: &str = "10.78.0.1";
@@ -236,36 +236,21 @@ fn vendor_sessions_are_recorded_checked_against_policy_and_tied_to_the_network_v
         &["--config", config.to_str().unwrap()],
     );
     let key = keygen(&dir.join("agent"));
-    let mut key_text = String::new();
-    vigil_protocol::frame::write_public_key(&mut key_text, &key).unwrap();
-    let out = c.cli(&[
-        "enroll", "--key", &key_text, "--name", "scanner", "--model", "CT-1",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &net.dev])
-        .arg(binary("vigil-agent"))
-        .arg("run")
-        .arg("--state-dir")
-        .arg(dir.join("agent"))
-        .args([
-            "--collector",
-            &format!("{HOSPITAL}:7443"),
-            "--pin",
-            c.pin.as_deref().unwrap(),
-        ])
-        .args([
+    c.enroll(&key, "scanner", "CT-1");
+    let cmd = netns::agent(
+        &net.dev,
+        &dir.join("agent"),
+        &format!("{HOSPITAL}:7443"),
+        c.pin.as_deref().unwrap(),
+        &[
             "--interval-ms",
             "1000",
             "--sockets-interval-s",
             "1",
             "--sessions-interval-s",
             "1",
-        ]);
+        ],
+    );
     let agent = Agent::spawn_logged(cmd, &dir.join("agent.log"));
     let id = vigil_protocol::DeviceId::of(&key).to_string();
     assert!(

@@ -15,12 +15,6 @@ use serde_json::Value;
 use vigil_tests::collector::Collector;
 use vigil_tests::{keygen, tempdir, Agent};
 
-fn key_text(k: &vigil_protocol::VerifyingKey) -> String {
-    let mut s = String::new();
-    vigil_protocol::frame::write_public_key(&mut s, k).unwrap();
-    s
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -61,14 +55,19 @@ fn archive(state: &Path, device: &str) -> (BTreeMap<(i64, i64), String>, usize) 
     (rows.into_iter().collect(), n)
 }
 
-fn enroll(state: &Path, key: &vigil_protocol::VerifyingKey, name: &str) {
-    let out =
-        vigil_tests::collector::cli(state, &["enroll", "--key", &key_text(key), "--name", name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A test's directories and an enrolled device key: (agent dir, collector
+/// state dir, device id).
+fn device(test: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let dir = tempdir(test);
+    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = keygen(&agent_dir);
+    vigil_tests::collector::enroll(&state, &key, test, "");
+    (
+        agent_dir,
+        state,
+        vigil_protocol::DeviceId::of(&key).to_string(),
+    )
 }
 
 fn fast_agent(dir: &Path, addr: &str, pin: &str) -> Agent {
@@ -125,12 +124,7 @@ fn collector_killed_again_and_again_loses_nothing_and_stores_nothing_twice() {
         .unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9 + 1);
     eprintln!("{kills} kills, VIGIL_FAULT_SEED={seed}");
     let mut rng = Rng(seed | 1);
-    let dir = tempdir("faults-kill");
-    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let key = keygen(&agent_dir);
-    let id = vigil_protocol::DeviceId::of(&key).to_string();
-    enroll(&state, &key, "kill-test");
+    let (agent_dir, state, id) = device("faults-kill");
     let addr = format!("127.0.0.1:{}", free_port());
     let start = || Collector::start(&state, &["--listen", &addr]);
     let mut c = start();
@@ -190,12 +184,7 @@ fn collector_killed_again_and_again_loses_nothing_and_stores_nothing_twice() {
 
 #[test]
 fn an_outage_longer_than_the_queue_is_one_exact_gap_and_an_alert() {
-    let dir = tempdir("faults-outage");
-    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let key = keygen(&agent_dir);
-    let id = vigil_protocol::DeviceId::of(&key).to_string();
-    enroll(&state, &key, "outage-test");
+    let (agent_dir, state, id) = device("faults-outage");
     let addr = format!("127.0.0.1:{}", free_port());
     let c = Collector::start(&state, &["--listen", &addr]);
     let pin = c.pin.clone().unwrap();
@@ -268,12 +257,7 @@ fn an_outage_longer_than_the_queue_is_one_exact_gap_and_an_alert() {
 
 #[test]
 fn an_agent_restarted_mid_stream_starts_a_new_sequence_space_without_false_alerts() {
-    let dir = tempdir("faults-restart");
-    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let key = keygen(&agent_dir);
-    let id = vigil_protocol::DeviceId::of(&key).to_string();
-    enroll(&state, &key, "restart-test");
+    let (agent_dir, state, id) = device("faults-restart");
     let c = Collector::start(&state, &["--listen", "127.0.0.1:0"]);
     let (addr, pin) = (c.tls.clone().unwrap(), c.pin.clone().unwrap());
     let frames_now = |c: &Collector| {
@@ -410,12 +394,8 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let dir = tempdir("faults-serial");
-    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let key = keygen(&agent_dir);
-    let id = vigil_protocol::DeviceId::of(&key).to_string();
-    enroll(&state, &key, "serial-noise");
+    let (agent_dir, state, id) = device("faults-serial");
+    let dir = agent_dir.parent().unwrap().to_path_buf();
     // agent <-> [pty pair] <-> relay <-> [pty pair] <-> collector
     let (agent_tty, relay_a) = (dir.join("tty-agent"), dir.join("tty-relay-a"));
     let (relay_b, collector_tty) = (dir.join("tty-relay-b"), dir.join("tty-collector"));

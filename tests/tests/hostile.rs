@@ -55,28 +55,14 @@ fn the_collector_holds_under_bulk_hostile_input_while_an_agent_streams() {
     let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
     std::fs::create_dir_all(&agent_dir).unwrap();
     let key = keygen(&agent_dir);
-    let mut text = String::new();
-    vigil_protocol::frame::write_public_key(&mut text, &key).unwrap();
     let good = vigil_protocol::DeviceId::of(&key).to_string();
-    assert!(cli(&state, &["enroll", "--key", &text, "--name", "good"])
-        .status
-        .success());
+    vigil_tests::collector::enroll(&state, &key, "good", "");
     // Two scripted devices: one enrolled (its frames get forged and
     // replayed), one enrolled then revoked.
     let mut victim = Device::new(21);
     let mut revoked = Device::new(22);
-    assert!(cli(
-        &state,
-        &["enroll", "--key", &victim.public_key(), "--name", "victim"]
-    )
-    .status
-    .success());
-    assert!(cli(
-        &state,
-        &["enroll", "--key", &revoked.public_key(), "--name", "gone"]
-    )
-    .status
-    .success());
+    vigil_tests::collector::enroll(&state, &victim.key.verifying_key(), "victim", "");
+    vigil_tests::collector::enroll(&state, &revoked.key.verifying_key(), "gone", "");
     assert!(cli(&state, &["revoke", "gone"]).status.success());
 
     let c = Collector::start(
@@ -286,5 +272,4 @@ fn the_collector_holds_under_bulk_hostile_input_while_an_agent_streams() {
         n, 21,
         "the victim's 21 frames, stored once whatever was replayed"
     );
-    let _ = revoked.seq;
 }

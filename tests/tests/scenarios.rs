@@ -12,7 +12,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -20,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_tests::collector::{now_ms, Collector};
-use vigil_tests::netns::{in_ns, Net, Plan};
-use vigil_tests::{binary, keygen, tempdir, Agent};
+use vigil_tests::netns::{self, in_ns, Net, Plan};
+use vigil_tests::{keygen, tempdir, Agent};
 
 /// The agent's sampling and socket-table interval in this test.
 const INTERVAL_MS: u64 = 1000;
@@ -207,36 +206,21 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
         ],
     );
     let key = keygen(&dir.join("agent"));
-    let mut key_text = String::new();
-    vigil_protocol::frame::write_public_key(&mut key_text, &key).unwrap();
-    let out = c.cli(&[
-        "enroll", "--key", &key_text, "--name", "scanner", "--model", "CT-1",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &net.dev])
-        .arg(binary("vigil-agent"))
-        .arg("run")
-        .arg("--state-dir")
-        .arg(dir.join("agent"))
-        .args([
-            "--collector",
-            &format!("{HOSPITAL}:7443"),
-            "--pin",
-            c.pin.as_deref().unwrap(),
-        ])
-        .args([
+    c.enroll(&key, "scanner", "CT-1");
+    let cmd = netns::agent(
+        &net.dev,
+        &dir.join("agent"),
+        &format!("{HOSPITAL}:7443"),
+        c.pin.as_deref().unwrap(),
+        &[
             "--interval-ms",
             &INTERVAL_MS.to_string(),
             "--batch",
             "1",
             "--sockets-interval-s",
             "1",
-        ]);
+        ],
+    );
     let agent = Agent::spawn_logged(cmd, &dir.join("agent.log"));
     assert!(
         c.wait_for(Duration::from_secs(20), |c| c

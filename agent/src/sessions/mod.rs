@@ -241,6 +241,7 @@ pub struct Tracker {
     peers: HashMap<u64, Endpoint>,
     passwd: Passwd,
     clk_tck: u64,
+    boot_time_s: Option<u64>,
     first: bool,
 }
 
@@ -265,12 +266,13 @@ impl Tracker {
             passwd: Passwd::default(),
             // USER_HZ: 100 on every architecture Linux runs on today.
             clk_tck: 100,
+            boot_time_s: None,
             first: true,
         }
     }
 
-    fn boot_time_s(&self) -> u64 {
-        std::fs::read_to_string(self.root.join("proc/stat"))
+    fn read_boot_time_s(root: &Path) -> u64 {
+        std::fs::read_to_string(root.join("proc/stat"))
             .ok()
             .and_then(|s| {
                 s.lines()
@@ -332,7 +334,10 @@ impl Tracker {
 
         self.passwd.refresh(&self.root);
         let table = read_table(&self.root, issues);
-        let boot = self.boot_time_s();
+        // The boot time does not change while the agent runs: read once.
+        let boot = *self
+            .boot_time_s
+            .get_or_insert_with(|| Self::read_boot_time_s(&self.root));
         let mut current: BTreeMap<u64, Session> = BTreeMap::new();
         let mut by_pid: HashMap<u32, u64> = HashMap::new();
         let found = procs::find(&table);
