@@ -323,6 +323,9 @@ impl Baseline {
                 let Some(p) = self.learned.metrics.get(&r.key) else {
                     continue;
                 };
+                if !cx.policy.watched(&r.key) {
+                    continue;
+                }
                 // No key copy once the metric has its detector.
                 if !self.watches.contains_key(&r.key) {
                     self.watches.insert(r.key.clone(), Watch::default());
@@ -687,7 +690,8 @@ impl Baseline {
     }
 
     /// What `baseline show --json` prints.
-    pub fn summary(&self, period_ms: u64, tuning: &Tuning) -> Value {
+    pub fn summary(&self, policy: &Policy, tuning: &Tuning) -> Value {
+        let period_ms = policy.baseline_period_ms;
         let metrics: Vec<Value> = self
             .learned
             .metrics
@@ -706,7 +710,8 @@ impl Baseline {
                        "min": p.min, "p01": p.p01, "median": p.median, "p99": p.p99, "max": p.max,
                        "alert_below": lo, "alert_above": hi,
                        "mean_min": p.mean_min, "mean_max": p.mean_max, "mean_window": p.shift_window,
-                       "daily_cycle": cycle, "seasons": p.seasons})
+                       "daily_cycle": cycle, "seasons": p.seasons,
+                       "alerted": policy.watched(k)})
             })
             .collect();
         let sets = |m: &BTreeMap<String, BTreeSet<String>>| -> Vec<Value> {
@@ -949,6 +954,40 @@ mod tests {
         let back: Baseline = serde_json::from_str(&b.to_json()).expect("round trip");
         assert_eq!(back.learned, b.learned);
         assert!(back.watches["cpu.busy"].deviation.open);
+    }
+
+    #[test]
+    fn an_unwatched_metric_is_learned_and_shown_but_never_alerted() {
+        let d = Detect {
+            unwatched_metrics: vec!["cpu.*".into()],
+            ..Detect::default()
+        };
+        let (p, t) = (d.policy().expect("valid"), Tuning::default());
+        let cx = context(&p, &t);
+        let layout = Layout {
+            interfaces: vec!["eth0".into()],
+            disks: vec![],
+        };
+        let mut b = Baseline::new(0);
+        let mut learning = MetricLearning::default();
+        for i in 0..100 {
+            learning.add(&sample(i * 1000, 10 + i % 5, 20_000), &layout, &t);
+        }
+        b.close(learning, 100_000);
+        b.approve(100_000);
+        let (r, _) = b.samples(&cx, &[sample(101_000, 200, 5_000_000)], &layout);
+        assert_eq!(rules(&r), [alert::EGRESS_VOLUME.id], "CPU burn not alerted");
+        let s = b.summary(&p, &t);
+        let shown = |k: &str| {
+            s["metrics"]
+                .as_array()
+                .expect("metrics")
+                .iter()
+                .find(|m| m["metric"] == k)
+                .map(|m| m["alerted"].clone())
+        };
+        assert_eq!(shown("cpu.busy"), Some(json!(false)));
+        assert_eq!(shown("net.eth0.tx_bytes"), Some(json!(true)));
     }
 
     #[test]

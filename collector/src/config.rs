@@ -87,6 +87,11 @@ pub struct Detect {
     /// Lateral-movement ports allowed towards these endpoints (e.g. the
     /// vendor's SSH jump host).
     pub allow_lateral: Vec<String>,
+    /// Metrics learned and shown but never alerted on: a metric name
+    /// (`disk.read_bytes`, `net.eth0.tx_bytes`) or a prefix ending in `*`
+    /// (`disk.*`, `net.wlan0.*`). For what the device does not own, e.g.
+    /// a disk shared with its host.
+    pub unwatched_metrics: Vec<String>,
 }
 
 impl Default for Detect {
@@ -107,6 +112,7 @@ impl Default for Detect {
             .to_vec(),
             allow_outbound: Vec::new(),
             allow_lateral: Vec::new(),
+            unwatched_metrics: Vec::new(),
         }
     }
 }
@@ -200,12 +206,40 @@ pub struct Policy {
     pub internal: Vec<Prefix>,
     pub allow_outbound: Vec<EndpointRule>,
     pub allow_lateral: Vec<EndpointRule>,
+    /// `detect.unwatched_metrics`, a trailing `*` kept as written.
+    pub unwatched: Vec<String>,
 }
 
 impl Policy {
     pub fn is_internal(&self, ip: std::net::IpAddr) -> bool {
         self.internal.iter().any(|p| p.contains(ip))
     }
+
+    /// Whether deviations of metric `key` raise alerts.
+    pub fn watched(&self, key: &str) -> bool {
+        !self.unwatched.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == p,
+        })
+    }
+}
+
+/// The metric families (`cpu.busy` is in `cpu`); a pattern must name one.
+const METRIC_FAMILIES: &[&str] = &["cpu", "mem", "swap", "psi", "net", "disk", "processes"];
+
+fn metric_pattern(p: &str) -> Result<String, String> {
+    let body = p.strip_suffix('*').unwrap_or(p);
+    if body.contains('*') {
+        return Err(format!("`{p}`: a `*` may only end the pattern"));
+    }
+    let family = body.split('.').next().unwrap_or("");
+    if !METRIC_FAMILIES.contains(&family) {
+        return Err(format!(
+            "`{p}` names no metric: they start with one of {}",
+            METRIC_FAMILIES.join(", ")
+        ));
+    }
+    Ok(p.to_string())
 }
 
 impl Detect {
@@ -246,6 +280,16 @@ impl Detect {
             internal: prefixes,
             allow_outbound: rules("detect.allow_outbound", &self.allow_outbound)?,
             allow_lateral: rules("detect.allow_lateral", &self.allow_lateral)?,
+            unwatched: self
+                .unwatched_metrics
+                .iter()
+                .map(|p| {
+                    metric_pattern(p).map_err(|message| ConfigError::Invalid {
+                        field: "detect.unwatched_metrics",
+                        message,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -651,6 +695,27 @@ windows = ["Mon-Fri 09:00-17:00", "always"]
             Config::parse("[[access.policy]]\nhours = 3").is_err(),
             "unknown fields rejected"
         );
+    }
+
+    #[test]
+    fn unwatched_metrics_are_names_or_prefixes_of_real_metrics() {
+        let c =
+            Config::parse("[detect]\nunwatched_metrics = [\"disk.*\", \"net.wlan0.tx_bytes\"]\n")
+                .unwrap();
+        let p = c.detect.policy().unwrap();
+        assert!(!p.watched("disk.read_bytes"));
+        assert!(!p.watched("net.wlan0.tx_bytes"));
+        assert!(p.watched("net.wlan0.rx_bytes"));
+        assert!(p.watched("cpu.busy"));
+        for bad in ["dsk.*", "*", "disk.*.bytes", ""] {
+            let c = Config::parse(&format!("[detect]\nunwatched_metrics = [\"{bad}\"]\n")).unwrap();
+            match c.validate() {
+                Err(ConfigError::Invalid { field, .. }) => {
+                    assert_eq!(field, "detect.unwatched_metrics", "{bad}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

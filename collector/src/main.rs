@@ -107,6 +107,8 @@ serve options (each overrides the same setting in --config):
   --allow-outbound E          outbound endpoint never alerted as new (repeatable;
                               PREFIX, PREFIX:PORT or [V6PREFIX]:PORT)
   --allow-lateral E           remote-admin/file-sharing port allowed towards E
+  --unwatched-metric M        a metric learned but never alerted on (repeatable;
+                              a name like disk.read_bytes or a prefix like disk.*)
 
 exit codes: 0 ok, 1 audit found problems, 2 usage or runtime error,
 78 bad configuration";
@@ -272,6 +274,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "baseline-period-s",
     "internal-prefix",
     "allow-outbound",
+    "unwatched-metric",
     "allow-lateral",
     "metric",
     "learn",
@@ -458,12 +461,9 @@ fn run() -> anyhow::Result<()> {
             let d = store.find_device(&what)?;
             let latest = store.latest_sample(&d.id)?;
             let alerts = store.alerts(true, Some(&d.id), None)?;
-            let cfg = a.config()?;
+            let policy = a.config()?.detect.policy()?;
             let b = load_baseline(&store, &d.id)?.map_or(Value::Null, |(_, b)| {
-                b.summary(
-                    cfg.detect.baseline_period_s.saturating_mul(1000),
-                    &detect::Tuning::default(),
-                )
+                b.summary(&policy, &detect::Tuning::default())
             });
             views::device(&d, latest.as_ref(), &alerts, &b, a.json);
             Ok(())
@@ -793,7 +793,8 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
     })?;
     a.positional.remove(0);
     let cfg = a.config()?;
-    let period_ms = cfg.detect.baseline_period_s.saturating_mul(1000);
+    let policy = cfg.detect.policy()?;
+    let period_ms = policy.baseline_period_ms;
     let tuning = detect::Tuning::default();
     if sub == "import" {
         let model = a
@@ -867,11 +868,11 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
                 learn_from_archive(&store, &d.id, &mut preview, now)?;
                 preview.phase = baseline::Phase::Baselining;
                 preview.closed_ms = None;
-                let mut s = preview.summary(period_ms, &tuning);
+                let mut s = preview.summary(&policy, &tuning);
                 s["preview"] = json!(true);
                 s
             } else {
-                b.summary(period_ms, &tuning)
+                b.summary(&policy, &tuning)
             };
             summary["rev"] = json!(row.rev);
             views::baseline(&d, &summary, a.json);
@@ -1058,6 +1059,9 @@ fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
         .allow_outbound
         .extend(a.take_all("allow-outbound"));
     cfg.detect.allow_lateral.extend(a.take_all("allow-lateral"));
+    cfg.detect
+        .unwatched_metrics
+        .extend(a.take_all("unwatched-metric"));
     if let Some(v) = a.number("max-pending")? {
         cfg.limits.max_pending = v;
     }

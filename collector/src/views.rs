@@ -315,6 +315,14 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
         v.and_then(Value::as_f64)
             .map_or_else(|| "-".into(), crate::baseline::num)
     };
+    // A metric `detect.unwatched_metrics` names has no alert limits.
+    let alerted = |m: &Value, limit: &str| {
+        if m.get("alerted").and_then(Value::as_bool) == Some(false) {
+            "unwatched".to_string()
+        } else {
+            n(m.get(limit))
+        }
+    };
     let rows: Vec<Vec<String>> = b
         .get("metrics")
         .and_then(Value::as_array)
@@ -334,8 +342,8 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
                 n(m.get("min")),
                 n(m.get("median")),
                 n(m.get("max")),
-                n(m.get("alert_below")),
-                n(m.get("alert_above")),
+                alerted(m, "alert_below"),
+                alerted(m, "alert_above"),
                 m.get("daily_cycle")
                     .and_then(Value::as_str)
                     .unwrap_or("-")

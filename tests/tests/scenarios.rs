@@ -194,6 +194,16 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
     // The device's own DICOM listener.
     serve(&net.dev, "0.0.0.0:104", &stop);
 
+    // The device namespace shares the test machine's disks: their I/O (and
+    // the I/O stall it causes) is the machine's, not the device's, so it is
+    // learned and shown but not alerted on. A file, as a hospital would
+    // have, read by `serve` and by the CLI alike.
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        "[detect]\nunwatched_metrics = [\"disk.*\", \"psi.io\", \"cpu.iowait\"]\n",
+    )
+    .unwrap();
     let hosp_exec = ["ip", "netns", "exec", net.hosp.as_str()];
     let c = Collector::start_with(
         &hosp_exec,
@@ -203,6 +213,8 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
             &format!("{HOSPITAL}:7443"),
             "--baseline-period-s",
             "86400",
+            "--config",
+            config.to_str().unwrap(),
         ],
     );
     let key = keygen(&dir.join("agent"));
@@ -240,8 +252,18 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let shown: Value =
-        serde_json::from_slice(&c.cli(&["baseline", "show", "scanner", "--json"]).stdout).unwrap();
+    let shown: Value = serde_json::from_slice(
+        &c.cli(&[
+            "baseline",
+            "show",
+            "scanner",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
     assert_eq!(shown["phase"], "monitoring");
     let learned_metric = |m: &str| {
         shown["metrics"]
@@ -254,6 +276,11 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
         learned_metric("cpu.busy") && learned_metric(&format!("net.{}.tx_bytes", net.veth_dev)),
         "{shown:#}"
     );
+    for m in shown["metrics"].as_array().unwrap() {
+        let k = m["metric"].as_str().unwrap();
+        let unwatched = k.starts_with("disk.") || k == "psi.io" || k == "cpu.iowait";
+        assert_eq!(m["alerted"], !unwatched, "{m:#}");
+    }
     let endpoints = |k: &str| -> Vec<String> {
         shown[k]
             .as_array()
