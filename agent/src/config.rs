@@ -31,6 +31,31 @@ pub struct Config {
     pub posture: crate::posture::PostureConfig,
     #[serde(default)]
     pub sessions: Sessions,
+    /// Soak tests only (`--test-clock`, never from the file).
+    #[serde(skip)]
+    pub test_clock: Option<TestClock>,
+}
+
+/// A fast-forward clock for soak tests: the sampler's time starts at
+/// `start_ms` and runs `factor` times faster than real time. Sample and
+/// frame times follow it; the sampling, socket and session cadences shrink
+/// by the factor (virtual seconds stay seconds). The link's timers stay real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestClock {
+    pub start_ms: u64,
+    pub factor: u32,
+}
+
+impl TestClock {
+    /// `START_MS:FACTOR`, the factor 1..=100000.
+    pub fn parse(s: &str) -> Option<TestClock> {
+        let (start, factor) = s.split_once(':')?;
+        let t = TestClock {
+            start_ms: start.parse().ok()?,
+            factor: factor.parse().ok()?,
+        };
+        (1..=100_000).contains(&t.factor).then_some(t)
+    }
 }
 
 /// Logins and privileged sessions: where the login records are and how
@@ -167,6 +192,7 @@ impl Default for Config {
             integrity: Integrity::default(),
             posture: crate::posture::PostureConfig::default(),
             sessions: Sessions::default(),
+            test_clock: None,
         }
     }
 }

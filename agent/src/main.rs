@@ -54,6 +54,9 @@ run options (each overrides the same setting in --config):
   --insecure-plaintext     plain TCP, no TLS (lab use only)
   --serial DEVICE          stream over a serial port instead
   --baud N                 serial speed (default 115200)
+  --test-clock START_MS:FACTOR
+                           soak tests only: sample times start at START_MS and
+                           run FACTOR times faster than real time
 
 exit codes: 0 ok, 2 usage or runtime error, 78 bad configuration";
 
@@ -276,6 +279,13 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
             "utmp" => cfg.sessions.utmp = v.into(),
             "wtmp" => cfg.sessions.wtmp = v.into(),
             "no-sessions" => cfg.sessions.enabled = false,
+            "test-clock" => {
+                cfg.test_clock = Some(vigil_agent::config::TestClock::parse(&v).ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "--test-clock: START_MS:FACTOR with a factor 1..100000, not {v}"
+                    ))
+                })?)
+            }
             "collector" => collector(&mut cfg).address = v,
             "pin" => collector(&mut cfg).pin_sha256 = Some(v),
             "ca-file" => collector(&mut cfg).ca_file = Some(v.into()),

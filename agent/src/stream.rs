@@ -40,12 +40,48 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The sampler's clock: wall time, or a `TestClock` (soak tests).
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    warp: Option<(Instant, crate::config::TestClock)>,
+}
+
+impl Clock {
+    fn new(test: Option<crate::config::TestClock>) -> Clock {
+        Clock {
+            warp: test.map(|t| (Instant::now(), t)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        match self.warp {
+            None => now_ms(),
+            Some((origin, t)) => t.start_ms.saturating_add(self.scaled_ms(origin.elapsed())),
+        }
+    }
+
+    /// A real duration in the clock's milliseconds.
+    fn scaled_ms(&self, real: Duration) -> u64 {
+        let f = self.warp.map_or(1, |(_, t)| u128::from(t.factor));
+        u64::try_from(real.as_micros() * f / 1000).unwrap_or(u64::MAX)
+    }
+
+    /// How long `d` of the clock's time lasts in real time.
+    fn real(&self, d: Duration) -> Duration {
+        match self.warp {
+            None => d,
+            Some((_, t)) => (d / t.factor).max(Duration::from_micros(1)),
+        }
+    }
+}
+
 /// Signs frames: owns the device key, the boot counter and the next sequence.
 struct Signer {
     key: SigningKey,
     device: DeviceId,
     boot: u32,
     next_seq: u64,
+    clock: Clock,
 }
 
 struct State {
@@ -98,7 +134,7 @@ impl State {
             device: s.device,
             boot: s.boot,
             seq: s.next_seq,
-            time_ms: now_ms(),
+            time_ms: s.clock.now_ms(),
         };
         let bytes = match Frame::new(header, body).sign(&s.key) {
             Ok(b) => b,
@@ -170,6 +206,7 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
                 device,
                 boot,
                 next_seq: 0,
+                clock: Clock::new(cfg.test_clock),
             },
         }),
         config: Mutex::new(cfg),
@@ -271,7 +308,16 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
     let mut issues = Vec::new();
     let mut seen = IssueLog::default();
     let mut reader = reading::Reader::new(&cfg.root);
-    let first = reader.read(now_ms(), &mut issues);
+    let clock = shared.lock().signer.clock;
+    if let Some((_, t)) = clock.warp {
+        log::warn!(
+            "test clock: sample times start at {} ms and run {}x faster than real time",
+            t.start_ms,
+            t.factor
+        );
+    }
+    let every = |d: Duration| clock.real(d);
+    let first = reader.read(clock.now_ms(), &mut issues);
     seen.report(&issues);
     let mut layout = Layout::of(&first);
     let root = cfg.root.clone();
@@ -304,7 +350,7 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
     let mut next_sessions = Instant::now();
     let mut batch: Option<Samples> = None;
     let mut last = Instant::now();
-    let mut next = last + Duration::from_millis(cfg.interval_ms);
+    let mut next = last + every(Duration::from_millis(cfg.interval_ms));
     while !shared.stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now < next {
@@ -312,14 +358,15 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
             continue;
         }
         cfg = shared.config();
-        next += Duration::from_millis(cfg.interval_ms);
+        let step = every(Duration::from_millis(cfg.interval_ms));
+        next += step;
         if next < now {
-            next = now + Duration::from_millis(cfg.interval_ms); // fell behind (suspend): skip, do not burst
+            next = now + step; // fell behind (suspend): skip, do not burst
         }
         issues.clear();
-        let r = reader.read(now_ms(), &mut issues);
+        let r = reader.read(clock.now_ms(), &mut issues);
         seen.report(&issues);
-        let interval = u64::try_from(now.duration_since(last).as_millis()).unwrap_or(u64::MAX);
+        let interval = clock.scaled_ms(now.duration_since(last));
         last = now;
         let l = Layout::of(&r);
         if l != layout {
@@ -335,9 +382,10 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
         if now >= next_sockets {
             // Deadlines, not "now + interval": a tick a few ms early must
             // not skip a whole socket interval.
-            next_sockets += Duration::from_secs(cfg.sockets_interval_s);
+            let step = every(Duration::from_secs(cfg.sockets_interval_s));
+            next_sockets += step;
             if next_sockets < now {
-                next_sockets = now + Duration::from_secs(cfg.sockets_interval_s);
+                next_sockets = now + step;
             }
             issues.clear();
             let table = sockets::read(&root, &mut owners, &mut issues);
@@ -370,12 +418,13 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
         // After the sockets of the same tick: a remote session's peer is
         // then already in the socket table the collector holds.
         if let Some(t) = tracker.as_mut().filter(|_| now >= next_sessions) {
-            next_sessions += Duration::from_secs(cfg.sessions.interval_s);
+            let step = every(Duration::from_secs(cfg.sessions.interval_s));
+            next_sessions += step;
             if next_sessions < now {
-                next_sessions = now + Duration::from_secs(cfg.sessions.interval_s);
+                next_sessions = now + step;
             }
             issues.clear();
-            let report = t.poll(now_ms() / 1000, &mut issues);
+            let report = t.poll(clock.now_ms() / 1000, &mut issues);
             seen.report(&issues);
             send_sessions(shared, report);
         }
@@ -611,5 +660,34 @@ fn session(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TestClock;
+
+    #[test]
+    fn the_test_clock_starts_where_told_and_runs_faster() {
+        let t = TestClock::parse("1000000:1000");
+        assert_eq!(
+            t,
+            Some(TestClock {
+                start_ms: 1_000_000,
+                factor: 1000
+            })
+        );
+        for bad in ["1000", "x:10", "5:0", "5:100001", "-1:10"] {
+            assert_eq!(TestClock::parse(bad), None, "{bad}");
+        }
+        let c = Clock::new(t);
+        let now = c.now_ms();
+        assert!((1_000_000..1_000_000 + 60_000).contains(&now), "{now}");
+        assert_eq!(c.real(Duration::from_secs(1)), Duration::from_millis(1));
+        assert_eq!(c.scaled_ms(Duration::from_millis(3)), 3000);
+        let wall = Clock::new(None);
+        assert_eq!(wall.real(Duration::from_secs(1)), Duration::from_secs(1));
+        assert!(wall.now_ms().abs_diff(now_ms()) < 1000);
     }
 }

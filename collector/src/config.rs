@@ -30,6 +30,8 @@ pub struct Config {
     pub limits: Limits,
     /// Raw samples older than this are rolled up to per-minute aggregates.
     pub retention_days: u32,
+    /// How often the roll-up runs (also once at start).
+    pub rollup_every_s: u64,
     /// An approved device silent for longer than this raises an alert.
     pub silence_s: u64,
     /// A sequence hole neither filled nor explained by a `Gap` for this
@@ -516,6 +518,7 @@ impl Default for Config {
             metrics_listen: None,
             limits: Limits::default(),
             retention_days: 30,
+            rollup_every_s: 3600,
             silence_s: 300,
             loss_grace_s: 120,
             sinks: Vec::new(),
@@ -595,6 +598,9 @@ impl Config {
         }
         if self.retention_days == 0 {
             return bad("retention_days", "must be at least 1");
+        }
+        if self.rollup_every_s == 0 {
+            return bad("rollup_every_s", "must be at least 1");
         }
         if self.silence_s == 0 {
             return bad("silence_s", "must be at least 1");

@@ -92,7 +92,10 @@ serve options (each overrides the same setting in --config):
   --no-tls                    no TLS listener (serial or plain only)
   --serial DEVICE[:BAUD]      read a serial port (repeatable; default 115200)
   --metrics-listen ADDR       Prometheus metrics on http://ADDR/metrics
-  --retention-days N          raw samples kept (default 30), then per-minute
+  --retention-days N          raw samples kept N days (default 30), then
+                              per-minute aggregates
+  --rollup-every-s N          how often older samples are rolled up (default
+                              3600, and once at start)
   --silence-s N               silence alert after N s (default 300)
   --loss-grace-s N            unexplained sequence hole alert (default 120)
   --max-connections N  --frames-per-s N  --idle-timeout-s N
@@ -249,6 +252,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "serial",
     "metrics-listen",
     "retention-days",
+    "rollup-every-s",
     "silence-s",
     "loss-grace-s",
     "max-connections",
@@ -1026,6 +1030,9 @@ fn serve_config(a: &mut Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = a.number("retention-days")? {
         cfg.retention_days = v;
+    }
+    if let Some(v) = a.number("rollup-every-s")? {
+        cfg.rollup_every_s = v;
     }
     if let Some(v) = a.number("silence-s")? {
         cfg.silence_s = v;

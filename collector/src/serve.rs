@@ -74,6 +74,7 @@ pub fn run(
             silence_ms: cfg.silence_s.saturating_mul(1000),
             loss_grace_ms: cfg.loss_grace_s.saturating_mul(1000),
             retention_ms: u64::from(cfg.retention_days) * 86_400_000,
+            rollup_every: Duration::from_secs(cfg.rollup_every_s),
             max_pending: cfg.limits.max_pending,
             policy: cfg.detect.policy()?,
             tuning: crate::detect::Tuning::default(),

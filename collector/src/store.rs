@@ -951,6 +951,9 @@ impl Store {
                 samples = samples + excluded.samples, cpu_busy = cpu_busy + excluded.cpu_busy,
                 cpu_total = cpu_total + excluded.cpu_total,
                 mem_available_kib_min = min(mem_available_kib_min, excluded.mem_available_kib_min),
+                mem_available_kib_avg = (mem_available_kib_avg * samples
+                    + excluded.mem_available_kib_avg * excluded.samples)
+                    / (samples + excluded.samples),
                 swap_used_kib_max = max(swap_used_kib_max, excluded.swap_used_kib_max),
                 processes_max = max(processes_max, excluded.processes_max),
                 load1_centi_max = max(load1_centi_max, excluded.load1_centi_max),
@@ -1643,6 +1646,10 @@ mod tests {
     use vigil_protocol::{Frame, Header, Sample, Samples, SigningKey, VERSION};
 
     fn frame(key: &SigningKey, seq: u64, time_ms: u64) -> Vec<u8> {
+        frame_with(key, seq, time_ms, 500)
+    }
+
+    fn frame_with(key: &SigningKey, seq: u64, time_ms: u64, available_kib: u64) -> Vec<u8> {
         let s = Sample {
             time_ms,
             interval_ms: 1000,
@@ -1653,7 +1660,7 @@ mod tests {
             },
             memory: Memory {
                 total_kib: 1000,
-                available_kib: 500,
+                available_kib,
                 ..Default::default()
             },
             ..Default::default()
@@ -1714,6 +1721,21 @@ mod tests {
         assert_eq!((n, busy, total), (1, 10, 100));
         let report = store.audit().unwrap();
         assert_eq!(report.frames, 1);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+        // A minute rolled up in two passes: counts add, the mean is of all.
+        assert!(put(&mut store, &key, &frame_with(&key, 2, 120_000, 500)));
+        assert!(put(&mut store, &key, &frame_with(&key, 3, 130_000, 800)));
+        assert_eq!(store.roll_up(125_000).unwrap(), 1);
+        assert_eq!(store.roll_up(200_000).unwrap(), 1);
+        let (n, min, avg): (i64, i64, i64) = store
+            .conn
+            .query_row("SELECT samples, mem_available_kib_min, mem_available_kib_avg FROM samples_minute WHERE device = ?1 AND minute_ms = 120000", [&id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((n, min, avg), (2, 500, 650));
+        let report = store.audit().unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 }

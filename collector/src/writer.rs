@@ -58,6 +58,7 @@ pub struct Settings {
     pub silence_ms: u64,
     pub loss_grace_ms: u64,
     pub retention_ms: u64,
+    pub rollup_every: Duration,
     pub max_pending: u32,
     pub policy: Policy,
     pub tuning: Tuning,
@@ -226,7 +227,8 @@ impl Writer {
 
     /// Runs until every sender is gone, then returns (all work committed).
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut last_rollup = Instant::now();
+        // The first tick rolls up what aged while the collector was down.
+        let mut last_rollup: Option<Instant> = None;
         while let Some(first) = rx.blocking_recv() {
             let mut frames = job_frames(&first);
             let mut jobs = vec![first];
@@ -245,9 +247,10 @@ impl Writer {
                 self.commit(jobs);
             }
             if tick {
-                let rollup = last_rollup.elapsed() >= Duration::from_secs(3600);
+                let rollup =
+                    last_rollup.map_or(true, |t| t.elapsed() >= self.settings.rollup_every);
                 if rollup {
-                    last_rollup = Instant::now();
+                    last_rollup = Some(Instant::now());
                 }
                 if let Err(e) = self.housekeeping(rollup) {
                     log::error!("housekeeping: {e}");
