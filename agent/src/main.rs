@@ -280,11 +280,12 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
             "wtmp" => cfg.sessions.wtmp = v.into(),
             "no-sessions" => cfg.sessions.enabled = false,
             "test-clock" => {
-                cfg.test_clock = Some(vigil_agent::config::TestClock::parse(&v).ok_or_else(|| {
-                    Failure::Usage(format!(
-                        "--test-clock: START_MS:FACTOR with a factor 1..100000, not {v}"
-                    ))
-                })?)
+                cfg.test_clock =
+                    Some(vigil_agent::config::TestClock::parse(&v).ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "--test-clock: START_MS:FACTOR with a factor 1..100000, not {v}"
+                        ))
+                    })?)
             }
             "collector" => collector(&mut cfg).address = v,
             "pin" => collector(&mut cfg).pin_sha256 = Some(v),

@@ -17,11 +17,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::sync::Once;
 
-/// Path of a workspace binary (`vigil-agent`, `vigil-collector`), built
-/// with the same profile as the tests on first use.
+/// Path of a workspace binary (`vigil-agent`, `vigil-collector`), built on
+/// first use: debug, or release with `VIGIL_TEST_PROFILE=release` (the
+/// long soak).
 pub fn binary(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = std::env::var("VIGIL_TEST_PROFILE").is_ok_and(|p| p == "release");
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
@@ -33,6 +35,7 @@ pub fn binary(name: &str) -> PathBuf {
                 "-p",
                 "vigil-collector",
             ])
+            .args(release.then_some("--release"))
             .current_dir(&root)
             .status();
         assert!(
@@ -42,7 +45,9 @@ pub fn binary(name: &str) -> PathBuf {
     });
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    target.join("debug").join(name)
+    target
+        .join(if release { "release" } else { "debug" })
+        .join(name)
 }
 
 /// The folder of static release builds made by `cargo run -p xtask -- dist`
@@ -56,6 +61,35 @@ pub fn dist() -> Option<PathBuf> {
         d.display()
     );
     Some(d)
+}
+
+/// What a process holds, from /proc: resident memory, threads, open files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub fds: u64,
+}
+
+pub fn usage(pid: u32) -> Usage {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    Usage {
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:"),
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("process fds")
+            .count() as u64,
+    }
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    usage(pid).rss_kib
 }
 
 /// A fresh temporary directory for one test.

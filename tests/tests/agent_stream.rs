@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vigil_protocol::Body;
 use vigil_tests::receiver::{listen, serve, Hostile, Log, Policy, Received};
-use vigil_tests::{binary, keygen, tempdir, Agent};
+use vigil_tests::{binary, keygen, rss_kib, tempdir, Agent};
 
 /// Starts the agent streaming over pinned TLS to `server`, with `extra` flags.
 fn start_tls(
@@ -138,15 +138,6 @@ fn resends_everything_unacked_after_the_connection_is_cut() {
     assert_eq!(code, Some(0));
     assert!(stderr.contains("link lost"), "{stderr}");
     assert_contiguous(&server.log.frames());
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// A malicious collector on the first connection (acks for frames never

@@ -15,20 +15,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vigil_protocol::{to_wire, SigningKey};
 use vigil_tests::collector::{cli, metric, scrape, Collector, Device};
-use vigil_tests::{keygen, tempdir, Agent};
+use vigil_tests::{keygen, rss_kib, tempdir, Agent};
 
 /// The collector's resident memory may not pass this under the attack.
 const RSS_BOUND_MIB: u64 = 256;
 const IDLE: usize = 5_000;
 const UNKNOWN: u8 = 50;
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
 
 fn raise_fd_limit(want: u64) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
