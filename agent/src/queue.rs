@@ -168,6 +168,14 @@ impl Queue {
         }
     }
 
+    /// Room left in the security ring: (bytes, frames).
+    pub fn security_room(&self) -> (usize, usize) {
+        (
+            SECURITY_BYTES - self.security.bytes.len(),
+            SECURITY_FRAMES - self.security.meta.len(),
+        )
+    }
+
     pub fn stats(&self) -> QueueStats {
         let frames = self.routine.meta.len() + self.security.meta.len();
         let bytes = self.routine.bytes.len() + self.security.bytes.len();

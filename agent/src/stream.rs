@@ -125,8 +125,11 @@ impl Shared {
 
 impl State {
     /// Signs `body` as the next frame and queues it. Routine frames may
-    /// evict older routine frames (counted for the next `Gap`).
-    fn enqueue(&mut self, body: Body, samples: u16) {
+    /// evict older routine frames (counted for the next `Gap`). `false`
+    /// when it could not be queued (a full security ring); its sequence
+    /// number is then not used, so the collector sees no hole.
+    #[must_use = "a security frame can be refused when its ring is full"]
+    fn enqueue(&mut self, body: Body, samples: u16) -> bool {
         let kind = body.kind();
         let s = &mut self.signer;
         let header = Header {
@@ -143,25 +146,26 @@ impl State {
                     "a {} frame could not be encoded ({e:?}); it is lost",
                     kind.name()
                 );
-                return;
+                return false;
             }
         };
         s.next_seq += 1;
         loop {
             match self.queue.push(header.seq, kind, samples, &bytes) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(PushError::GapFull) => {
                     if !self.report_gap("so far") {
-                        return;
+                        return false;
                     }
                 }
                 Err(e) => {
-                    log::error!(
-                        "{} frame {} not queued ({e:?}): the security queue is full",
-                        kind.name(),
-                        header.seq
-                    );
-                    return;
+                    // Nothing else was signed since (a Gap comes only from
+                    // the routine ring): the number goes to the next frame.
+                    if self.signer.next_seq == header.seq + 1 {
+                        self.signer.next_seq = header.seq;
+                    }
+                    log::debug!("{} frame not queued: {e:?}", kind.name());
+                    return false;
                 }
             }
         }
@@ -169,6 +173,19 @@ impl State {
 }
 
 impl State {
+    /// `enqueue`, saying so when the frame is refused (it is then lost:
+    /// integrity, posture and session reports are few and small; the
+    /// security ring is full only when the collector has been away long).
+    fn put(&mut self, body: Body, samples: u16) {
+        let kind = body.kind();
+        if !self.enqueue(body, samples) {
+            log::error!(
+                "a {} frame was not queued: the security queue is full",
+                kind.name()
+            );
+        }
+    }
+
     /// Turns the frames dropped since the last `Gap` into a signed `Gap`
     /// frame (a security frame: never evicted). `false` if there were none.
     fn report_gap(&mut self, when: &str) -> bool {
@@ -180,7 +197,9 @@ impl State {
             gap.frames(),
             gap.samples
         );
-        self.enqueue(Body::Gap(gap), 0);
+        if !self.enqueue(Body::Gap(gap), 0) {
+            log::error!("the Gap frame itself could not be queued: the security queue is full");
+        }
         true
     }
 }
@@ -250,7 +269,7 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
                     |bodies| {
                         let mut st = shared.lock();
                         for b in bodies {
-                            st.enqueue(b, 0);
+                            st.put(b, 0);
                         }
                         drop(st);
                         shared.wake.notify_all();
@@ -336,11 +355,12 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
         )
     };
     let h = hello(&first, &layout, &mut issues);
-    shared.lock().enqueue(Body::Hello(h), 0);
+    shared.lock().put(Body::Hello(h), 0);
     shared.wake.notify_all();
     let mut differ = Differ::default();
     let _ = differ.next(first, 0, &layout);
-    let mut sockets: Option<BTreeSet<sockets::Entry>> = None;
+    let mut told = Told::default();
+    let mut table: Option<BTreeSet<sockets::Entry>> = None;
     let mut owners = sockets::Owners::new();
     let mut next_sockets = Instant::now();
     let mut tracker = cfg
@@ -374,7 +394,7 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
             layout = l;
             log::info!("interfaces or disks changed: sending a new inventory");
             let h = hello(&r, &layout, &mut issues);
-            shared.lock().enqueue(Body::Hello(h), 0);
+            shared.lock().put(Body::Hello(h), 0);
         }
         if let Some(s) = differ.next(r, interval, &layout) {
             add(shared, &mut batch, s, cfg.batch);
@@ -388,32 +408,13 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
                 next_sockets = now + step;
             }
             issues.clear();
-            let table = sockets::read(&root, &mut owners, &mut issues);
+            let t = table.insert(sockets::read(&root, &mut owners, &mut issues));
             seen.report(&issues);
-            let (snapshot, list) = match &sockets {
-                None => (true, sockets::snapshot(&table)),
-                Some(old) => (false, sockets::changes(old, &table)),
-            };
-            sockets = Some(table);
-            if snapshot || !list.is_empty() {
-                let mut st = shared.lock();
-                let chunks: Vec<_> = list.chunks(MAX_SOCKET_CHANGES).collect();
-                if chunks.is_empty() {
-                    st.enqueue(
-                        Body::Sockets(Sockets {
-                            snapshot,
-                            changes: heapless::Vec::new(),
-                        }),
-                        0,
-                    );
-                }
-                for chunk in chunks {
-                    let changes = chunk.iter().cloned().collect();
-                    st.enqueue(Body::Sockets(Sockets { snapshot, changes }), 0);
-                }
-                drop(st);
-                shared.wake.notify_all();
-            }
+            report_sockets(shared, &mut told, t);
+        } else if let Some(t) = table.as_ref().filter(|_| told.waiting) {
+            // Changes that did not fit go as the link drains, not only at
+            // the next read.
+            report_sockets(shared, &mut told, t);
         }
         // After the sockets of the same tick: a remote session's peer is
         // then already in the socket table the collector holds.
@@ -430,6 +431,71 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
         }
     }
     flush(shared, &mut batch);
+}
+
+/// Security-ring room socket changes leave for what cannot wait (a `Gap`,
+/// integrity and posture findings, sessions).
+const SOCKETS_RESERVE: (usize, usize) = (8 * 1024, 32);
+
+/// What the collector has been told of the socket table.
+#[derive(Default)]
+struct Told {
+    /// The table as the reported changes make it (`None`: nothing yet).
+    table: Option<BTreeSet<sockets::Entry>>,
+    /// Changes are waiting for room in the queue.
+    waiting: bool,
+}
+
+/// Sends `table` as the changes from what the collector has been told (a
+/// snapshot the first time). As many frames as the security ring has room
+/// for, keeping `SOCKETS_RESERVE`; what was told moves only by what was
+/// queued, so the rest goes later (at the next tick, as the link drains)
+/// and nothing is lost however large the table or slow the link.
+fn report_sockets(shared: &Shared, told: &mut Told, table: &BTreeSet<sockets::Entry>) {
+    let snapshot = told.table.is_none();
+    let mut reference = told.table.take().unwrap_or_default();
+    let pending = sockets::diff(&reference, table);
+    let room = |st: &State| {
+        let (bytes, frames) = st.queue.security_room();
+        bytes >= SOCKETS_RESERVE.0 && frames >= SOCKETS_RESERVE.1
+    };
+    let mut sent = 0;
+    let mut frames = 0;
+    if pending.is_empty() && snapshot {
+        let mut st = shared.lock();
+        let empty = Body::Sockets(Sockets {
+            snapshot,
+            changes: heapless::Vec::new(),
+        });
+        frames += usize::from(room(&st) && st.enqueue(empty, 0));
+    }
+    for chunk in pending.chunks(MAX_SOCKET_CHANGES) {
+        let changes = chunk.iter().map(|(c, e)| sockets::record(*c, e)).collect();
+        // The lock is taken per frame: the link thread drains in between.
+        let mut st = shared.lock();
+        if !room(&st) || !st.enqueue(Body::Sockets(Sockets { snapshot, changes }), 0) {
+            break;
+        }
+        drop(st);
+        shared.wake.notify_all();
+        sent += chunk.len();
+        frames += 1;
+    }
+    shared.wake.notify_all();
+    let waiting = sent < pending.len() || (snapshot && frames == 0);
+    if waiting && !told.waiting {
+        log::warn!(
+            "socket table: {} of {} changes wait for room in the queue (the collector is slow or away); they follow as it drains",
+            pending.len() - sent,
+            pending.len()
+        );
+    } else if !waiting && told.waiting {
+        log::info!("socket table: the changes that waited are queued");
+    }
+    told.waiting = waiting;
+    sockets::apply(&mut reference, pending.get(..sent).unwrap_or(&[]));
+    // A snapshot not begun is begun again next time.
+    told.table = (!snapshot || frames > 0).then_some(reference);
 }
 
 /// Queues the sessions report as `Sessions` frames (a snapshot always, even
@@ -472,7 +538,7 @@ fn send_sessions(shared: &Shared, report: crate::sessions::Report) {
         let events = chunks
             .get(i)
             .map_or_else(heapless::Vec::new, |c| c.iter().cloned().collect());
-        st.enqueue(
+        st.put(
             Body::Sessions(Sessions {
                 snapshot: report.snapshot,
                 continued: report.snapshot && i + 1 < n,
@@ -512,7 +578,7 @@ fn add(shared: &Shared, batch: &mut Option<Samples>, s: Sample, size: usize) {
 fn flush(shared: &Shared, batch: &mut Option<Samples>) {
     if let Some(b) = batch.take() {
         let n = u16::try_from(b.len()).unwrap_or(u16::MAX);
-        shared.lock().enqueue(Body::Samples(b), n);
+        shared.lock().put(Body::Samples(b), n);
         shared.wake.notify_all();
     }
 }
@@ -667,6 +733,107 @@ fn session(
 mod tests {
     use super::*;
     use crate::config::TestClock;
+    use vigil_protocol::body::Change;
+    use vigil_protocol::SignedFrame;
+
+    fn shared() -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                queue: Queue::new(),
+                signer: Signer {
+                    key: SigningKey::from_bytes(&[7; 32]),
+                    device: DeviceId::of(&SigningKey::from_bytes(&[7; 32]).verifying_key()),
+                    boot: 1,
+                    next_seq: 0,
+                    clock: Clock::new(None),
+                },
+            }),
+            config: Mutex::new(Config::default()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            reconnect: AtomicBool::new(false),
+        }
+    }
+
+    fn entry(i: u32) -> sockets::Entry {
+        sockets::Entry {
+            kind: 1,
+            proto: 0,
+            local: (vec![10, 0, 0, 2], 0),
+            remote: Some((i.to_be_bytes().to_vec(), 443)),
+            uid: 0,
+            process: "dicomd".into(),
+        }
+    }
+
+    /// Sends what the queue holds (as the link does), acks it all and
+    /// returns the sequence numbers and the socket changes it carried.
+    fn drain(sh: &Shared) -> (Vec<u64>, Vec<(Change, u32)>) {
+        let vk = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let mut st = sh.lock();
+        let (mut seqs, mut changes) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
+        while let Some(seq) = st.queue.next_to_send(&mut out) {
+            seqs.push(seq);
+            let f = SignedFrame::parse(&out).unwrap().verify(&vk).unwrap();
+            if let Body::Sockets(s) = f.body().unwrap() {
+                for c in &s.changes {
+                    let vigil_protocol::body::Addr::V4(b) = c.remote.unwrap().addr else {
+                        panic!("v4");
+                    };
+                    changes.push((c.change, u32::from_be_bytes(b)));
+                }
+            }
+        }
+        if let Some(&last) = seqs.last() {
+            st.queue.ack(last);
+        }
+        (seqs, changes)
+    }
+
+    #[test]
+    fn a_socket_table_larger_than_the_queue_goes_over_several_reads_whole_and_in_order() {
+        let sh = shared();
+        let mut told = Told::default();
+        let table: BTreeSet<_> = (0..4096).map(entry).collect();
+        let (mut seqs, mut added) = (Vec::new(), BTreeSet::new());
+        let mut reads = 0;
+        while told.table.as_ref() != Some(&table) {
+            reads += 1;
+            assert!(reads < 100, "never converged");
+            report_sockets(&sh, &mut told, &table);
+            let (bytes, frames) = sh.lock().queue.security_room();
+            assert!(
+                bytes >= SOCKETS_RESERVE.0 - vigil_protocol::MAX_FRAME_LEN
+                    && frames >= SOCKETS_RESERVE.1 - 1,
+                "the reserve was used: {bytes} B, {frames} frames"
+            );
+            let (s, c) = drain(&sh);
+            seqs.extend(s);
+            for (change, i) in c {
+                assert_eq!(change, Change::Added);
+                assert!(added.insert(i), "{i} sent twice");
+            }
+        }
+        assert!(reads > 2, "the table fitted at once: {reads}");
+        assert!(!told.waiting);
+        assert_eq!(added.len(), 4096);
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "no holes");
+        // Half of it changes: only that is sent, then nothing.
+        let next: BTreeSet<_> = (2048..6144).map(entry).collect();
+        let mut changes = Vec::new();
+        while told.table.as_ref() != Some(&next) {
+            report_sockets(&sh, &mut told, &next);
+            changes.extend(drain(&sh).1);
+        }
+        assert_eq!(changes.len(), 4096);
+        assert_eq!(
+            changes.iter().filter(|c| c.0 == Change::Removed).count(),
+            2048
+        );
+        report_sockets(&sh, &mut told, &next);
+        assert!(drain(&sh).0.is_empty());
+    }
 
     #[test]
     fn the_test_clock_starts_where_told_and_runs_faster() {

@@ -199,14 +199,26 @@ fn proto_code(p: Proto) -> u8 {
     }
 }
 
+/// What changed from `old` to `new`: removals first, then additions.
+pub fn diff(old: &BTreeSet<Entry>, new: &BTreeSet<Entry>) -> Vec<(Change, Entry)> {
+    let removed = old.difference(new).map(|e| (Change::Removed, e.clone()));
+    let added = new.difference(old).map(|e| (Change::Added, e.clone()));
+    removed.chain(added).collect()
+}
+
+/// Applies changes that were reported to the table they were made against.
+pub fn apply(table: &mut BTreeSet<Entry>, changes: &[(Change, Entry)]) {
+    for (c, e) in changes {
+        match c {
+            Change::Added => table.insert(e.clone()),
+            Change::Removed => table.remove(e),
+        };
+    }
+}
+
 /// The changes from `old` to `new` as wire records.
 pub fn changes(old: &BTreeSet<Entry>, new: &BTreeSet<Entry>) -> Vec<SocketChange> {
-    let removed = old.difference(new).map(|e| (Change::Removed, e));
-    let added = new.difference(old).map(|e| (Change::Added, e));
-    removed
-        .chain(added)
-        .map(|(change, e)| record(change, e))
-        .collect()
+    diff(old, new).iter().map(|(c, e)| record(*c, e)).collect()
 }
 
 /// Every entry as `Added` (a snapshot).
@@ -214,7 +226,8 @@ pub fn snapshot(all: &BTreeSet<Entry>) -> Vec<SocketChange> {
     all.iter().map(|e| record(Change::Added, e)).collect()
 }
 
-fn record(change: Change, e: &Entry) -> SocketChange {
+/// One change as the wire carries it.
+pub fn record(change: Change, e: &Entry) -> SocketChange {
     let process = crate::inventory::fit(&e.process);
     SocketChange {
         change,
