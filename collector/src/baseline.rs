@@ -915,20 +915,30 @@ mod tests {
         s
     }
 
+    fn eth0() -> Layout {
+        Layout {
+            interfaces: vec!["eth0".into()],
+            disks: vec![],
+        }
+    }
+
+    /// A baseline closed on 100 s of CPU at 10-14 % and `tx(i)` bytes sent.
+    fn closed(t: &Tuning, layout: &Layout, tx: impl Fn(u64) -> u64) -> Baseline {
+        let mut b = Baseline::new(0);
+        let mut learning = MetricLearning::default();
+        for i in 0..100 {
+            learning.add(&sample(i * 1000, 10 + i % 5, tx(i)), layout, t);
+        }
+        b.close(learning, 100_000);
+        b
+    }
+
     #[test]
     fn metrics_are_learned_at_close_and_deviations_raised_once_in_monitoring() {
         let (p, t) = (policy(), Tuning::default());
         let cx = context(&p, &t);
-        let layout = Layout {
-            interfaces: vec!["eth0".into()],
-            disks: vec![],
-        };
-        let mut b = Baseline::new(0);
-        let mut learning = MetricLearning::default();
-        for i in 0..100 {
-            learning.add(&sample(i * 1000, 10 + i % 5, 20_000 + i * 10), &layout, &t);
-        }
-        b.close(learning, 100_000);
+        let layout = eth0();
+        let mut b = closed(&t, &layout, |i| 20_000 + i * 10);
         assert_eq!(b.phase, Phase::Review);
         assert_eq!(b.learned.metrics["cpu.busy"].samples, 100);
         // In review nothing is scored.
@@ -964,16 +974,8 @@ mod tests {
         };
         let (p, t) = (d.policy().expect("valid"), Tuning::default());
         let cx = context(&p, &t);
-        let layout = Layout {
-            interfaces: vec!["eth0".into()],
-            disks: vec![],
-        };
-        let mut b = Baseline::new(0);
-        let mut learning = MetricLearning::default();
-        for i in 0..100 {
-            learning.add(&sample(i * 1000, 10 + i % 5, 20_000), &layout, &t);
-        }
-        b.close(learning, 100_000);
+        let layout = eth0();
+        let mut b = closed(&t, &layout, |_| 20_000);
         b.approve(100_000);
         let (r, _) = b.samples(&cx, &[sample(101_000, 200, 5_000_000)], &layout);
         assert_eq!(rules(&r), [alert::EGRESS_VOLUME.id], "CPU burn not alerted");

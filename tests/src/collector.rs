@@ -224,6 +224,20 @@ pub fn enroll(state: &Path, key: &vigil_protocol::VerifyingKey, name: &str, mode
     );
 }
 
+/// The open and closed `transport.*` alerts (loss, replay, gaps, bad
+/// signatures) of a state dir.
+pub fn transport_alerts(state: &Path) -> Vec<Value> {
+    let out = cli(state, &["alerts", "--json"]);
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("alerts --json");
+    all.into_iter()
+        .filter(|a| {
+            a["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("transport."))
+        })
+        .collect()
+}
+
 pub fn cli(state: &Path, args: &[&str]) -> Output {
     Command::new(binary("vigil-collector"))
         .args(args)

@@ -565,14 +565,7 @@ fn a_veth_set_down_for_less_than_the_queue_holds_loses_nothing() {
         !frames.values().any(|k| k == "gap"),
         "a Gap for a short cut"
     );
-    let loss: Vec<Value> = alerts(&state)
-        .into_iter()
-        .filter(|a| {
-            a["rule"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("transport."))
-        })
-        .collect();
+    let loss = vigil_tests::collector::transport_alerts(&state);
     assert!(loss.is_empty(), "{loss:#?}");
     let text = audit(&state);
     assert!(text.contains(", 0 problems"), "{text}");

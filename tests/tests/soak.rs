@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vigil_tests::collector::{cli, Collector};
+use vigil_tests::collector::{cli, transport_alerts, Collector};
 use vigil_tests::{binary, keygen, tempdir, usage, Agent, Usage};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -279,16 +279,7 @@ fn a_fast_forwarded_month_keeps_memory_flat_storage_in_retention_and_leaks_nothi
     );
     assert_eq!(acked, high, "not everything was acknowledged");
     assert!(received > high, "{received} frames received for 0..={high}");
-    let alerts: Vec<Value> =
-        serde_json::from_slice(&cli(&state, &["alerts", "--json"]).stdout).unwrap();
-    let transport: Vec<&Value> = alerts
-        .iter()
-        .filter(|a| {
-            a["rule"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("transport."))
-        })
-        .collect();
+    let transport = transport_alerts(&state);
     assert!(transport.is_empty(), "{transport:#?}");
     let audit = cli(&state, &["audit"]);
     assert!(
