@@ -699,6 +699,9 @@ fn session(
                     }
                 }
                 Some(Ok(a)) => log::warn!("ignored an ack for device {} boot {}", a.device, a.boot),
+                Some(Err(vigil_protocol::DecodeError::Checksum)) => {
+                    log::warn!("ignored a damaged ack (its CRC does not match)");
+                }
                 _ => log::warn!("ignored an unreadable message from the collector"),
             }
         }

@@ -115,6 +115,8 @@ pub enum DecodeError {
     /// A body variant newer than this build: the frame still verifies and
     /// can be archived, but not interpreted.
     UnknownBody,
+    /// An ack whose CRC does not match: changed on the line.
+    Checksum,
 }
 
 /// Why a frame could not be encoded.
@@ -385,16 +387,36 @@ pub enum Downlink {
 /// Largest encoded downlink message.
 pub const MAX_DOWNLINK_LEN: usize = 32;
 
+/// The downlink's own version byte. 2: acks end in a CRC-32, so a byte
+/// changed by a noisy serial line can never read as an ack for frames the
+/// collector did not store (version 1 had none).
+pub const DOWNLINK_VERSION: u8 = 2;
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib): bitwise, for a few dozen bytes.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
 impl Ack {
-    /// `VERSION || postcard(Downlink::Ack(self))`, before COBS.
+    /// `DOWNLINK_VERSION || postcard(Downlink::Ack(self)) || crc32 (LE)`,
+    /// the CRC over everything before it; COBS framing comes on top.
     pub fn encode(&self) -> Vec<u8, MAX_DOWNLINK_LEN> {
         let mut buf = [0u8; MAX_DOWNLINK_LEN];
         let mut out = Vec::new();
-        // Version byte, then at most 1 + 8 + 5 + 10 bytes: always fits.
-        let _ = out.push(VERSION);
+        // Version byte, at most 1 + 8 + 5 + 10 bytes, 4 of CRC: always fits.
+        let _ = out.push(DOWNLINK_VERSION);
         if let Ok(b) = postcard::to_slice(&Downlink::Ack(*self), &mut buf) {
             let _ = out.extend_from_slice(b);
         }
+        let crc = crc32(&out).to_le_bytes();
+        let _ = out.extend_from_slice(&crc);
         out
     }
 
@@ -402,11 +424,18 @@ impl Ack {
         if bytes.len() > MAX_DOWNLINK_LEN {
             return Err(DecodeError::Oversize);
         }
-        let (&version, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
-        if version != VERSION {
+        let (&version, _) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        if version != DOWNLINK_VERSION {
             return Err(DecodeError::Version);
         }
-        match postcard::take_from_bytes::<Downlink>(rest) {
+        let Some(at) = bytes.len().checked_sub(4).filter(|&at| at > 1) else {
+            return Err(DecodeError::Truncated);
+        };
+        let (message, crc) = bytes.split_at(at);
+        if crc32(message).to_le_bytes() != crc {
+            return Err(DecodeError::Checksum);
+        }
+        match postcard::take_from_bytes::<Downlink>(message.get(1..).unwrap_or(&[])) {
             Ok((Downlink::Ack(ack), [])) => Ok(ack),
             _ => Err(DecodeError::Malformed),
         }

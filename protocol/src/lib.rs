@@ -30,7 +30,7 @@ pub use body::{Body, BodyKind};
 pub use frame::VerifiedBuf;
 pub use frame::{
     to_wire, Ack, DecodeError, DeviceId, EncodeError, Frame, Header, SignedFrame, VerifiedFrame,
-    VerifyError, MAX_FRAME_LEN, MAX_WIRE_LEN, VERSION,
+    VerifyError, DOWNLINK_VERSION, MAX_FRAME_LEN, MAX_WIRE_LEN, VERSION,
 };
 pub use sample::{Sample, Samples};
 

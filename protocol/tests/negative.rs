@@ -5,10 +5,11 @@ mod common;
 
 use common::*;
 use vigil_protocol::cobs::{FrameDecoder, FrameError};
+use vigil_protocol::frame::crc32;
 use vigil_protocol::replay::{advance, stand, ConnectionOrder, Position, Standing};
 use vigil_protocol::{
     to_wire, Ack, Body, DecodeError, DeviceId, Header, SignedFrame, VerifyError, VerifyingKey,
-    MAX_FRAME_LEN, VERSION,
+    DOWNLINK_VERSION, MAX_FRAME_LEN, VERSION,
 };
 
 fn verify(bytes: &[u8], key: &VerifyingKey) -> bool {
@@ -187,6 +188,13 @@ fn replayed_and_backwards_sequences_are_classified() {
     assert!(order.admit(&h(4, 1)));
 }
 
+/// `message` with a fresh CRC: to show what the layers under the CRC reject.
+fn sealed(message: &[u8]) -> Vec<u8> {
+    let mut out = message.to_vec();
+    out.extend_from_slice(&crc32(message).to_le_bytes());
+    out
+}
+
 #[test]
 fn malformed_acks_are_rejected() {
     let ack = Ack {
@@ -195,20 +203,82 @@ fn malformed_acks_are_rejected() {
         seq: 2,
     }
     .encode();
+    let message = &ack[..ack.len() - 4];
     assert_eq!(
         Ack::decode(&ack[..ack.len() - 1]).err(),
+        Some(DecodeError::Checksum)
+    );
+    assert_eq!(
+        Ack::decode(&sealed(&message[..message.len() - 1])).err(),
         Some(DecodeError::Malformed)
     );
-    let mut long = ack.to_vec();
+    let mut long = message.to_vec();
     long.push(0);
-    assert_eq!(Ack::decode(&long).err(), Some(DecodeError::Malformed));
-    let mut other = ack.to_vec();
-    other[0] = 2;
-    assert_eq!(Ack::decode(&other).err(), Some(DecodeError::Version));
-    let mut cmd = ack.to_vec();
+    assert_eq!(
+        Ack::decode(&sealed(&long)).err(),
+        Some(DecodeError::Malformed)
+    );
+    let mut old = message.to_vec();
+    old[0] = 1; // version 1 acks had no CRC: refused, not misread
+    assert_eq!(Ack::decode(&sealed(&old)).err(), Some(DecodeError::Version));
+    let mut cmd = message.to_vec();
     cmd[1] = 1; // any downlink variant but Ack: the collector cannot command
-    assert_eq!(Ack::decode(&cmd).err(), Some(DecodeError::Malformed));
+    assert_eq!(
+        Ack::decode(&sealed(&cmd)).err(),
+        Some(DecodeError::Malformed)
+    );
     assert_eq!(Ack::decode(&[]).err(), Some(DecodeError::Truncated));
+    assert_eq!(
+        Ack::decode(&[DOWNLINK_VERSION, 0, 0, 0]).err(),
+        Some(DecodeError::Truncated)
+    );
+}
+
+/// What a noisy serial line does to an ack: one bit flipped anywhere, one
+/// byte dropped, one inserted or replaced. None of it reads as an ack (the
+/// agent would forget frames the collector never stored).
+#[test]
+fn a_damaged_ack_is_never_read_as_an_ack() {
+    let ack = Ack {
+        device: DeviceId([0x5a; 8]),
+        boot: 300,
+        seq: 70_000,
+    }
+    .encode();
+    assert_eq!(
+        Ack::decode(&ack),
+        Ok(Ack {
+            device: DeviceId([0x5a; 8]),
+            boot: 300,
+            seq: 70_000
+        })
+    );
+    let mut damaged = Vec::new();
+    for i in 0..ack.len() {
+        for bit in 0..8 {
+            let mut a = ack.to_vec();
+            a[i] ^= 1 << bit;
+            damaged.push(a);
+        }
+        let mut dropped = ack.to_vec();
+        dropped.remove(i);
+        damaged.push(dropped);
+        for b in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+            let mut inserted = ack.to_vec();
+            inserted.insert(i, b);
+            damaged.push(inserted);
+            let mut replaced = ack.to_vec();
+            if replaced[i] != b {
+                replaced[i] = b;
+                damaged.push(replaced);
+            }
+        }
+    }
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the CRC-32 check value");
+    assert!(damaged.len() > 300, "{}", damaged.len());
+    for d in &damaged {
+        assert!(Ack::decode(d).is_err(), "{d:02x?} read as an ack");
+    }
 }
 
 #[test]

@@ -26,7 +26,28 @@ pub fn binary(name: &str) -> PathBuf {
     let release = std::env::var("VIGIL_TEST_PROFILE").is_ok_and(|p| p == "release");
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        // What cargo sets for the test process itself describes the tests
+        // crate: ring's build script reruns when CARGO_MANIFEST_DIR changes,
+        // and with it ring, rustls and both binaries were rebuilt (30 s) by
+        // every test process.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*k,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                )
+            {
+                cmd.env_remove(&*k);
+            }
+        }
+        let status = cmd
             .args([
                 "build",
                 "--quiet",

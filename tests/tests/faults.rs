@@ -458,6 +458,7 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
     let resends = log.matches("sending the").count();
+    let damaged_acks = log.matches("ignored a damaged ack").count();
     let metrics = c.metrics.clone().unwrap();
     let rejected: f64 = vigil_tests::collector::scrape(&metrics)
         .lines()
@@ -481,7 +482,8 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
     eprintln!(
         "{per_million} faults per million bytes for 20 s ({} towards the agent): {faults_up} towards \
          the collector, {faults_down} towards the agent; {rejected} frames rejected, {resends} resends, \
-         {duplicates} duplicates dropped; {} frames stored, complete, audit clean",
+         {duplicates} duplicates dropped, {damaged_acks} damaged acks ignored; {} frames stored, \
+         complete, audit clean",
         per_million * 10,
         frames.len()
     );
