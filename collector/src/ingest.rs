@@ -86,6 +86,9 @@ pub struct Session {
     device: Option<DeviceId>,
     peer: Arc<str>,
     raised: u32,
+    /// A serial line: bytes can be damaged on the way (TLS rules that out
+    /// on TCP), and there is no connection to close.
+    line: bool,
 }
 
 impl Session {
@@ -96,7 +99,25 @@ impl Session {
             device: None,
             peer,
             raised: 0,
+            line: false,
         }
+    }
+
+    /// A session on a serial line.
+    pub fn on_line(peer: Arc<str>) -> Session {
+        Session {
+            line: true,
+            ..Session::new(peer)
+        }
+    }
+
+    /// On a line that already carries a verified device, a frame naming
+    /// another device that does not verify as that device is damaged (a
+    /// flipped or inserted byte in its header), not a second sender.
+    fn damaged(line: bool, device: Option<DeviceId>, sf: &SignedFrame<'_>, ctx: &Ctx) -> bool {
+        let h = sf.header();
+        line && device.is_some_and(|d| d != h.device)
+            && !matches!(ctx.registry.get(&h.device), Some((key, _)) if sf.verify(&key).is_ok())
     }
 
     fn raise(&mut self, fed: &mut Fed, r: Raise) {
@@ -106,35 +127,40 @@ impl Session {
         }
     }
 
-    /// Decodes and verifies every complete frame in `input`.
-    pub fn feed(&mut self, mut input: &[u8], ctx: &Ctx) -> Fed {
+    /// Decodes and verifies the complete frames in `input`, consuming it;
+    /// when the result says `close`, what is left of `input` was not read.
+    pub fn feed(&mut self, input: &mut &[u8], ctx: &Ctx) -> Fed {
         let mut fed = Fed::default();
         let m = &ctx.metrics;
-        while let Some(r) = self.decoder.feed(&mut input) {
+        while let Some(r) = self.decoder.feed(input) {
             m.frames_received.fetch_add(1, Relaxed);
             let bytes = match r {
                 Ok(b) => b,
                 Err(FrameError::Oversize) => {
-                    m.reject("oversize");
+                    reject(m, &self.peer, "oversize", None);
                     continue;
                 }
                 Err(_) => {
-                    m.reject("corrupt");
+                    reject(m, &self.peer, "corrupt", None);
                     continue;
                 }
             };
             if bytes.len() > ctx.limits.max_frame_bytes {
-                m.reject("oversize");
+                reject(m, &self.peer, "oversize", None);
                 continue;
             }
             let Ok(sf) = SignedFrame::parse(bytes) else {
-                m.reject("corrupt");
+                reject(m, &self.peer, "corrupt", None);
                 continue;
             };
             let h = *sf.header();
             let now = now_ms();
+            if Session::damaged(self.line, self.device, &sf, ctx) {
+                reject(m, &self.peer, "corrupt", Some(&h));
+                continue;
+            }
             if self.device.is_some_and(|d| d != h.device) {
-                m.reject("wrong_device");
+                reject(m, &self.peer, "wrong_device", Some(&h));
                 let ev = json!({"peer": &*self.peer, "claimed": h.device.to_string(),
                                 "expected": "one device per connection", "seen": "a second device id"});
                 self.raise(
@@ -154,7 +180,7 @@ impl Session {
                 Some((key, DeviceState::Approved)) => match sf.verify(&key) {
                     Ok(v) => {
                         if !self.order.admit(&h) {
-                            m.reject("replay");
+                            reject(m, &self.peer, "replay", Some(&h));
                             let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
                                             "expected": "no older boot after a newer one on a connection",
                                             "seen": "a frame of an older boot spliced into the stream"});
@@ -175,7 +201,7 @@ impl Session {
                         fed.frames.push(v.to_buf());
                     }
                     Err(_) => {
-                        m.reject("bad_signature");
+                        reject(m, &self.peer, "bad_signature", Some(&h));
                         let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
                                         "expected": "a signature by the enrolled key", "seen": "a signature that does not verify"});
                         self.raise(
@@ -185,7 +211,7 @@ impl Session {
                     }
                 },
                 Some((_, DeviceState::Revoked)) => {
-                    m.reject("revoked_device");
+                    reject(m, &self.peer, "revoked_device", Some(&h));
                     let ev = json!({"peer": &*self.peer, "expected": "no frames from a revoked key", "seen": "a connection from it"});
                     self.raise(
                         &mut fed,
@@ -198,12 +224,12 @@ impl Session {
                     // Visible, not trusted: nothing stored or acked until a
                     // person approves; the agent keeps its frames and
                     // resends them after approval.
-                    m.reject("pending_device");
+                    reject(m, &self.peer, "pending_device", Some(&h));
                     fed.close = true;
                     break;
                 }
                 None => {
-                    m.reject("unknown_device");
+                    reject(m, &self.peer, "unknown_device", Some(&h));
                     if !ctx.unknown_allowed() {
                         fed.close = true;
                         break;
@@ -227,6 +253,21 @@ impl Session {
             }
         }
         fed
+    }
+}
+
+/// Counts a rejected frame, and says which at debug level (a noisy serial
+/// line is diagnosed from these).
+fn reject(m: &Metrics, peer: &str, reason: &str, h: Option<&vigil_protocol::Header>) {
+    m.reject(reason);
+    match h {
+        Some(h) => log::debug!(
+            "{peer}: frame {}/{} of {} rejected: {reason}",
+            h.boot,
+            h.seq,
+            h.device
+        ),
+        None => log::debug!("{peer}: frame rejected: {reason}"),
     }
 }
 
@@ -323,7 +364,7 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             _ = stop.changed() => break,
         };
         let arrived = Instant::now();
-        let mut fed = session.feed(buf.get(..n).unwrap_or(&[]), &ctx);
+        let mut fed = session.feed(&mut buf.get(..n).unwrap_or(&[]), &ctx);
         for r in fed.raises.drain(..) {
             ctx.raise(r);
         }
@@ -451,9 +492,9 @@ pub fn serial(path: std::path::PathBuf, baud: u32, ctx: Arc<Ctx>, stop: Arc<Atom
                 continue;
             }
         };
-        let mut session = Session::new(Arc::clone(&peer));
+        let mut session = Session::on_line(Arc::clone(&peer));
         let mut buf = [0u8; 4096];
-        while !stop.load(Relaxed) {
+        'port: while !stop.load(Relaxed) {
             let n = match port.read(&mut buf) {
                 Ok(0) => continue,
                 Ok(n) => n,
@@ -465,55 +506,151 @@ pub fn serial(path: std::path::PathBuf, baud: u32, ctx: Arc<Ctx>, stop: Arc<Atom
                 }
             };
             let arrived = Instant::now();
-            let mut fed = session.feed(buf.get(..n).unwrap_or(&[]), &ctx);
-            for r in fed.raises.drain(..) {
-                ctx.raise(r);
-            }
-            // A serial line has no connection to close: a rejected sender
-            // is simply not answered, and order restarts with the next
-            // session if the agent restarts.
-            if fed.close {
-                session = Session::new(Arc::clone(&peer));
-            }
-            let reply = if let Some((key, hello)) = fed.pending.take() {
-                let (tx, rx) = oneshot::channel();
-                if ctx
-                    .jobs
-                    .blocking_send(Job::Pending {
-                        key,
-                        hello,
-                        peer: Arc::clone(&peer),
-                        reply: tx,
-                    })
-                    .is_err()
-                {
-                    return;
+            let mut input = buf.get(..n).unwrap_or(&[]);
+            while !input.is_empty() {
+                let mut fed = session.feed(&mut input, &ctx);
+                for r in fed.raises.drain(..) {
+                    ctx.raise(r);
                 }
-                rx.blocking_recv().ok()
-            } else if let (Some(device), false) = (fed.device, fed.frames.is_empty()) {
-                let (tx, rx) = oneshot::channel();
-                let job = Job::Frames {
-                    device,
-                    peer: Arc::clone(&peer),
-                    frames: std::mem::take(&mut fed.frames),
-                    received_ms: now_ms(),
-                    reply: tx,
+                // A serial line has no connection to close: a rejected
+                // sender is simply not answered, order restarts with the
+                // next session, and the rest of what was read is read by it
+                // (a resend behind the rejected frame is not lost).
+                if fed.close {
+                    session = Session::on_line(Arc::clone(&peer));
+                }
+                let Some(reply) = submit_blocking(&ctx, &mut fed, &peer) else {
+                    return;
                 };
-                if ctx.jobs.blocking_send(job).is_err() {
-                    return;
+                if let Some(wire) = reply.and_then(|r| r.ack).as_ref().and_then(ack_wire) {
+                    use std::io::Write;
+                    if let Err(e) = port.write_all(&wire).and_then(|()| port.flush()) {
+                        log::warn!("{peer}: writing an ack: {e}; reopening");
+                        break 'port;
+                    }
+                    ctx.metrics.observe_ack(arrived.elapsed());
                 }
-                rx.blocking_recv().ok()
-            } else {
-                None
-            };
-            if let Some(wire) = reply.and_then(|r| r.ack).as_ref().and_then(ack_wire) {
-                use std::io::Write;
-                if let Err(e) = port.write_all(&wire).and_then(|()| port.flush()) {
-                    log::warn!("{peer}: writing an ack: {e}; reopening");
-                    break;
-                }
-                ctx.metrics.observe_ack(arrived.elapsed());
             }
         }
+    }
+}
+
+/// `submit` for the serial threads: `None` when the writer stopped,
+/// `Some(None)` when there was nothing to submit.
+fn submit_blocking(ctx: &Ctx, fed: &mut Fed, peer: &Arc<str>) -> Option<Option<Reply>> {
+    let (tx, rx) = oneshot::channel();
+    let job = if let Some((key, hello)) = fed.pending.take() {
+        Job::Pending {
+            key,
+            hello,
+            peer: Arc::clone(peer),
+            reply: tx,
+        }
+    } else if let (Some(device), false) = (fed.device, fed.frames.is_empty()) {
+        Job::Frames {
+            device,
+            peer: Arc::clone(peer),
+            frames: std::mem::take(&mut fed.frames),
+            received_ms: now_ms(),
+            reply: tx,
+        }
+    } else {
+        return Some(None);
+    };
+    ctx.jobs.blocking_send(job).ok()?;
+    Some(rx.blocking_recv().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_protocol::body::Heartbeat;
+    use vigil_protocol::{Body, Frame, Header, SigningKey, VERSION};
+
+    fn frame(key: &SigningKey, seq: u64) -> Vec<u8> {
+        let header = Header {
+            version: VERSION,
+            device: DeviceId::of(&key.verifying_key()),
+            boot: 1,
+            seq,
+            time_ms: 1_700_000_000_000,
+        };
+        let body = Body::Heartbeat(Heartbeat {
+            uptime_s: seq,
+            queued_frames: 0,
+            queued_bytes: 0,
+        });
+        Frame::new(header, body).sign(key).unwrap().to_vec()
+    }
+
+    fn wire(frames: &[Vec<u8>]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| to_wire(f).unwrap().to_vec())
+            .collect()
+    }
+
+    fn ctx(keys: &[&SigningKey]) -> Ctx {
+        let registry = Registry::default();
+        for k in keys {
+            let v = k.verifying_key();
+            registry.insert(DeviceId::of(&v), v, DeviceState::Approved);
+        }
+        let (jobs, _) = mpsc::channel(1);
+        Ctx::new(registry, Arc::default(), jobs, Limits::default())
+    }
+
+    /// Frame 1 with one bit of its device id flipped, as a noisy line does.
+    fn damaged(key: &SigningKey) -> Vec<u8> {
+        let mut f = frame(key, 1);
+        f[1] ^= 0x01; // the device id follows the version byte
+        f
+    }
+
+    #[test]
+    fn on_a_line_a_damaged_device_id_is_a_damaged_frame_and_what_follows_is_read() {
+        let (a, b) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let ctx = ctx(&[&a, &b]);
+        let bytes = wire(&[frame(&a, 0), damaged(&a), frame(&a, 2)]);
+        let mut input = &bytes[..];
+        let fed = Session::on_line("serial:test".into()).feed(&mut input, &ctx);
+        assert!(!fed.close && fed.raises.is_empty() && input.is_empty());
+        let seqs: Vec<u64> = fed.frames.iter().map(|f| f.frame().header().seq).collect();
+        assert_eq!(seqs, [0, 2]);
+
+        // The same bytes on a TLS connection (which no noise reaches): a
+        // second device id is an attack, alerted, and the connection ends
+        // with the rest unread.
+        let mut input = &bytes[..];
+        let fed = Session::new("tcp:test".into()).feed(&mut input, &ctx);
+        assert!(fed.close && !input.is_empty());
+        assert_eq!(fed.raises.len(), 1);
+        assert_eq!(fed.raises[0].dedup, "mixed-devices");
+    }
+
+    #[test]
+    fn on_a_line_a_second_genuine_device_is_alerted_and_the_rest_left_for_the_next_session() {
+        let (a, b) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let ctx = ctx(&[&a, &b]);
+        let bytes = wire(&[frame(&a, 0), frame(&b, 0), frame(&b, 1)]);
+        let mut input = &bytes[..];
+        let mut line = Session::on_line("serial:test".into());
+        let fed = line.feed(&mut input, &ctx);
+        assert!(fed.close);
+        assert_eq!(fed.raises.len(), 1);
+        assert_eq!(fed.raises[0].dedup, "mixed-devices");
+        assert_eq!(fed.frames.len(), 1);
+        // What was not read yet goes to the next session (the serial
+        // reader starts one after `close`), not into the void.
+        let fed = Session::on_line("serial:test".into()).feed(&mut input, &ctx);
+        assert_eq!(fed.device, Some(DeviceId::of(&b.verifying_key())));
+        assert_eq!(fed.frames.len(), 1);
+        assert!(input.is_empty());
     }
 }

@@ -446,9 +446,27 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
     std::thread::sleep(Duration::from_secs(20));
     noisy.store(false, Relaxed);
     let (faults_up, faults_down) = (up.load(Relaxed), down.load(Relaxed));
-    // A clean line again: resends fill every hole, then the agent stops
-    // with everything acknowledged.
-    std::thread::sleep(Duration::from_secs(8));
+    // A clean line again: resends fill every hole. The agent's resend wait
+    // may have doubled to 24 s while the noise defeated resends, so wait
+    // (up to a minute) for an archive without holes, then stop the agent:
+    // it flushes the last few frames with everything acknowledged.
+    let quiet = Instant::now();
+    let whole = |frames: &BTreeMap<(i64, i64), String>| {
+        frames
+            .keys()
+            .last()
+            .is_some_and(|&(_, last)| usize::try_from(last + 1).is_ok_and(|n| n == frames.len()))
+    };
+    let mut held = 0;
+    while held < 3 && quiet.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+        held = if whole(&archive(&state, &id).0) {
+            held + 1
+        } else {
+            0
+        };
+    }
+    let healed = quiet.elapsed();
     let (code, _) = agent.stop();
     let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
     assert_eq!(code, Some(0), "{log}");
@@ -482,9 +500,10 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
     eprintln!(
         "{per_million} faults per million bytes for 20 s ({} towards the agent): {faults_up} towards \
          the collector, {faults_down} towards the agent; {rejected} frames rejected, {resends} resends, \
-         {duplicates} duplicates dropped, {damaged_acks} damaged acks ignored; {} frames stored, \
-         complete, audit clean",
+         {duplicates} duplicates dropped, {damaged_acks} damaged acks ignored; whole again {:.1} s \
+         after the noise stopped; {} frames stored, complete, audit clean",
         per_million * 10,
+        healed.as_secs_f64(),
         frames.len()
     );
 }
