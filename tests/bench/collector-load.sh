@@ -5,7 +5,9 @@
 # one TLS 1.3 connection each), measured
 #   1. unpaced: frames/s verified and durably stored (acks counted), ack
 #      latency p50/p99, collector RSS;
-#   2. paced at RATE frames/s: ack latency p50/p99;
+#   2. paced at RATE frames/s: ack latency p50/p99, with the devices' send
+#      times spread evenly over their period (independent devices), and
+#      again with all of them sending in the same instant (the worst case);
 #   3. the machine's raw ed25519 verify rates (single, strict, batch of 64)
 #      as the ceiling.
 # Prints a Markdown table.
@@ -21,8 +23,8 @@ L=target/release/vigil-loadgen
 work=$(mktemp -d /tmp/vigil-load.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 
-run_once() { # name seed rate
-  local name=$1 seed=$2 rate=$3 st="$work/$1"
+run_once() { # name seed rate [phase]
+  local name=$1 seed=$2 rate=$3 phase=${4:-spread} st="$work/$1"
   mkdir -p "$st"
   "$L" keys "$DEVICES" "$seed" | while read -r k; do
     "$C" enroll --state-dir "$st" --key "$k" --name "sim-$seed-${k: -12}" >/dev/null
@@ -37,7 +39,7 @@ run_once() { # name seed rate
   addr=$(sed -n 's/^listening tls //p' "$st/out")
   pin=$(sed -n 's/^pin_sha256 = "\(.*\)"/\1/p' "$st/out")
   "$L" run --address "$addr" --pin "$pin" --devices "$DEVICES" --seed "$seed" \
-    --rate "$rate" --duration-s "$DURATION" > "$work/$name.json"
+    --rate "$rate" --duration-s "$DURATION" --phase "$phase" > "$work/$name.json"
   local rss hwm
   rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
   hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
@@ -53,6 +55,7 @@ PY
 
 run_once unpaced 1 0
 run_once paced 2 "$RATE"
+run_once together 3 "$RATE" together
 "$L" ceiling --n 20000 > "$work/ceiling.json"
 
 python3 - "$work" "$DEVICES" "$DURATION" "$RATE" "$(nproc)" <<'PY'
@@ -60,13 +63,15 @@ import json, sys
 w, devices, duration, rate, cores = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 u = json.load(open(f"{w}/unpaced.json")); um = json.load(open(f"{w}/unpaced.mem.json"))
 p = json.load(open(f"{w}/paced.json")); pm = json.load(open(f"{w}/paced.mem.json"))
+t = json.load(open(f"{w}/together.json")); tm = json.load(open(f"{w}/together.mem.json"))
 c = json.load(open(f"{w}/ceiling.json"))
 batch_all = c["verify_batch64_per_core"] * cores
 print(f"{devices} simulated devices over TLS 1.3, {duration} s per run, {cores} cores shared by collector and load generator\n")
 print("| run | frames/s stored (acked) | ack p50 | ack p99 | collector VmRSS / VmHWM | frames in archive |")
 print("|---|---|---|---|---|---|")
 print(f"| unpaced | {u['frames_per_s']:,.0f} | {u['ack_p50_ms']:.1f} ms | {u['ack_p99_ms']:.1f} ms | {um['rss_kib']/1024:.0f} / {um['hwm_kib']/1024:.0f} MiB | {um['stored']:,} |")
-print(f"| paced at {int(float(rate)):,}/s | {p['frames_per_s']:,.0f} | {p['ack_p50_ms']:.1f} ms | {p['ack_p99_ms']:.1f} ms | {pm['rss_kib']/1024:.0f} / {pm['hwm_kib']/1024:.0f} MiB | {pm['stored']:,} |")
+print(f"| paced at {int(float(rate)):,}/s, sends spread | {p['frames_per_s']:,.0f} | {p['ack_p50_ms']:.1f} ms | {p['ack_p99_ms']:.1f} ms | {pm['rss_kib']/1024:.0f} / {pm['hwm_kib']/1024:.0f} MiB | {pm['stored']:,} |")
+print(f"| paced at {int(float(rate)):,}/s, all devices at once | {t['frames_per_s']:,.0f} | {t['ack_p50_ms']:.1f} ms | {t['ack_p99_ms']:.1f} ms | {tm['rss_kib']/1024:.0f} / {tm['hwm_kib']/1024:.0f} MiB | {tm['stored']:,} |")
 print()
 print("| ed25519 verify ceiling (this machine) | per core | all cores |")
 print("|---|---|---|")

@@ -9,8 +9,12 @@
 //!   vigil-loadgen keys N SEED             print N device keys (enroll them)
 //!   vigil-loadgen run --address A --pin P --devices N --seed S
 //!                     [--rate FPS] [--duration-s S] [--window W]
+//!                     [--phase spread|together]
 //!   vigil-loadgen ceiling [--n N]         raw ed25519 verify rates
 //! `run` prints one JSON line: frames acked, frames/s, ack p50/p99 (ms).
+//! Paced devices send at evenly spread phases of their period by default
+//! (independent devices sample on their own clocks); `--phase together`
+//! has all of them send in the same instant, every period: the worst case.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -118,6 +122,12 @@ fn run(args: &[String]) {
     let rate: f64 = arg(args, "--rate", Some(0.0));
     let duration = Duration::from_secs(arg(args, "--duration-s", Some(15)));
     let window: usize = arg(args, "--window", Some(64));
+    let phase: String = arg(args, "--phase", Some("spread".to_string()));
+    let spread = match phase.as_str() {
+        "spread" => true,
+        "together" => false,
+        other => panic!("--phase {other}: spread or together"),
+    };
     // Frames per device: enough for the run at the rate, or a cap when
     // unpaced.
     let per_device = if rate > 0.0 {
@@ -187,10 +197,17 @@ fn run(args: &[String]) {
             "{devices} TLS connections up; sending for {} s",
             duration.as_secs()
         );
-        let deadline = Instant::now() + duration;
+        let start = Instant::now();
+        let deadline = start + duration;
         let mut tasks = Vec::new();
-        for (conn, frames) in conns.into_iter().zip(frames) {
+        for (i, (conn, frames)) in conns.into_iter().zip(frames).enumerate() {
             let stats = Arc::clone(&stats);
+            // Device i's first send, i/N of the way into its period.
+            let offset = if spread && per_device_rate > 0.0 {
+                Duration::from_secs_f64(i as f64 / devices as f64 / per_device_rate)
+            } else {
+                Duration::ZERO
+            };
             tasks.push(tokio::spawn(async move {
                 let (mut rd, mut wr) = tokio::io::split(conn);
                 let inflight: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
@@ -229,7 +246,7 @@ fn run(args: &[String]) {
                         stats.latencies_us.lock().unwrap().extend(lat);
                     })
                 };
-                let mut next = Instant::now();
+                let mut next = start + offset;
                 for (seq, f) in frames.iter().enumerate() {
                     let now = Instant::now();
                     if now >= deadline {
