@@ -15,6 +15,12 @@ pub const ROUTINE_BYTES: usize = 96 * 1024;
 pub const SECURITY_BYTES: usize = 32 * 1024;
 const ROUTINE_FRAMES: usize = 512;
 const SECURITY_FRAMES: usize = 128;
+/// Room in the security ring only `Gap` frames may use, so that the loss
+/// of anything (routine frames evicted, security frames refused by a full
+/// ring in a long outage) can still be told once the link is back. A Gap
+/// frame with all its ranges is about 400 bytes.
+const GAP_RESERVE_BYTES: usize = 4 * 1024;
+const GAP_RESERVE_FRAMES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Meta {
@@ -38,7 +44,13 @@ impl<const B: usize, const F: usize> Ring<B, F> {
     }
 
     fn fits(&self, len: usize) -> bool {
-        B - self.bytes.len() >= len && !self.meta.is_full()
+        self.fits_keeping(len, 0, 0)
+    }
+
+    /// Whether `len` more bytes fit with `bytes` bytes and `frames` frames
+    /// still free after them.
+    fn fits_keeping(&self, len: usize, bytes: usize, frames: usize) -> bool {
+        B - self.bytes.len() >= len.saturating_add(bytes) && F - self.meta.len() > frames
     }
 
     fn push(&mut self, m: Meta, frame: &[u8]) -> bool {
@@ -136,6 +148,9 @@ pub struct Queue {
     routine: Box<Ring<ROUTINE_BYTES, ROUTINE_FRAMES>>,
     security: Box<Ring<SECURITY_BYTES, SECURITY_FRAMES>>,
     dropped: Dropped,
+    /// Security frames the full ring refused, one record per kind (a Gap
+    /// names one kind), each named in its own `Gap`.
+    refused: heapless::Vec<Dropped, 4>,
     /// Highest sequence sent on the current connection.
     sent: Option<u64>,
     stats: QueueStats,
@@ -163,16 +178,18 @@ impl Queue {
             routine: Box::new(Ring::new()),
             security: Box::new(Ring::new()),
             dropped: Dropped::default(),
+            refused: heapless::Vec::new(),
             sent: None,
             stats: QueueStats::default(),
         }
     }
 
-    /// Room left in the security ring: (bytes, frames).
+    /// Room left in the security ring for frames other than `Gap`:
+    /// (bytes, frames).
     pub fn security_room(&self) -> (usize, usize) {
         (
-            SECURITY_BYTES - self.security.bytes.len(),
-            SECURITY_FRAMES - self.security.meta.len(),
+            (SECURITY_BYTES - self.security.bytes.len()).saturating_sub(GAP_RESERVE_BYTES),
+            (SECURITY_FRAMES - self.security.meta.len()).saturating_sub(GAP_RESERVE_FRAMES),
         )
     }
 
@@ -203,10 +220,16 @@ impl Queue {
             samples,
         };
         if kind.is_security() {
-            if frame.len() > SECURITY_BYTES {
+            if frame.len() > SECURITY_BYTES - GAP_RESERVE_BYTES {
                 return Err(PushError::TooLarge);
             }
-            return if self.security.push(m, frame) {
+            let (bytes, frames) = match kind {
+                BodyKind::Gap => (0, 0),
+                _ => (GAP_RESERVE_BYTES, GAP_RESERVE_FRAMES),
+            };
+            return if self.security.fits_keeping(frame.len(), bytes, frames)
+                && self.security.push(m, frame)
+            {
                 Ok(())
             } else {
                 Err(PushError::SecurityFull)
@@ -233,18 +256,52 @@ impl Queue {
         }
     }
 
-    /// The `Gap` body for frames dropped since the last one, if any.
+    /// The `Gap` body for frames dropped since the last one, if any:
+    /// routine frames evicted first, then security frames refused.
     pub fn take_gap(&mut self) -> Option<Gap> {
-        if self.dropped.ranges.is_empty() {
-            return None;
-        }
-        let d = std::mem::take(&mut self.dropped);
+        let d = if self.dropped.ranges.is_empty() {
+            if self.refused.is_empty() {
+                return None;
+            }
+            self.refused.swap_remove(0)
+        } else {
+            std::mem::take(&mut self.dropped)
+        };
         Some(Gap {
             reason: GapReason::QueueFull,
             kind: d.kind.unwrap_or(BodyKind::Samples),
             samples: d.samples,
             ranges: d.ranges,
         })
+    }
+
+    /// Records that the security frame `seq` of `kind` was made but the
+    /// full ring refused it; the next `Gap` of that kind names it. `false`
+    /// when the pending record of that kind has no room for it (32
+    /// ranges): make the pending Gaps first.
+    pub fn refuse(&mut self, seq: u64, kind: BodyKind) -> bool {
+        let m = Meta {
+            seq,
+            len: 0,
+            kind,
+            samples: 0,
+        };
+        let added = match self.refused.iter_mut().find(|d| d.kind == Some(kind)) {
+            Some(d) => d.add(m),
+            None => {
+                let mut d = Dropped::default();
+                d.add(m) && self.refused.push(d).is_ok()
+            }
+        };
+        if added {
+            self.stats.dropped_frames += 1;
+        }
+        added
+    }
+
+    /// Whether a `Gap` is waiting to be made.
+    pub fn gap_pending(&self) -> bool {
+        !(self.dropped.ranges.is_empty() && self.refused.is_empty())
     }
 
     /// Forgets every frame up to and including `seq` — but never past what
@@ -433,8 +490,16 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seq as usize, SECURITY_BYTES / 1000);
+        assert_eq!(seq as usize, (SECURITY_BYTES - GAP_RESERVE_BYTES) / 1000);
         // Samples still flow.
         q.push(seq, BodyKind::Samples, 1, &frame(seq, 100)).unwrap();
+        // And a Gap telling of the loss still fits, in the room kept for it.
+        assert!(q.refuse(seq + 1, BodyKind::Sockets));
+        assert!(q.gap_pending());
+        q.push(seq + 2, BodyKind::Gap, 0, &frame(seq + 2, 400))
+            .unwrap();
+        let gap = q.take_gap().unwrap();
+        assert_eq!((gap.kind, gap.frames()), (BodyKind::Sockets, 1));
+        assert!(!q.gap_pending());
     }
 }

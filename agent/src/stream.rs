@@ -130,6 +130,12 @@ impl State {
     /// number is then not used, so the collector sees no hole.
     #[must_use = "a security frame can be refused when its ring is full"]
     fn enqueue(&mut self, body: Body, samples: u16) -> bool {
+        self.try_enqueue(body, samples).is_ok()
+    }
+
+    /// `enqueue` with the reason: `Err(None)` when the frame could not be
+    /// encoded (logged), else the queue's refusal.
+    fn try_enqueue(&mut self, body: Body, samples: u16) -> Result<(), Option<PushError>> {
         let kind = body.kind();
         let s = &mut self.signer;
         let header = Header {
@@ -146,16 +152,16 @@ impl State {
                     "a {} frame could not be encoded ({e:?}); it is lost",
                     kind.name()
                 );
-                return false;
+                return Err(None);
             }
         };
         s.next_seq += 1;
         loop {
             match self.queue.push(header.seq, kind, samples, &bytes) {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
                 Err(PushError::GapFull) => {
                     if !self.report_gap("so far") {
-                        return false;
+                        return Err(Some(PushError::GapFull));
                     }
                 }
                 Err(e) => {
@@ -165,7 +171,7 @@ impl State {
                         self.signer.next_seq = header.seq;
                     }
                     log::debug!("{} frame not queued: {e:?}", kind.name());
-                    return false;
+                    return Err(Some(e));
                 }
             }
         }
@@ -173,16 +179,44 @@ impl State {
 }
 
 impl State {
-    /// `enqueue`, saying so when the frame is refused (it is then lost:
-    /// integrity, posture and session reports are few and small; the
-    /// security ring is full only when the collector has been away long).
+    /// `enqueue` for reports that cannot wait (integrity, posture,
+    /// sessions). When the security ring is full (the collector has been
+    /// away long: about 14 hours of hourly guard passes), the frame is lost,
+    /// but not silently: it keeps its sequence number and a `Gap` names it,
+    /// so the collector sees exactly which security frames are missing and
+    /// raises the loss alert.
     fn put(&mut self, body: Body, samples: u16) {
         let kind = body.kind();
-        if !self.enqueue(body, samples) {
-            log::error!(
-                "a {} frame was not queued: the security queue is full",
-                kind.name()
-            );
+        match self.try_enqueue(body, samples) {
+            Ok(()) => {}
+            Err(Some(PushError::SecurityFull)) => self.refused(kind),
+            Err(e) => log::error!("a {} frame was not queued ({e:?})", kind.name()),
+        }
+    }
+
+    /// Spends a sequence number on a security frame the full ring refused
+    /// and records it for the next `Gap`.
+    fn refused(&mut self, kind: vigil_protocol::body::BodyKind) {
+        loop {
+            // Read again after each Gap: making one spends a number.
+            let seq = self.signer.next_seq;
+            if self.queue.refuse(seq, kind) {
+                self.signer.next_seq += 1;
+                log::warn!(
+                    "the security queue is full (the collector has been away long): {} frame {seq} is lost; a Gap names it",
+                    kind.name()
+                );
+                return;
+            }
+            // The pending record is full: make the Gaps first (Gap frames
+            // have room of their own in the ring).
+            if !self.report_gap("so far") {
+                log::error!(
+                    "a {} frame was refused by the full security queue and cannot be named in a Gap: lost",
+                    kind.name()
+                );
+                return;
+            }
         }
     }
 
@@ -669,7 +703,7 @@ fn session(
     let (device, boot) = {
         let mut st = shared.lock();
         st.queue.rewind();
-        st.report_gap("while disconnected");
+        while st.report_gap("while disconnected") {}
         (st.signer.device, st.signer.boot)
     };
     link.write_all(&[0])?; // end whatever garbage preceded us on the line
@@ -836,6 +870,80 @@ mod tests {
         );
         report_sockets(&sh, &mut told, &next);
         assert!(drain(&sh).0.is_empty());
+    }
+
+    /// A long outage: hourly posture reports fill the security ring. What
+    /// does not fit is lost, but every lost frame keeps its sequence number
+    /// and the Gaps made at the reconnect name each one, by kind: the
+    /// collector sees exactly what is missing.
+    #[test]
+    fn security_frames_refused_by_a_full_ring_are_named_in_a_gap() {
+        use vigil_protocol::body::{CheckResult, CheckStatus, Posture};
+        let sh = shared();
+        // About 1 KB, as a real pass's posture report is 1 to 2 KB.
+        let posture = || {
+            let check = CheckResult {
+                id: "ssh.password-auth".try_into().unwrap(),
+                title: "t".repeat(60).as_str().try_into().unwrap(),
+                status: CheckStatus::Fail,
+                evidence: "e".repeat(100).as_str().try_into().unwrap(),
+            };
+            Body::Posture(Posture {
+                continued: false,
+                results: std::iter::repeat(check).take(6).collect(),
+            })
+        };
+        let sessions = || {
+            Body::Sessions(vigil_protocol::body::Sessions {
+                snapshot: false,
+                continued: false,
+                events: heapless::Vec::new(),
+            })
+        };
+        // Posture and session reports in turn, as a real outage has
+        // several kinds (a Gap names one kind).
+        let reports = 80;
+        for i in 0..reports {
+            sh.lock()
+                .put(if i % 2 == 0 { posture() } else { sessions() }, 0);
+        }
+        let made = sh.lock().signer.next_seq;
+        assert_eq!(made, reports, "every report spent a sequence number");
+        // The link comes back: the session start makes the pending Gaps.
+        {
+            let mut st = sh.lock();
+            st.queue.rewind();
+            while st.report_gap("while disconnected") {}
+        }
+        let vk = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let mut st = sh.lock();
+        let (mut queued, mut named) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
+        while let Some(seq) = st.queue.next_to_send(&mut out) {
+            let f = SignedFrame::parse(&out).unwrap().verify(&vk).unwrap();
+            match f.body().unwrap() {
+                Body::Posture(_) | Body::Sessions(_) => queued.push(seq),
+                Body::Gap(g) => {
+                    use vigil_protocol::body::BodyKind;
+                    assert!(matches!(g.kind, BodyKind::Posture | BodyKind::Sessions));
+                    for r in &g.ranges {
+                        named.extend(r.first..r.first + r.count);
+                    }
+                }
+                b => panic!("{b:?}"),
+            }
+        }
+        assert!(
+            !named.is_empty() && !queued.is_empty(),
+            "{queued:?} {named:?}"
+        );
+        let mut all: Vec<u64> = queued.iter().chain(&named).copied().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..reports).collect::<Vec<_>>(),
+            "each report queued or named, once"
+        );
     }
 
     #[test]

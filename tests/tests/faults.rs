@@ -255,6 +255,96 @@ fn an_outage_longer_than_the_queue_is_one_exact_gap_and_an_alert() {
     );
 }
 
+/// A long outage seen from the security ring: guard passes every second
+/// (posture and integrity reports of about 2 KB each, as a real hourly pass
+/// makes) while the collector is away 40 s fill the ring's 28 KiB; the
+/// reports that no longer fit are lost, but each keeps its sequence number
+/// and Gaps of their kind name them: stored + named = every number, and the
+/// collector alerts on the loss with the kinds.
+#[test]
+fn security_reports_a_full_ring_refuses_are_named_by_gaps_not_lost_silently() {
+    let (agent_dir, state, id) = device("faults-security-full");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let c = Collector::start(&state, &["--listen", &addr]);
+    let pin = c.pin.clone().unwrap();
+    let config = agent_dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        "[integrity]\ninterval_s = 1\n[posture]\ninterval_s = 1\n",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(vigil_tests::binary("vigil-agent"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&agent_dir)
+        .args(["--collector", &addr, "--pin", &pin, "--no-sessions"]);
+    let agent = Agent::spawn_logged(cmd, &agent_dir.join("agent.log"));
+    assert!(c.wait_for(Duration::from_secs(20), |c| c
+        .device(&id)
+        .is_some_and(|d| d["frames_received"].as_u64().unwrap_or(0) >= 3)));
+    c.stop();
+    std::thread::sleep(Duration::from_secs(40));
+    let c = Collector::start(&state, &["--listen", &addr]);
+    let log = || std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
+    assert!(
+        c.wait_for(Duration::from_secs(60), |c| c
+            .alerts()
+            .iter()
+            .any(|a| a["rule"] == "transport.agent-gap")),
+        "no Gap came back:\n{}",
+        log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, _) = agent.stop();
+    assert_eq!(code, Some(0), "{}", log());
+    assert!(
+        log().contains("a Gap names it"),
+        "the ring never filled:\n{}",
+        log()
+    );
+    drop(c);
+
+    let (frames, _) = archive(&state, &id);
+    let mut named = std::collections::BTreeSet::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    let gaps: Vec<Value> = alerts(&state)
+        .into_iter()
+        .filter(|a| a["rule"] == "transport.agent-gap")
+        .collect();
+    for a in &gaps {
+        kinds.insert(a["evidence"]["kind"].as_str().unwrap().to_string());
+        for r in a["evidence"]["ranges"].as_array().unwrap() {
+            let (first, count) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
+            named.extend(first..first + count);
+        }
+    }
+    let boot = frames.keys().next().unwrap().0;
+    let high = frames.keys().map(|k| k.1).max().unwrap();
+    let missing: std::collections::BTreeSet<i64> = (0..=high)
+        .filter(|s| !frames.contains_key(&(boot, *s)))
+        .collect();
+    assert!(!missing.is_empty(), "nothing was refused");
+    assert_eq!(
+        missing, named,
+        "stored + named by the Gaps = every sequence number"
+    );
+    assert!(
+        kinds.iter().all(|k| k == "posture" || k == "integrity"),
+        "only security reports were refused: {kinds:?}"
+    );
+    let text = audit(&state);
+    assert!(text.contains(", 0 problems"), "{text}");
+    eprintln!(
+        "40 s outage with a guard pass every second: {} frames stored, {} security reports refused \
+         and named by {} Gap alerts ({kinds:?})",
+        frames.len(),
+        named.len(),
+        gaps.len()
+    );
+}
+
 #[test]
 fn an_agent_restarted_mid_stream_starts_a_new_sequence_space_without_false_alerts() {
     let (agent_dir, state, id) = device("faults-restart");
