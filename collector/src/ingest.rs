@@ -590,6 +590,14 @@ mod tests {
             .collect()
     }
 
+    /// Two devices, both approved by `ctx`.
+    fn keys() -> (SigningKey, SigningKey) {
+        (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        )
+    }
+
     fn ctx(keys: &[&SigningKey]) -> Ctx {
         let registry = Registry::default();
         for k in keys {
@@ -609,10 +617,7 @@ mod tests {
 
     #[test]
     fn on_a_line_a_damaged_device_id_is_a_damaged_frame_and_what_follows_is_read() {
-        let (a, b) = (
-            SigningKey::from_bytes(&[1; 32]),
-            SigningKey::from_bytes(&[2; 32]),
-        );
+        let (a, b) = keys();
         let ctx = ctx(&[&a, &b]);
         let bytes = wire(&[frame(&a, 0), damaged(&a), frame(&a, 2)]);
         let mut input = &bytes[..];
@@ -633,10 +638,7 @@ mod tests {
 
     #[test]
     fn on_a_line_a_second_genuine_device_is_alerted_and_the_rest_left_for_the_next_session() {
-        let (a, b) = (
-            SigningKey::from_bytes(&[1; 32]),
-            SigningKey::from_bytes(&[2; 32]),
-        );
+        let (a, b) = keys();
         let ctx = ctx(&[&a, &b]);
         let bytes = wire(&[frame(&a, 0), frame(&b, 0), frame(&b, 1)]);
         let mut input = &bytes[..];

@@ -93,6 +93,29 @@ fn alerts(state: &Path) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The sequence numbers the `transport.agent-gap` alerts' ranges name.
+fn named_by(gaps: &[Value]) -> std::collections::BTreeSet<i64> {
+    let mut named = std::collections::BTreeSet::new();
+    for r in gaps
+        .iter()
+        .flat_map(|a| a["evidence"]["ranges"].as_array().unwrap())
+    {
+        let (first, count) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
+        named.extend(first..first + count);
+    }
+    named
+}
+
+/// The sequence numbers of the (single) boot below its highest that the
+/// archive does not hold.
+fn missing(frames: &BTreeMap<(i64, i64), String>) -> std::collections::BTreeSet<i64> {
+    let boot = frames.keys().next().unwrap().0;
+    let high = frames.keys().map(|k| k.1).max().unwrap();
+    (0..=high)
+        .filter(|s| !frames.contains_key(&(boot, *s)))
+        .collect()
+}
+
 /// Every sequence number of each boot, from 0 to the highest, exactly once.
 fn assert_complete(frames: &BTreeMap<(i64, i64), String>) {
     let mut boots: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
@@ -224,16 +247,8 @@ fn an_outage_longer_than_the_queue_is_one_exact_gap_and_an_alert() {
     let gap_frames = frames.values().filter(|k| *k == "gap").count();
     assert_eq!(gap_frames, 1, "one Gap frame for one outage");
     // The Gap names exactly the frames that are not stored.
-    let mut named = std::collections::BTreeSet::new();
-    for r in ev["ranges"].as_array().unwrap() {
-        let (first, count) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
-        named.extend(first..first + count);
-    }
-    let boot = frames.keys().next().unwrap().0;
-    let high = frames.keys().map(|k| k.1).max().unwrap();
-    let missing: std::collections::BTreeSet<i64> = (0..=high)
-        .filter(|s| !frames.contains_key(&(boot, *s)))
-        .collect();
+    let named = named_by(&gaps);
+    let missing = missing(&frames);
     assert_eq!(
         missing, named,
         "stored + named by the Gap = every sequence number"
@@ -307,24 +322,16 @@ fn security_reports_a_full_ring_refuses_are_named_by_gaps_not_lost_silently() {
     drop(c);
 
     let (frames, _) = archive(&state, &id);
-    let mut named = std::collections::BTreeSet::new();
-    let mut kinds = std::collections::BTreeSet::new();
     let gaps: Vec<Value> = alerts(&state)
         .into_iter()
         .filter(|a| a["rule"] == "transport.agent-gap")
         .collect();
-    for a in &gaps {
-        kinds.insert(a["evidence"]["kind"].as_str().unwrap().to_string());
-        for r in a["evidence"]["ranges"].as_array().unwrap() {
-            let (first, count) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
-            named.extend(first..first + count);
-        }
-    }
-    let boot = frames.keys().next().unwrap().0;
-    let high = frames.keys().map(|k| k.1).max().unwrap();
-    let missing: std::collections::BTreeSet<i64> = (0..=high)
-        .filter(|s| !frames.contains_key(&(boot, *s)))
+    let kinds: std::collections::BTreeSet<String> = gaps
+        .iter()
+        .map(|a| a["evidence"]["kind"].as_str().unwrap().to_string())
         .collect();
+    let named = named_by(&gaps);
+    let missing = missing(&frames);
     assert!(!missing.is_empty(), "nothing was refused");
     assert_eq!(
         missing, named,
