@@ -6,37 +6,19 @@
 //! (`access.outside-policy`), any root session (`access.root-session`), a
 //! session still open when its window ended (`access.overstay`), login
 //! records that vanished on the device (`access.log-tampered`).
+//! Decides; never writes SQL: the record itself is kept by
+//! `store::access`.
 
 use std::net::IpAddr;
 
 use jiff::tz::TimeZone;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 use vigil_protocol::body::{Addr, Session, SessionEvent, SessionKind, Sessions};
 
 use crate::alert::{self, Raise};
 use crate::config::{AccessGrant, ConfigError, Window};
-use crate::store::{i, u};
-
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sessions(
-  device TEXT NOT NULL, key INTEGER NOT NULL,
-  kind TEXT NOT NULL, user TEXT NOT NULL, uid INTEGER, terminal TEXT NOT NULL,
-  remote TEXT, remote_port INTEGER, process TEXT NOT NULL, pid INTEGER NOT NULL,
-  command TEXT NOT NULL, parent INTEGER, by_user TEXT NOT NULL,
-  started_ms INTEGER NOT NULL, ended_ms INTEGER, end_note TEXT NOT NULL DEFAULT '',
-  source TEXT NOT NULL, boot INTEGER NOT NULL, open_seq INTEGER NOT NULL, close_seq INTEGER,
-  reported_ms INTEGER NOT NULL,
-  verdict TEXT NOT NULL, violations TEXT NOT NULL, allowed_until_ms INTEGER,
-  overstay INTEGER NOT NULL DEFAULT 0, alerts TEXT NOT NULL DEFAULT '[]',
-  PRIMARY KEY(device, key));
-CREATE INDEX IF NOT EXISTS sessions_open ON sessions(device) WHERE ended_ms IS NULL;
-CREATE INDEX IF NOT EXISTS sessions_due ON sessions(allowed_until_ms) WHERE ended_ms IS NULL AND overstay = 0;
-CREATE TABLE IF NOT EXISTS access_windows(
-  id INTEGER PRIMARY KEY, device TEXT NOT NULL,
-  from_ms INTEGER NOT NULL, until_ms INTEGER NOT NULL,
-  reason TEXT NOT NULL, actor TEXT NOT NULL, closed_ms INTEGER);
-";
+use crate::store::access::{self as db, Opened};
+use crate::store::{StoreError, Tx};
 
 /// The policy as the writer applies it.
 #[derive(Debug, Clone)]
@@ -70,18 +52,6 @@ impl Policy {
             tz_name,
         })
     }
-}
-
-/// A window opened by hand for one device.
-#[derive(Debug, Clone)]
-pub struct Opened {
-    pub id: i64,
-    pub device: String,
-    pub from_ms: u64,
-    pub until_ms: u64,
-    pub reason: String,
-    pub actor: String,
-    pub closed_ms: Option<u64>,
 }
 
 /// The device as the policy sees it.
@@ -288,18 +258,14 @@ pub fn evaluate(
 /// Opens a window for `device` from `from_ms` to `until_ms`, recorded in
 /// the admin log with `reason`; returns its id.
 pub fn open_window(
-    tx: &Connection,
+    tx: &Tx,
     device: &str,
     from_ms: u64,
     until_ms: u64,
     reason: &str,
     actor: &str,
-) -> Result<i64, crate::store::StoreError> {
-    tx.execute(
-        "INSERT INTO access_windows(device, from_ms, until_ms, reason, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![device, i(from_ms), i(until_ms), reason, actor],
-    )?;
-    let id = tx.last_insert_rowid();
+) -> Result<i64, StoreError> {
+    let id = db::insert_window(tx, device, from_ms, until_ms, reason, actor)?;
     crate::store::admin(
         tx,
         actor,
@@ -313,16 +279,8 @@ pub fn open_window(
 
 /// Ends every window of `device` still open at `now_ms` (admin-logged);
 /// returns how many.
-pub fn close_windows(
-    tx: &Connection,
-    device: &str,
-    actor: &str,
-    now_ms: u64,
-) -> Result<usize, crate::store::StoreError> {
-    let n = tx.execute(
-        "UPDATE access_windows SET closed_ms = ?2 WHERE device = ?1 AND closed_ms IS NULL AND until_ms > ?2",
-        params![device, i(now_ms)],
-    )?;
+pub fn close_windows(tx: &Tx, device: &str, actor: &str, now_ms: u64) -> Result<usize, StoreError> {
+    let n = db::end_windows(tx, device, now_ms)?;
     crate::store::admin(
         tx,
         actor,
@@ -332,33 +290,6 @@ pub fn close_windows(
         now_ms,
     )?;
     Ok(n)
-}
-
-/// Every window of `device` (all devices: empty), oldest first.
-pub fn windows(tx: &Connection, device: &str) -> rusqlite::Result<Vec<Opened>> {
-    let mut st = tx.prepare_cached(
-        "SELECT id, device, from_ms, until_ms, reason, actor, closed_ms FROM access_windows
-         WHERE device = ?1 OR ?1 = '' ORDER BY id",
-    )?;
-    let rows = st.query_map([device], |r| {
-        Ok(Opened {
-            id: r.get(0)?,
-            device: r.get(1)?,
-            from_ms: u(r.get(2)?),
-            until_ms: u(r.get(3)?),
-            reason: r.get(4)?,
-            actor: r.get(5)?,
-            closed_ms: r.get::<_, Option<i64>>(6)?.map(u),
-        })
-    })?;
-    rows.collect()
-}
-
-fn target(tx: &Connection, device: &str) -> rusqlite::Result<(String, String)> {
-    tx.prepare_cached("SELECT name, model FROM devices WHERE id = ?1")?
-        .query_row([device], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map(Option::unwrap_or_default)
 }
 
 fn describe(s: &Session) -> Value {
@@ -379,47 +310,13 @@ fn describe(s: &Session) -> Value {
     })
 }
 
-/// Network alerts of the device about `addr` (the same peer seen in the
-/// socket table): Internet-inbound and lateral movement.
-fn network_alerts(tx: &Connection, device: &str, addr: IpAddr) -> rusqlite::Result<Vec<i64>> {
-    let mapped = match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_string(),
-        IpAddr::V6(v6) => v6.to_string(),
-    };
-    let mut st = tx.prepare_cached(
-        "SELECT id FROM alerts WHERE device = ?1 AND rule = ?2 AND state != 'resolved'
-           AND (dedup = ?3 OR dedup = ?4) ORDER BY id",
-    )?;
-    let rows = st.query_map(
-        params![device, alert::INTERNET_INBOUND.id, addr.to_string(), mapped],
-        |r| r.get(0),
-    )?;
-    rows.collect()
-}
-
-fn add_alert(tx: &Connection, device: &str, key: u64, id: i64) -> rusqlite::Result<()> {
-    let list: Option<String> = tx
-        .prepare_cached("SELECT alerts FROM sessions WHERE device = ?1 AND key = ?2")?
-        .query_row(params![device, key as i64], |r| r.get(0))
-        .optional()?;
-    let mut ids: Vec<i64> = list
-        .and_then(|l| serde_json::from_str(&l).ok())
-        .unwrap_or_default();
-    if !ids.contains(&id) {
-        ids.push(id);
-        tx.prepare_cached("UPDATE sessions SET alerts = ?3 WHERE device = ?1 AND key = ?2")?
-            .execute(params![device, key as i64, json!(ids).to_string()])?;
-    }
-    Ok(())
-}
-
 /// What the writer needs to raise an alert and learn its id.
-pub type RaiseFn<'a> = dyn FnMut(&Connection, Raise) -> Result<i64, crate::store::StoreError> + 'a;
+pub type RaiseFn<'a> = dyn FnMut(&Tx, Raise) -> Result<i64, StoreError> + 'a;
 
 /// Stores the sessions of one frame and raises what they call for.
 #[allow(clippy::too_many_arguments)]
 pub fn ingest(
-    tx: &Connection,
+    tx: &Tx,
     policy: &Policy,
     device: &str,
     boot: u32,
@@ -427,9 +324,9 @@ pub fn ingest(
     body: &Sessions,
     received_ms: u64,
     raise: &mut RaiseFn<'_>,
-) -> Result<(), crate::store::StoreError> {
-    let (name, model) = target(tx, device)?;
-    let windows = windows(tx, device)?;
+) -> Result<(), StoreError> {
+    let (name, model) = db::name_and_model(tx, device)?;
+    let windows = db::windows(tx, device)?;
     let t = Target {
         id: device,
         name: &name,
@@ -452,18 +349,10 @@ pub fn ingest(
                     received_ms,
                     raise,
                 )?;
-                tx.prepare_cached(
-                    "UPDATE sessions SET ended_ms = ?3, close_seq = ?4, end_note = ''
-                     WHERE device = ?1 AND key = ?2 AND (ended_ms IS NULL OR end_note != '')",
-                )?
-                .execute(params![
-                    device,
-                    session.key as i64,
-                    i(ended_s
-                        .saturating_mul(1000)
-                        .max(session.started_s.saturating_mul(1000))),
-                    i(seq)
-                ])?;
+                let ended_ms = ended_s
+                    .saturating_mul(1000)
+                    .max(session.started_s.saturating_mul(1000));
+                db::close_session(tx, device, session.key, ended_ms, seq)?;
             }
             SessionEvent::LogTampered(l) => {
                 let ev = json!({"log": l.path.as_str(), "tampering": l.kind.name(),
@@ -487,19 +376,14 @@ pub fn ingest(
     if body.snapshot && !body.continued {
         // Every session still open is in this snapshot; the others ended
         // while no agent was watching.
-        tx.prepare_cached(
-            "UPDATE sessions SET ended_ms = ?3,
-                    end_note = 'ended while the agent was not running (at or before this time)'
-             WHERE device = ?1 AND ended_ms IS NULL AND boot < ?2",
-        )?
-        .execute(params![device, i64::from(boot), i(received_ms)])?;
+        db::end_unseen(tx, device, boot, received_ms)?;
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn opened(
-    tx: &Connection,
+    tx: &Tx,
     policy: &Policy,
     windows: &[Opened],
     t: &Target<'_>,
@@ -508,63 +392,39 @@ fn opened(
     s: &Session,
     received_ms: u64,
     raise: &mut RaiseFn<'_>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
     let device = t.id;
-    let known: Option<i64> = tx
-        .prepare_cached("SELECT boot FROM sessions WHERE device = ?1 AND key = ?2")?
-        .query_row(params![device, s.key as i64], |r| r.get(0))
-        .optional()?;
-    if known.is_some() {
+    if db::seen_again(tx, device, s.key, boot)? {
         // Reported again (a snapshot after an agent restart): still open.
-        tx.prepare_cached("UPDATE sessions SET boot = ?3 WHERE device = ?1 AND key = ?2")?
-            .execute(params![device, s.key as i64, i64::from(boot)])?;
         return Ok(());
     }
     let started_ms = s.started_s.saturating_mul(1000);
     let v = evaluate(policy, windows, t, s, started_ms);
-    let parent_user: Option<String> = match s.parent {
-        Some(p) => tx
-            .prepare_cached("SELECT user FROM sessions WHERE device = ?1 AND key = ?2")?
-            .query_row(params![device, p as i64], |r| r.get(0))
-            .optional()?,
+    let parent_user = match s.parent {
+        Some(p) => db::session_user(tx, device, p)?,
         None => None,
     };
-    tx.prepare_cached(
-        "INSERT INTO sessions(device, key, kind, user, uid, terminal, remote, remote_port, process, pid,
-                              command, parent, by_user, started_ms, source, boot, open_seq, reported_ms,
-                              verdict, violations, allowed_until_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
-    )?
-    .execute(params![
-        device,
-        s.key as i64,
-        s.kind.name(),
-        s.user.as_str(),
-        s.uid,
-        s.terminal.as_str(),
-        s.remote.map(|r| ip(&r.addr).to_string()),
-        s.remote.map(|r| r.port).filter(|&p| p != 0),
-        s.process.as_str(),
-        s.pid,
-        s.command.as_str(),
-        s.parent.map(|p| p as i64),
-        s.by_user.as_str(),
-        i(started_ms),
-        s.source.name(),
-        i64::from(boot),
-        i(seq),
-        i(received_ms),
-        if v.allowed { "allowed" } else { "outside-policy" },
-        json!(v.violations).to_string(),
-        v.until_ms.map(i),
-    ])?;
+    db::insert_session(
+        tx,
+        &db::Opening {
+            device,
+            session: s,
+            remote: s.remote.map(|r| ip(&r.addr)),
+            boot,
+            seq,
+            received_ms,
+            allowed: v.allowed,
+            violations: &v.violations,
+            allowed_until_ms: v.until_ms,
+        },
+    )?;
     let mut ev = describe(s);
     ev["frame"] = json!({"boot": boot, "seq": seq});
     if let Some(p) = &parent_user {
         ev["started_from"] = json!({"key": s.parent.map(|k| format!("{k:016x}")), "user": p});
     }
     let network = match &s.remote {
-        Some(r) => network_alerts(tx, device, ip(&r.addr))?,
+        Some(r) => db::network_alerts(tx, device, ip(&r.addr))?,
         None => Vec::new(),
     };
     if !network.is_empty() {
@@ -580,7 +440,7 @@ fn opened(
         .map(|r| format!(" from {}", ip(&r.addr)))
         .unwrap_or_default();
     for id in &network {
-        add_alert(tx, device, s.key, *id)?;
+        db::add_alert(tx, device, s.key, *id)?;
     }
     if !v.allowed {
         let mut e = ev.clone();
@@ -602,7 +462,7 @@ fn opened(
                 received_ms,
             ),
         )?;
-        add_alert(tx, device, s.key, id)?;
+        db::add_alert(tx, device, s.key, id)?;
     }
     if s.uid == Some(0) || s.kind == SessionKind::Privileged {
         let mut e = ev;
@@ -627,19 +487,14 @@ fn opened(
                 received_ms,
             ),
         )?;
-        add_alert(tx, device, s.key, id)?;
+        db::add_alert(tx, device, s.key, id)?;
     }
     Ok(())
 }
 
 /// Links an Internet-inbound alert about `peer` to the open sessions from
 /// that address (when the socket table reports the peer after the session).
-pub fn link_network(
-    tx: &Connection,
-    device: &str,
-    peer: &str,
-    alert_id: i64,
-) -> rusqlite::Result<()> {
+pub fn link_network(tx: &Tx, device: &str, peer: &str, alert_id: i64) -> Result<(), StoreError> {
     let Ok(addr) = peer.parse::<IpAddr>() else {
         return Ok(());
     };
@@ -647,30 +502,16 @@ pub fn link_network(
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 => v4,
     };
-    let keys: Vec<i64> = {
-        let mut st = tx.prepare_cached(
-            "SELECT key FROM sessions WHERE device = ?1 AND remote = ?2 AND ended_ms IS NULL",
-        )?;
-        let rows = st.query_map(params![device, addr.to_string()], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for k in keys {
-        add_alert(tx, device, k as u64, alert_id)?;
+    for k in db::open_from(tx, device, addr)? {
+        db::add_alert(tx, device, k, alert_id)?;
         // The session's own alert names the network alert too.
-        tx.prepare_cached(
-            "UPDATE alerts SET evidence = json_set(evidence, '$.network_alerts',
-                    json(CASE WHEN json_extract(evidence, '$.network_alerts') IS NULL THEN json_array(?3)
-                         ELSE json_insert(json_extract(evidence, '$.network_alerts'), '$[#]', ?3) END))
-             WHERE device = ?1 AND dedup = ?2 AND rule IN (?4, ?5) AND state != 'resolved'
-               AND NOT EXISTS (SELECT 1 FROM json_each(json_extract(evidence, '$.network_alerts')) WHERE value = ?3)",
-        )?
-        .execute(params![
+        db::cite_network_alert(
+            tx,
             device,
-            format!("{:016x}", k as u64),
+            k,
             alert_id,
-            alert::ACCESS_OUTSIDE_POLICY.id,
-            alert::ACCESS_ROOT.id
-        ])?;
+            [alert::ACCESS_OUTSIDE_POLICY.id, alert::ACCESS_ROOT.id],
+        )?;
     }
     Ok(())
 }
@@ -678,45 +519,14 @@ pub fn link_network(
 /// Open sessions whose allowing window has ended: re-checked now (a new
 /// window may have been opened), else an overstay alert, once.
 pub fn overstays(
-    tx: &Connection,
+    tx: &Tx,
     policy: &Policy,
     now_ms: u64,
     raise: &mut RaiseFn<'_>,
-) -> Result<(), crate::store::StoreError> {
-    struct Due {
-        device: String,
-        key: i64,
-        user: String,
-        kind: String,
-        terminal: String,
-        remote: Option<String>,
-        started_ms: u64,
-        until_ms: u64,
-        by_user: String,
-    }
-    let due: Vec<Due> = {
-        let mut st = tx.prepare_cached(
-            "SELECT device, key, user, kind, terminal, remote, started_ms, allowed_until_ms, by_user FROM sessions
-             WHERE ended_ms IS NULL AND overstay = 0 AND allowed_until_ms <= ?1",
-        )?;
-        let rows = st.query_map([i(now_ms)], |r| {
-            Ok(Due {
-                device: r.get(0)?,
-                key: r.get(1)?,
-                user: r.get(2)?,
-                kind: r.get(3)?,
-                terminal: r.get(4)?,
-                remote: r.get(5)?,
-                started_ms: u(r.get(6)?),
-                until_ms: u(r.get(7)?),
-                by_user: r.get(8)?,
-            })
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for d in due {
-        let (name, model) = target(tx, &d.device)?;
-        let windows = windows(tx, &d.device)?;
+) -> Result<(), StoreError> {
+    for d in db::due(tx, now_ms)? {
+        let (name, model) = db::name_and_model(tx, &d.device)?;
+        let windows = db::windows(tx, &d.device)?;
         let t = Target {
             id: &d.device,
             name: &name,
@@ -754,14 +564,10 @@ pub fn overstays(
         };
         let v = evaluate(policy, &windows, &t, &probe, now_ms);
         if v.allowed && v.until_ms.map_or(true, |u| u > now_ms) {
-            tx.prepare_cached(
-                "UPDATE sessions SET allowed_until_ms = ?3 WHERE device = ?1 AND key = ?2",
-            )?
-            .execute(params![d.device, d.key, v.until_ms.map(i)])?;
+            db::extend(tx, &d.device, d.key, v.until_ms)?;
             continue;
         }
-        tx.prepare_cached("UPDATE sessions SET overstay = 1 WHERE device = ?1 AND key = ?2")?
-            .execute(params![d.device, d.key])?;
+        db::mark_overstay(tx, &d.device, d.key)?;
         let ev = json!({"key": format!("{:016x}", d.key as u64), "user": d.user, "kind": d.kind,
                         "terminal": d.terminal, "remote": d.remote,
                         "started": alert::rfc3339(d.started_ms), "window_ended": alert::rfc3339(d.until_ms),
@@ -778,7 +584,7 @@ pub fn overstays(
                 now_ms,
             ),
         )?;
-        add_alert(tx, &d.device, d.key as u64, id)?;
+        db::add_alert(tx, &d.device, d.key as u64, id)?;
     }
     Ok(())
 }
@@ -791,110 +597,6 @@ fn hstr<const N: usize>(s: &str) -> heapless::String<N> {
         }
     }
     out
-}
-
-/// One row of the access record.
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub device: String,
-    pub device_name: String,
-    pub key: u64,
-    pub kind: String,
-    pub user: String,
-    pub uid: Option<i64>,
-    pub terminal: String,
-    pub remote: Option<String>,
-    pub remote_port: Option<i64>,
-    pub process: String,
-    pub command: String,
-    pub by_user: String,
-    pub parent: Option<u64>,
-    pub started_ms: u64,
-    pub ended_ms: Option<u64>,
-    pub end_note: String,
-    pub source: String,
-    pub verdict: String,
-    pub violations: Vec<String>,
-    pub allowed_until_ms: Option<u64>,
-    pub overstay: bool,
-    pub alerts: Vec<i64>,
-    pub boot: i64,
-    pub open_seq: u64,
-    pub close_seq: Option<u64>,
-}
-
-impl Row {
-    pub fn to_json(&self, now_ms: u64) -> Value {
-        json!({
-            "device": self.device, "device_name": self.device_name,
-            "session": format!("{:016x}", self.key),
-            "kind": self.kind, "user": self.user, "uid": self.uid,
-            "by_user": if self.by_user.is_empty() { Value::Null } else { json!(self.by_user) },
-            "started_from": self.parent.map(|p| format!("{p:016x}")),
-            "remote": self.remote, "remote_port": self.remote_port,
-            "terminal": self.terminal, "process": self.process,
-            "command": if self.command.is_empty() { Value::Null } else { json!(self.command) },
-            "started": alert::rfc3339(self.started_ms),
-            "ended": self.ended_ms.map(alert::rfc3339),
-            "end_note": if self.end_note.is_empty() { Value::Null } else { json!(self.end_note) },
-            "open": self.ended_ms.is_none(),
-            "duration_s": self.ended_ms.unwrap_or(now_ms).saturating_sub(self.started_ms) / 1000,
-            "verdict": self.verdict, "violations": self.violations,
-            "allowed_until": self.allowed_until_ms.map(alert::rfc3339),
-            "overstay": self.overstay,
-            "alerts": self.alerts,
-            "source": self.source,
-            "signed_frames": {"boot": self.boot, "opened_seq": self.open_seq, "closed_seq": self.close_seq},
-        })
-    }
-}
-
-/// The record for one device (or all: `None`), sessions that overlap
-/// `[from, to)`, oldest first.
-pub fn record(
-    conn: &Connection,
-    device: Option<&str>,
-    from_ms: u64,
-    to_ms: u64,
-) -> rusqlite::Result<Vec<Row>> {
-    let mut st = conn.prepare(
-        "SELECT s.device, coalesce(d.name, ''), s.key, s.kind, s.user, s.uid, s.terminal, s.remote, s.remote_port,
-                s.process, s.command, s.by_user, s.parent, s.started_ms, s.ended_ms, s.end_note, s.source,
-                s.verdict, s.violations, s.allowed_until_ms, s.overstay, s.alerts, s.boot, s.open_seq, s.close_seq
-         FROM sessions s LEFT JOIN devices d ON d.id = s.device
-         WHERE (?1 IS NULL OR s.device = ?1) AND s.started_ms < ?3 AND (s.ended_ms IS NULL OR s.ended_ms >= ?2)
-         ORDER BY s.started_ms, s.parent IS NOT NULL, s.device, s.key",
-    )?;
-    let rows = st.query_map(params![device, i(from_ms), i(to_ms)], |r| {
-        Ok(Row {
-            device: r.get(0)?,
-            device_name: r.get(1)?,
-            key: r.get::<_, i64>(2)? as u64,
-            kind: r.get(3)?,
-            user: r.get(4)?,
-            uid: r.get(5)?,
-            terminal: r.get(6)?,
-            remote: r.get(7)?,
-            remote_port: r.get(8)?,
-            process: r.get(9)?,
-            command: r.get(10)?,
-            by_user: r.get(11)?,
-            parent: r.get::<_, Option<i64>>(12)?.map(|p| p as u64),
-            started_ms: u(r.get(13)?),
-            ended_ms: r.get::<_, Option<i64>>(14)?.map(u),
-            end_note: r.get(15)?,
-            source: r.get(16)?,
-            verdict: r.get(17)?,
-            violations: serde_json::from_str(&r.get::<_, String>(18)?).unwrap_or_default(),
-            allowed_until_ms: r.get::<_, Option<i64>>(19)?.map(u),
-            overstay: r.get::<_, i64>(20)? != 0,
-            alerts: serde_json::from_str(&r.get::<_, String>(21)?).unwrap_or_default(),
-            boot: r.get(22)?,
-            open_seq: u(r.get(23)?),
-            close_seq: r.get::<_, Option<i64>>(24)?.map(u),
-        })
-    })?;
-    rows.collect()
 }
 
 /// `2h`, `90m`, `45s`, `1d`, `1h30m` -> milliseconds.

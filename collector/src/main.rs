@@ -27,22 +27,16 @@ fn print_line(args: std::fmt::Arguments<'_>) {
 
 mod access;
 mod alert;
-mod baseline;
+mod cli;
+mod clock;
 mod config;
 mod detect;
 mod ingest;
 mod logger;
-mod metric;
 mod metrics;
-mod quickstart;
-mod registry;
-mod replay;
 mod serve;
 mod sink;
 mod store;
-mod tls;
-mod views;
-mod writer;
 
 use config::{Config, Sink, Transport};
 use store::{DeviceState, Store};
@@ -365,7 +359,7 @@ fn actor() -> String {
 
 fn run() -> anyhow::Result<()> {
     let (command, mut a) = parse_args()?;
-    let now = writer::now_ms();
+    let now = clock::now_ms();
     match command.as_str() {
         "serve" => {
             let cfg = serve_config(&mut a)?;
@@ -391,7 +385,7 @@ fn run() -> anyhow::Result<()> {
         "quickstart" => {
             let duration = a.number::<u64>("duration-s")?;
             a.done()?;
-            quickstart::run(duration)
+            cli::quickstart::run(duration)
         }
         "enroll" => {
             let key_text = a
@@ -414,10 +408,10 @@ fn run() -> anyhow::Result<()> {
             let id = store.enroll(&key, &name, &model, &actor(), now)?;
             if !model.is_empty() {
                 if let Some(fleet) = store.fleet_baseline(&model)? {
-                    let learned: baseline::Learned = serde_json::from_str(&fleet)
+                    let learned: detect::baseline::Learned = serde_json::from_str(&fleet)
                         .with_context(|| format!("the stored fleet baseline of model {model}"))?;
                     let mut b = load_baseline(&store, &id)?
-                        .map_or_else(|| baseline::Baseline::new(now), |(_, b)| b);
+                        .map_or_else(|| detect::baseline::Baseline::new(now), |(_, b)| b);
                     b.adopt(learned, &model, now);
                     save_baseline(
                         &mut store,
@@ -455,7 +449,7 @@ fn run() -> anyhow::Result<()> {
         "devices" => {
             a.done()?;
             let devices = a.store()?.devices()?;
-            views::devices(&devices, a.json);
+            cli::views::devices(&devices, a.json);
             Ok(())
         }
         "device" => {
@@ -467,9 +461,9 @@ fn run() -> anyhow::Result<()> {
             let alerts = store.alerts(true, Some(&d.id), None)?;
             let policy = a.config()?.detect.policy()?;
             let b = load_baseline(&store, &d.id)?.map_or(Value::Null, |(_, b)| {
-                b.summary(&policy, &detect::Tuning::default())
+                b.summary(&policy, &detect::score::Tuning::default())
             });
-            views::device(&d, latest.as_ref(), &alerts, &b, a.json);
+            cli::views::device(&d, latest.as_ref(), &alerts, &b, a.json);
             Ok(())
         }
         "alerts" => {
@@ -491,7 +485,7 @@ fn run() -> anyhow::Result<()> {
                 .map(|d| store.find_device(&d).map(|d| d.id))
                 .transpose()?;
             let alerts = store.alerts(open, device.as_deref(), severity)?;
-            views::alerts(&alerts, a.json);
+            cli::views::alerts(&alerts, a.json);
             Ok(())
         }
         "ack" | "resolve" => {
@@ -530,7 +524,7 @@ fn run() -> anyhow::Result<()> {
             let store = a.store()?;
             let d = store.find_device(&device)?;
             let rows = store.export(&d.id, from, to)?;
-            views::export(&d, &rows, &format);
+            cli::views::export(&d, &rows, &format);
             Ok(())
         }
         "audit" => {
@@ -582,8 +576,8 @@ fn run() -> anyhow::Result<()> {
             let path = a
                 .take("csv")
                 .ok_or_else(|| usage("detect needs --csv FILE"))?;
-            let d = detect::Tuning::default();
-            let tuning = detect::Tuning {
+            let d = detect::score::Tuning::default();
+            let tuning = detect::score::Tuning {
                 spike: a.number("spike")?.unwrap_or(d.spike),
                 hold: a.number("hold")?.unwrap_or(d.hold),
                 hold_count: a.number("hold-count")?.unwrap_or(d.hold_count),
@@ -593,14 +587,14 @@ fn run() -> anyhow::Result<()> {
                 resolve_after: a.number("resolve-after")?.unwrap_or(d.resolve_after),
             };
             tuning.validate().map_err(usage)?;
-            let opts = replay::Options {
+            let opts = detect::replay::Options {
                 metric: a.take("metric"),
                 learn: a.number("learn")?,
                 tuning,
             };
             a.done()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let s = replay::run(&path, &opts, &mut out)?;
+            let s = detect::replay::run(&path, &opts, &mut out)?;
             log::info!(
                 "{path}: {} rows of {}, learned from the first {}, {} anomalies",
                 s.rows,
@@ -618,11 +612,11 @@ fn run() -> anyhow::Result<()> {
 fn load_baseline(
     store: &Store,
     id: &str,
-) -> anyhow::Result<Option<(store::BaselineRow, baseline::Baseline)>> {
+) -> anyhow::Result<Option<(store::BaselineRow, detect::baseline::Baseline)>> {
     let Some(row) = store.baseline(id)? else {
         return Ok(None);
     };
-    let b = baseline::Baseline::from_row(&row).map_err(|e| anyhow!("device {id}: {e}"))?;
+    let b = detect::baseline::Baseline::from_row(&row).map_err(|e| anyhow!("device {id}: {e}"))?;
     Ok(Some((row, b)))
 }
 
@@ -630,7 +624,7 @@ fn load_baseline(
 fn save_baseline(
     store: &mut Store,
     id: &str,
-    b: &baseline::Baseline,
+    b: &detect::baseline::Baseline,
     action: &str,
     detail: Value,
     now: u64,
@@ -653,11 +647,11 @@ fn save_baseline(
 fn learn_from_archive(
     store: &Store,
     id: &str,
-    b: &mut baseline::Baseline,
+    b: &mut detect::baseline::Baseline,
     now: u64,
 ) -> anyhow::Result<u64> {
-    let mut learning = baseline::MetricLearning::default();
-    let t = detect::Tuning::default();
+    let mut learning = detect::baseline::MetricLearning::default();
+    let t = detect::score::Tuning::default();
     let n = store.for_each_sample(id, b.started_ms, now, |s, l| learning.add(s, l, &t))?;
     b.close(learning, now);
     Ok(n)
@@ -692,8 +686,8 @@ fn access_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             let device = device
                 .map(|d| store.find_device(&d).map(|d| d.id))
                 .transpose()?;
-            let rows = access::record(store.conn(), device.as_deref(), from, to)?;
-            views::access(&rows, format, now);
+            let rows = store::access::record(store.conn(), device.as_deref(), from, to)?;
+            cli::views::access(&rows, format, now);
             Ok(())
         }
         Some("open") => {
@@ -747,8 +741,8 @@ fn access_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             let device = device
                 .map(|d| store.find_device(&d).map(|d| d.id))
                 .transpose()?;
-            let ws = access::windows(store.conn(), device.as_deref().unwrap_or(""))?;
-            let state = |w: &access::Opened| match w.closed_ms {
+            let ws = store::access::windows(store.conn(), device.as_deref().unwrap_or(""))?;
+            let state = |w: &store::access::Opened| match w.closed_ms {
                 Some(_) => "closed",
                 None if w.until_ms <= now => "ended",
                 None => "open",
@@ -780,7 +774,7 @@ fn access_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
                     .collect();
                 out!(
                     "{}",
-                    views::table(&["ID", "DEVICE", "FROM", "UNTIL", "STATE", "BY", "REASON"], &rows)
+                    cli::views::table(&["ID", "DEVICE", "FROM", "UNTIL", "STATE", "BY", "REASON"], &rows)
                 );
             }
             Ok(())
@@ -799,7 +793,7 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
     let cfg = a.config()?;
     let policy = cfg.detect.policy()?;
     let period_ms = policy.baseline_period_ms;
-    let tuning = detect::Tuning::default();
+    let tuning = detect::score::Tuning::default();
     if sub == "import" {
         let model = a
             .take("model")
@@ -807,13 +801,13 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
         let file = a.one("FILE")?;
         a.done()?;
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
-        let doc: baseline::Exported = serde_json::from_str(&text)
+        let doc: detect::baseline::Exported = serde_json::from_str(&text)
             .map_err(|e| anyhow!(Exit::Usage(format!("{file}: not a baseline export ({e})"))))?;
-        if doc.format != baseline::EXPORT_FORMAT {
+        if doc.format != detect::baseline::EXPORT_FORMAT {
             return Err(usage(format!(
                 "{file}: format `{}`, this collector reads `{}`",
                 doc.format,
-                baseline::EXPORT_FORMAT
+                detect::baseline::EXPORT_FORMAT
             )));
         }
         if doc.learned.metrics.is_empty() && doc.learned.listeners.is_empty() {
@@ -823,10 +817,14 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
         }
         let mut store = a.store()?;
         let fleet = serde_json::to_string(&doc.learned)?;
-        let stored: std::collections::HashMap<String, baseline::Baseline> = store
+        let stored: std::collections::HashMap<String, detect::baseline::Baseline> = store
             .baselines()?
             .into_iter()
-            .filter_map(|(id, row)| baseline::Baseline::from_row(&row).ok().map(|b| (id, b)))
+            .filter_map(|(id, row)| {
+                detect::baseline::Baseline::from_row(&row)
+                    .ok()
+                    .map(|b| (id, b))
+            })
             .collect();
         let learned = doc.learned.clone();
         let devices = store.import_fleet_baseline(
@@ -836,7 +834,7 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
                 let mut b = stored
                     .get(id)
                     .cloned()
-                    .unwrap_or_else(|| baseline::Baseline::new(now));
+                    .unwrap_or_else(|| detect::baseline::Baseline::new(now));
                 b.adopt(learned.clone(), &model, now);
                 b.to_json()
             },
@@ -866,11 +864,11 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
     let refuse = |m: String| anyhow!(store::StoreError::Refused(m));
     match sub.as_str() {
         "show" => {
-            let mut summary = if b.phase == baseline::Phase::Baselining {
+            let mut summary = if b.phase == detect::baseline::Phase::Baselining {
                 // A preview of what closing now would learn.
                 let mut preview = b.clone();
                 learn_from_archive(&store, &d.id, &mut preview, now)?;
-                preview.phase = baseline::Phase::Baselining;
+                preview.phase = detect::baseline::Phase::Baselining;
                 preview.closed_ms = None;
                 let mut s = preview.summary(&policy, &tuning);
                 s["preview"] = json!(true);
@@ -879,11 +877,11 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
                 b.summary(&policy, &tuning)
             };
             summary["rev"] = json!(row.rev);
-            views::baseline(&d, &summary, a.json);
+            cli::views::baseline(&d, &summary, a.json);
             Ok(())
         }
         "close" => {
-            if b.phase != baseline::Phase::Baselining {
+            if b.phase != detect::baseline::Phase::Baselining {
                 return Err(refuse(format!(
                     "the baseline of {} is already {}",
                     d.id,
@@ -906,12 +904,12 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             Ok(())
         }
         "approve" => {
-            if b.phase != baseline::Phase::Review {
+            if b.phase != detect::baseline::Phase::Review {
                 return Err(refuse(format!(
                     "the baseline of {} is {}: only a closed baseline under review can be approved{}",
                     d.id,
                     b.phase.name(),
-                    if b.phase == baseline::Phase::Baselining { " (close it first)" } else { "" }
+                    if b.phase == detect::baseline::Phase::Baselining { " (close it first)" } else { "" }
                 )));
             }
             b.approve(now);
@@ -932,7 +930,7 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
         }
         "reset" => {
             let previous = b.phase.name();
-            let fresh = baseline::Baseline::new(now);
+            let fresh = detect::baseline::Baseline::new(now);
             save_baseline(
                 &mut store,
                 &d.id,
@@ -950,14 +948,14 @@ fn baseline_command(a: &mut Args, now: u64) -> anyhow::Result<()> {
             Ok(())
         }
         "export" => {
-            if b.phase == baseline::Phase::Baselining {
+            if b.phase == detect::baseline::Phase::Baselining {
                 return Err(refuse(format!(
                     "the baseline of {} is still learning; close and approve it first",
                     d.id
                 )));
             }
-            let doc = baseline::Exported {
-                format: baseline::EXPORT_FORMAT.into(),
+            let doc = detect::baseline::Exported {
+                format: detect::baseline::EXPORT_FORMAT.into(),
                 device: d.id.clone(),
                 name: d.name.clone(),
                 model: d.model.clone(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::alert::Severity;
-use crate::registry::Registry;
+use crate::store::registry::Registry;
 use crate::store::DeviceState;
 
 /// Reasons a frame is rejected, as label values.

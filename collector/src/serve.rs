@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::ingest::tls;
+use crate::ingest::writer::{Job, Settings, Writer};
 use crate::ingest::{self, Ctx};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::sink;
+use crate::store::registry::Registry;
 use crate::store::Store;
-use crate::writer::{Job, Settings, Writer};
-use crate::{sink, tls};
 
 /// What a running collector tells its caller once it listens.
 #[derive(Debug, Clone)]
@@ -77,7 +78,7 @@ pub fn run(
             rollup_every: Duration::from_secs(cfg.rollup_every_s),
             max_pending: cfg.limits.max_pending,
             policy: cfg.detect.policy()?,
-            tuning: crate::detect::Tuning::default(),
+            tuning: crate::detect::score::Tuning::default(),
             access: crate::access::Policy::new(&cfg.access)?,
         },
     )?;

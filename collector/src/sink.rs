@@ -212,7 +212,7 @@ fn deliver(store: &Store, t: &mut Target, host: &str, metrics: &Metrics) {
                 return;
             }
         };
-        let now = crate::writer::now_ms();
+        let now = crate::clock::now_ms();
         let lines: Vec<String> = events
             .iter()
             .map(|(_, ev)| t.render(ev, host, now))

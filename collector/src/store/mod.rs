@@ -2,7 +2,12 @@
 //! the signed frames exactly as received, the rows decoded from them,
 //! alerts, the event outbox for the sinks, and the admin log. Only this
 //! module knows SQL. It stores only `VerifiedFrame`s; `audit` re-verifies
-//! every stored frame and the rows decoded from it.
+//! every stored frame and the rows decoded from it. `access` holds the
+//! access record's tables, `registry` the device keys in memory. Depends
+//! only on `alert` (the alert record) and the protocol.
+
+pub mod access;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +39,11 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An open write transaction (or the read connection), as the modules that
+/// record through the store's functions hold it. SQLite's today; a second
+/// backend makes this the store's own type.
+pub type Tx = Connection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceState {
@@ -228,8 +238,7 @@ impl Store {
         conn.pragma_update(None, "cache_size", -65_536)
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        conn.execute_batch(crate::access::SCHEMA)
-            .map_err(open_err)?;
+        conn.execute_batch(access::SCHEMA).map_err(open_err)?;
         // Every statement of the ingest path stays prepared (the default
         // cache of 16 thrashes and re-prepares per frame).
         conn.set_prepared_statement_cache_capacity(64);
@@ -251,7 +260,7 @@ impl Store {
         Ok(())
     }
 
-    /// Read-only queries of other modules (`access`).
+    /// The read connection, for the read-only queries of `store::access`.
     pub fn conn(&self) -> &Connection {
         &self.conn
     }

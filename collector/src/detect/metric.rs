@@ -6,7 +6,7 @@
 
 use vigil_protocol::sample::Sample;
 
-use crate::detect::Sides;
+use crate::detect::score::Sides;
 use crate::store::Layout;
 
 /// What a metric measures; its name is the `--metric` of `detect`.

@@ -1,7 +1,13 @@
 //! Ingest: byte streams from agents (TLS, plain TCP, serial) to verified
 //! frames for the writer, and acks back. `Session` is the sans-I/O core
 //! (decode, check who sent it, verify, keep per-connection order); the
-//! drivers below move bytes. Never touches the archive directly.
+//! drivers below move bytes; they never touch the archive. `tls` is the
+//! listener's identity, `writer` the one task that stores what sessions
+//! verified, runs detection and raises alerts, and answers with acks once
+//! the transaction is durable.
+
+pub mod tls;
+pub mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,11 +24,12 @@ use vigil_protocol::{
 };
 
 use crate::alert::{self, Raise};
+use crate::clock::now_ms;
 use crate::config::Limits;
+use crate::ingest::writer::{Job, Reply};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::store::registry::Registry;
 use crate::store::DeviceState;
-use crate::writer::{now_ms, Job, Reply};
 
 /// What every connection shares.
 pub struct Ctx {

@@ -15,11 +15,12 @@ use vigil_protocol::replay::{stand, Position, Standing};
 use vigil_protocol::{Ack, Body, DeviceId, VerifiedBuf, VerifyingKey};
 
 use crate::alert::{self, Raise};
-use crate::baseline::{Baseline, Context, MetricLearning, Phase};
+use crate::clock::now_ms;
 use crate::config::Policy;
-use crate::detect::Tuning;
+use crate::detect::baseline::{Baseline, Context, MetricLearning, Phase};
+use crate::detect::score::Tuning;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::store::registry::Registry;
 use crate::store::{self, DeviceState, Layout, Store, Track};
 
 /// Work for the writer.
@@ -82,7 +83,7 @@ const BASELINE_SAVE: Duration = Duration::from_secs(30);
 /// Loads (or starts) the baseline of `id`.
 fn slot<'a>(
     slots: &'a mut HashMap<String, Slot>,
-    tx: &rusqlite::Connection,
+    tx: &store::Tx,
     id: &str,
     now: u64,
     period_ms: u64,
@@ -124,7 +125,7 @@ fn slot<'a>(
 /// is dropped (the stored one is read again when next needed).
 fn save_baselines(
     slots: &mut HashMap<String, Slot>,
-    tx: &rusqlite::Connection,
+    tx: &store::Tx,
     all: bool,
 ) -> Result<(), store::StoreError> {
     let mut stale = Vec::new();
@@ -165,12 +166,6 @@ pub struct Writer {
 
 /// Most frames taken into one transaction.
 const BATCH_FRAMES: usize = 8192;
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 impl Writer {
     pub fn new(
@@ -559,16 +554,12 @@ fn job_frames(j: &Job) -> usize {
     }
 }
 
-fn raise(tx: &rusqlite::Connection, metrics: &Metrics, r: Raise) -> Result<(), store::StoreError> {
+fn raise(tx: &store::Tx, metrics: &Metrics, r: Raise) -> Result<(), store::StoreError> {
     raise_id(tx, metrics, r).map(|_| ())
 }
 
 /// `raise`, returning the alert's id.
-fn raise_id(
-    tx: &rusqlite::Connection,
-    metrics: &Metrics,
-    r: Raise,
-) -> Result<i64, store::StoreError> {
+fn raise_id(tx: &store::Tx, metrics: &Metrics, r: Raise) -> Result<i64, store::StoreError> {
     let (id, new) = store::raise(tx, &r)?;
     if new {
         metrics.alert(r.rule.severity);
@@ -631,7 +622,7 @@ struct Touched {
 
 #[allow(clippy::too_many_arguments)]
 fn ingest(
-    tx: &rusqlite::Connection,
+    tx: &store::Tx,
     devices: &mut HashMap<DeviceId, DeviceTrack>,
     touched_devices: &mut HashMap<DeviceId, Touched>,
     metrics: &Metrics,

@@ -313,7 +313,7 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
     }
     let n = |v: Option<&Value>| {
         v.and_then(Value::as_f64)
-            .map_or_else(|| "-".into(), crate::baseline::num)
+            .map_or_else(|| "-".into(), crate::detect::baseline::num)
     };
     // A metric `detect.unwatched_metrics` names has no alert limits.
     let alerted = |m: &Value, limit: &str| {
@@ -523,7 +523,7 @@ fn duration(s: u64) -> String {
 }
 
 /// The access record: one line per session, oldest first.
-pub fn access(rows: &[crate::access::Row], format: &str, now_ms: u64) {
+pub fn access(rows: &[crate::store::access::Row], format: &str, now_ms: u64) {
     match format {
         "json" => {
             out!(

@@ -19,8 +19,8 @@ use vigil_protocol::sample::Sample;
 
 use crate::alert::{self, rfc3339, Raise, Rule};
 use crate::config::Policy;
-use crate::detect::{Band, Learner, Profile, Sides, Tuning, Watch};
-use crate::metric::{self, Kind};
+use crate::detect::metric::{self, Kind};
+use crate::detect::score::{Band, Learner, Profile, Sides, Tuning, Watch};
 use crate::store::Layout;
 
 /// Ports whose use towards another internal host is lateral movement:

@@ -10,8 +10,8 @@ use std::io::Write;
 
 use vigil_protocol::sample::{CpuTicks, Memory, NetCounters, Sample};
 
-use crate::detect::{Learner, Tuning, Watch};
-use crate::metric::{self, Kind};
+use crate::detect::metric::{self, Kind};
+use crate::detect::score::{Learner, Tuning, Watch};
 use crate::store::Layout;
 
 #[derive(Debug, thiserror::Error)]

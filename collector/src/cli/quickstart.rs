@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::Value;
 
+use crate::cli::views;
 use crate::config::{Config, Sink};
 use crate::store::Store;
-use crate::views;
 
 fn agent_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this binary")?;
@@ -31,7 +31,7 @@ fn agent_binary() -> anyhow::Result<PathBuf> {
 }
 
 fn fresh_dir() -> anyhow::Result<PathBuf> {
-    let stamp = crate::writer::now_ms();
+    let stamp = crate::clock::now_ms();
     let dir = std::env::temp_dir().join(format!("vigil-quickstart-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
@@ -104,7 +104,7 @@ pub fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
         &host,
         "quickstart",
         "quickstart",
-        crate::writer::now_ms(),
+        crate::clock::now_ms(),
     )?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -239,7 +239,7 @@ const QUICKSTART_BASELINE_S: u64 = 60;
 
 fn view(store: &Store, shown_alerts: &mut i64) {
     let Ok(devices) = store.devices() else { return };
-    out!("---- {}", crate::alert::rfc3339(crate::writer::now_ms()));
+    out!("---- {}", crate::alert::rfc3339(crate::clock::now_ms()));
     views::devices(&devices, false);
     for d in &devices {
         if let Ok(Some(s)) = store.latest_sample(&d.id) {

@@ -1,0 +1,3 @@
+//! The command line: the admin commands and what they print.
+pub mod quickstart;
+pub mod views;
