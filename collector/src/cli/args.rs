@@ -1,0 +1,392 @@
+//! The collector's command line as clap types: every command, flag and
+//! help text, and nothing else. Self-contained (clap and std only) so that
+//! the xtask can `#[path]`-include this file to generate the man pages and
+//! shell completions from the same definitions the binary parses with.
+//! Values that are configuration (serve's overrides of the file's
+//! settings) stay text here and are checked where the configuration is,
+//! so a bad one exits 78 naming its field; everything else is typed and a
+//! bad one is a usage error (exit 2).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+DEVICE is a device id (or a unique prefix of at least 4 digits) or a device name.
+T is YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).
+
+Exit codes: 0 ok, 1 audit found problems, 2 usage or runtime error, 78 bad configuration.";
+
+/// Vigil's hospital-side collector: receive, verify, archive, alert.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil-collector",
+    after_help = AFTER_HELP,
+    propagate_version = true,
+    disable_help_subcommand = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The configuration file (TOML); its state_dir is the archive's folder.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The state dir: the archive, TLS identity and keys [default: /var/lib/vigil-collector].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive, verify, archive and alert (the service).
+    Serve(Box<Serve>),
+    /// A collector and a local agent on this machine, with a live view.
+    Quickstart {
+        /// Stop after N seconds (default: until Ctrl-C).
+        #[arg(long, value_name = "N")]
+        duration_s: Option<u64>,
+    },
+    /// Approve a device ahead of time, by its key.
+    Enroll {
+        /// The device key, as `vigil-agent id` prints it (ed25519:<base64>).
+        #[arg(long, value_name = "KEY")]
+        key: String,
+        /// A name for the device (unique).
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// The device model; a fleet baseline of that model is adopted.
+        #[arg(long, value_name = "MODEL")]
+        model: Option<String>,
+    },
+    /// Approve a pending device.
+    Approve {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Revoke a device: its frames are refused and alerted.
+    Revoke {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Every device, its state and last sample.
+    Devices,
+    /// One device: its latest sample, open alerts and baseline.
+    Device {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// The alerts, newest first.
+    Alerts {
+        /// Only alerts not yet resolved.
+        #[arg(long)]
+        open: bool,
+        /// Only this device's alerts.
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<String>,
+        /// Only alerts of at least this severity.
+        #[arg(long, value_enum, value_name = "SEVERITY")]
+        severity: Option<SeverityArg>,
+    },
+    /// Acknowledge an alert (audited).
+    Ack {
+        /// The alert number, as `alerts` shows it.
+        #[arg(value_name = "ALERT")]
+        alert: i64,
+    },
+    /// Resolve an alert (audited).
+    Resolve {
+        /// The alert number, as `alerts` shows it.
+        #[arg(value_name = "ALERT")]
+        alert: i64,
+    },
+    /// A device's samples as CSV or JSON.
+    Export {
+        #[arg(long, value_name = "DEVICE")]
+        device: String,
+        #[command(flatten)]
+        range: Range,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+    },
+    /// Re-verify every stored frame and the rows decoded from it.
+    Audit,
+    /// Who changed what, and when.
+    AdminLog,
+    /// A device's baseline: review, close, approve, reset, export, import.
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
+    /// The access record (every session the devices reported), and the
+    /// access windows opened by hand.
+    #[command(args_conflicts_with_subcommands = true)]
+    Access {
+        #[command(subcommand)]
+        command: Option<AccessCommand>,
+        #[command(flatten)]
+        record: AccessRecord,
+    },
+    /// Replay a recorded series through the detector: prints
+    /// timestamp,value,score,anomaly rows.
+    Detect(Detect),
+}
+
+/// `serve`: each option overrides the same setting of --config.
+#[derive(Debug, Args)]
+pub struct Serve {
+    /// TLS 1.3 listener [default: 0.0.0.0:7443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// PEM certificate chain [default: a self-signed Ed25519 certificate in the state dir].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Plain TCP listener (lab use only; needs --insecure-plaintext).
+    #[arg(long, value_name = "ADDR")]
+    pub plain_listen: Option<String>,
+    /// Allow --plain-listen.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    /// No TLS listener (serial or plain only).
+    #[arg(long)]
+    pub no_tls: bool,
+    /// Read a serial port (repeatable; default baud 115200).
+    #[arg(long, value_name = "DEVICE[:BAUD]")]
+    pub serial: Vec<String>,
+    /// Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Raw samples kept N days, then per-minute aggregates [default: 30].
+    #[arg(long, value_name = "N")]
+    pub retention_days: Option<String>,
+    /// How often older samples are rolled up, in seconds [default: 3600, and once at start].
+    #[arg(long, value_name = "N")]
+    pub rollup_every_s: Option<String>,
+    /// Silence alert after N s without a frame [default: 300].
+    #[arg(long, value_name = "N")]
+    pub silence_s: Option<String>,
+    /// Alert an unexplained sequence hole after N s [default: 120].
+    #[arg(long, value_name = "N")]
+    pub loss_grace_s: Option<String>,
+    /// Most connections at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Most frames per second per connection.
+    #[arg(long, value_name = "N")]
+    pub frames_per_s: Option<String>,
+    /// Close a connection idle for N s.
+    #[arg(long, value_name = "N")]
+    pub idle_timeout_s: Option<String>,
+    /// Close a connection whose TLS handshake takes over N s.
+    #[arg(long, value_name = "N")]
+    pub handshake_timeout_s: Option<String>,
+    /// Hellos a minute from keys nobody enrolled.
+    #[arg(long, value_name = "N")]
+    pub unknown_per_minute: Option<String>,
+    /// Most devices pending approval.
+    #[arg(long, value_name = "N")]
+    pub max_pending: Option<String>,
+    /// JSON lines to PATH (- for stdout; repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub sink_json: Vec<String>,
+    /// RFC 5424 syslog to ADDR (UDP unless ADDR/tcp; repeatable).
+    #[arg(long, value_name = "ADDR[/tcp]")]
+    pub sink_syslog: Vec<String>,
+    /// CEF over syslog to ADDR, or CEF lines to a file (repeatable).
+    #[arg(long, value_name = "ADDR[/tcp]|PATH")]
+    pub sink_cef: Vec<String>,
+    /// A new device's baseline closes for review after N s [default: 604800, 7 days].
+    #[arg(long, value_name = "N")]
+    pub baseline_period_s: Option<String>,
+    /// The hospital's networks (repeatable; replaces the default RFC 1918,
+    /// loopback, link-local and ULA).
+    #[arg(long, value_name = "PREFIX")]
+    pub internal_prefix: Vec<String>,
+    /// An outbound endpoint never alerted as new (repeatable; PREFIX,
+    /// PREFIX:PORT or [V6PREFIX]:PORT).
+    #[arg(long, value_name = "E")]
+    pub allow_outbound: Vec<String>,
+    /// A remote-admin or file-sharing port allowed towards E (repeatable).
+    #[arg(long, value_name = "E")]
+    pub allow_lateral: Vec<String>,
+    /// A metric learned but never alerted on (repeatable; a name like
+    /// disk.read_bytes or a prefix like disk.*).
+    #[arg(long, value_name = "M")]
+    pub unwatched_metric: Vec<String>,
+}
+
+/// `--from T --to T`: a time range, both ends optional.
+#[derive(Debug, Args)]
+pub struct Range {
+    /// From T [default: the beginning].
+    #[arg(long, value_name = "T")]
+    pub from: Option<String>,
+    /// Until T [default: no end].
+    #[arg(long, value_name = "T")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeverityArg {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// What the baseline learned (a preview while it is still learning).
+    Show {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// End learning: the baseline waits for review.
+    Close {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Approve a reviewed baseline: the device is monitored against it.
+    Approve {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Throw the baseline away and learn again.
+    Reset {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// The approved baseline as JSON (for `baseline import`).
+    Export {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// One exported baseline for every device of a model (a fleet baseline).
+    Import {
+        #[arg(long, value_name = "MODEL")]
+        model: String,
+        /// A file written by `baseline export`.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// `access` without a command: the access record.
+#[derive(Debug, Args)]
+pub struct AccessRecord {
+    /// Only this device's sessions.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    #[command(flatten)]
+    pub range: Range,
+    /// Print CSV instead of a table.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Open an access window for a device (audited).
+    Open {
+        #[arg(long, value_name = "DEVICE")]
+        device: String,
+        /// How long, at most 31d: 2h, 90m, 1h30m, 45s, 1d.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why (it goes in the admin log).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Close a device's open access windows (audited).
+    Close {
+        #[arg(long, value_name = "DEVICE")]
+        device: String,
+    },
+    /// The access windows opened by hand.
+    Windows {
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<String>,
+    },
+}
+
+/// `detect`: the live detector, offline. Tuning options default to the
+/// collector's own values.
+#[derive(Debug, Args)]
+pub struct Detect {
+    /// The series: `timestamp,value` rows (NAB's layout) or an `export --format csv`.
+    #[arg(long, value_name = "FILE")]
+    pub csv: PathBuf,
+    /// Which metric of an export to replay (e.g. cpu.busy).
+    #[arg(long, value_name = "KIND")]
+    pub metric: Option<String>,
+    /// Learn from the first N rows [default: the first 15 % of the file, at most 750].
+    #[arg(long, value_name = "N")]
+    pub learn: Option<usize>,
+    /// A single value this far beyond the learned min/max opens a
+    /// deviation (in learned spreads, the 1st-to-99th percentile range) [default: 0.5].
+    #[arg(long, value_name = "X")]
+    pub spike: Option<f64>,
+    /// A value this far beyond counts towards persistence [default: 0.25].
+    #[arg(long, value_name = "X")]
+    pub hold: Option<f64>,
+    /// Persistence: this many such values ... [default: 3].
+    #[arg(long, value_name = "N")]
+    pub hold_count: Option<usize>,
+    /// ... within the last this many open a deviation [default: 6].
+    #[arg(long, value_name = "N")]
+    pub hold_of: Option<usize>,
+    /// Values in the rolling mean of the sustained-shift detector [default: 24].
+    #[arg(long, value_name = "N")]
+    pub shift_window: Option<usize>,
+    /// The rolling mean this far beyond the learned rolling means opens a
+    /// shift [default: 0.4].
+    #[arg(long, value_name = "X")]
+    pub shift: Option<f64>,
+    /// An open alarm closes after this many values back in range [default: 288].
+    #[arg(long, value_name = "N")]
+    pub resolve_after: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // clap's own consistency checks: ids, conflicts, value names.
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bad_argument_is_named() {
+        let e = <super::Cli as clap::Parser>::try_parse_from([
+            "vigil-collector",
+            "alerts",
+            "--severity",
+            "urgent",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(e.to_string().contains("--severity"), "{e}");
+    }
+}
