@@ -21,6 +21,7 @@ Exit codes: 0 ok, 1 audit found problems, 2 usage or runtime error, 78 bad confi
 #[derive(Debug, Parser)]
 #[command(
     name = "vigil-collector",
+    version,
     after_help = AFTER_HELP,
     propagate_version = true,
     disable_help_subcommand = true,
