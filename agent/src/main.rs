@@ -85,6 +85,52 @@ fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// `vigil-agent CMD --help`: each command's usage line, then what it does.
+/// The same shape as the collector's clap help, from a parser a few
+/// hundred bytes big (clap would cost more than the agent's size budget
+/// has left: agent/README.md).
+const HELP: &[(&str, &str, &str)] = &[
+    ("keygen", "vigil-agent keygen --state-dir DIR [--if-missing]",
+     "Create this device's key, once, on the device; --if-missing keeps and prints an existing one."),
+    ("id", "vigil-agent id --state-dir DIR",
+     "Print the device id and public key, for `vigil-collector enroll`."),
+    ("sample", "vigil-agent sample [--root DIR] [--json]",
+     "Print one reading of this machine's counters."),
+    ("run", "vigil-agent run [--config FILE] [options]",
+     "Sample, sign and stream to the collector; the options are listed in `vigil-agent --help`."),
+    ("check", "vigil-agent check --config FILE [--root DIR] [--json]",
+     "Integrity and posture once: exit 0 clean, 1 findings, 2 error."),
+    ("manifest", "vigil-agent manifest keygen|build|sign|verify ...",
+     "Signed manifests of files: see `vigil-agent manifest CMD --help`."),
+    ("manifest keygen", "vigil-agent manifest keygen --secret-key FILE --public-key FILE",
+     "A minisign key pair (secret key 0600, no password)."),
+    ("manifest build", "vigil-agent manifest build --root DIR --class firmware|model|config --version N [--include PATH]... [--exclusive DIR]... [--issuer NAME] [--scope NAME] [--model NAME] [--threads N] --out FILE",
+     "Record files, links and directories (SHA-256, size, mode, owner); SOURCE_DATE_EPOCH is honoured."),
+    ("manifest sign", "vigil-agent manifest sign --secret-key FILE MANIFEST",
+     "Write MANIFEST.minisig (minisign format)."),
+    ("manifest verify", "vigil-agent manifest verify --public-key FILE --root DIR [--threads N] [--json] MANIFEST",
+     "Check the tree against the signed manifest: exit 0 clean, 1 findings, 2 error."),
+];
+
+/// The command being parsed (an index into `HELP`, or `usize::MAX` before
+/// one is known), for the usage line of an error.
+static COMMAND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+fn enter(cmd: &str) {
+    if let Some(i) = HELP.iter().position(|h| h.0 == cmd) {
+        COMMAND.store(i, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `--help` of the current command.
+fn help() -> Result<ExitCode, Failure> {
+    match HELP.get(COMMAND.load(std::sync::atomic::Ordering::Relaxed)) {
+        Some((_, usage, what)) => outln!("{what}\n\nUsage: {usage}"),
+        None => outln!("{USAGE}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 enum Failure {
     Usage(String),
     Config(String),
@@ -108,7 +154,15 @@ fn main() -> ExitCode {
     match cli() {
         Ok(code) => code,
         Err(Failure::Usage(m)) => {
-            eprintln!("vigil-agent: {m}\n\n{USAGE}");
+            // clap's shape: the error, the usage line, where help is.
+            let (usage, more) = match HELP.get(COMMAND.load(std::sync::atomic::Ordering::Relaxed)) {
+                Some((cmd, usage, _)) => (*usage, format!("vigil-agent {cmd} --help")),
+                None => (
+                    "vigil-agent <COMMAND> [OPTIONS]",
+                    "vigil-agent --help".into(),
+                ),
+            };
+            eprintln!("error: {m}\n\nUsage: {usage}\n\nFor more information, try '{more}'.");
             ExitCode::from(2)
         }
         Err(Failure::Config(m)) => {
@@ -142,6 +196,7 @@ fn cli() -> Result<ExitCode, Failure> {
         Some(other) => return Err(Failure::Usage(other.unexpected().to_string())),
         None => return Err(Failure::Usage("a command is needed".into())),
     };
+    enter(&cmd);
     match cmd.as_str() {
         "keygen" | "id" => {
             let (mut dir, mut if_missing) = (None, false);
@@ -149,6 +204,7 @@ fn cli() -> Result<ExitCode, Failure> {
                 match a {
                     Long("state-dir") => dir = Some(PathBuf::from(p.value()?)),
                     Long("if-missing") if cmd == "keygen" => if_missing = true,
+                    Long("help") | Short('h') => return help(),
                     other => return Err(Failure::Usage(other.unexpected().to_string())),
                 }
             }
@@ -177,6 +233,7 @@ fn cli() -> Result<ExitCode, Failure> {
                 match a {
                     Long("root") => root = PathBuf::from(p.value()?),
                     Long("json") => json = true,
+                    Long("help") | Short('h') => return help(),
                     other => return Err(Failure::Usage(other.unexpected().to_string())),
                 }
             }
@@ -200,6 +257,7 @@ fn cli() -> Result<ExitCode, Failure> {
                     Long("config") => config = Some(PathBuf::from(p.value()?)),
                     Long("root") => root = Some(PathBuf::from(p.value()?)),
                     Long("json") => json = true,
+                    Long("help") | Short('h') => return help(),
                     other => return Err(Failure::Usage(other.unexpected().to_string())),
                 }
             }
@@ -225,11 +283,13 @@ fn cli() -> Result<ExitCode, Failure> {
             }))
         }
         "run" => {
-            let (cfg, path) = run_config(&mut p)?;
+            let Some((cfg, path)) = run_config(&mut p)? else {
+                return help();
+            };
             stream::run(cfg, path.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(Failure::Usage(format!("unknown command `{other}`"))),
+        other => Err(Failure::Usage(format!("unrecognized subcommand '{other}'"))),
     }
 }
 
@@ -243,7 +303,8 @@ fn collector(cfg: &mut Config) -> &mut Collector {
     })
 }
 
-fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failure> {
+/// `run`'s configuration: the file, then the flags over it; `None` for `--help`.
+fn run_config(p: &mut lexopt::Parser) -> Result<Option<(Config, Option<PathBuf>)>, Failure> {
     use lexopt::prelude::*;
     let mut flags: Vec<(String, Option<String>)> = Vec::new();
     let mut path = None;
@@ -251,6 +312,7 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
         match a {
             Long("config") => path = Some(PathBuf::from(p.value()?)),
             Long(f @ ("insecure-plaintext" | "no-sessions")) => flags.push((f.into(), None)),
+            Long("help") | Short('h') => return Ok(None),
             Long(name) => {
                 let name = name.to_string();
                 let v = p.value()?.string()?;
@@ -310,11 +372,15 @@ fn run_config(p: &mut lexopt::Parser) -> Result<(Config, Option<PathBuf>), Failu
                     })
                     .baud = baud;
             }
-            other => return Err(Failure::Usage(format!("unknown option --{other}"))),
+            other => {
+                return Err(Failure::Usage(format!(
+                    "unexpected argument '--{other}' found"
+                )))
+            }
         }
     }
     cfg.validate().map_err(|e| Failure::Config(e.to_string()))?;
-    Ok((cfg, path))
+    Ok(Some((cfg, path)))
 }
 
 fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
@@ -322,16 +388,19 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
     use vigil_agent::manifest::{self, tool};
     let sub = match p.next()? {
         Some(Value(v)) => v.string()?,
+        Some(Long("help") | Short('h')) => return help(),
         _ => {
             return Err(Failure::Usage(
                 "manifest: keygen, build, sign or verify".into(),
             ))
         }
     };
+    enter(&format!("manifest {sub}"));
     let mut o: std::collections::HashMap<&'static str, String> = Default::default();
     let (mut include, mut exclusive, mut free, mut json) = (vec![], vec![], vec![], false);
     while let Some(a) = p.next()? {
         let key = match a {
+            Long("help") | Short('h') => return help(),
             Long("json") => {
                 json = true;
                 continue;
@@ -479,8 +548,6 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::from(u8::from(!v.findings.is_empty())))
         }
-        other => Err(Failure::Usage(format!(
-            "unknown manifest command `{other}`"
-        ))),
+        other => Err(Failure::Usage(format!("unrecognized subcommand '{other}'"))),
     }
 }

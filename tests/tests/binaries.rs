@@ -31,6 +31,12 @@ fn both_binaries_report_their_versions_and_reject_unknown_commands() {
             Some(2),
             "{name}: unknown command must exit 2"
         );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command `frobnicate`"));
+        // clap's shape, which the agent's small parser keeps too.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("error: unrecognized subcommand 'frobnicate'"),
+            "{name}: {err}"
+        );
+        assert!(err.contains("For more information, try '"), "{name}: {err}");
     }
 }
