@@ -15,9 +15,9 @@ use vigil_protocol::body::{
 };
 
 use crate::config::Config;
-use crate::inventory::fit;
 use crate::manifest::trust::{self, Keys, Refused, Report, SelfCheck, Versions};
 use crate::posture::{self, Check};
+use crate::sample::fit;
 use crate::sample::sockets;
 
 /// What one pass found; `errors` are things that kept a check from running.

@@ -8,7 +8,7 @@ use std::path::Path;
 use vigil_protocol::body::{Hello, Interface, ManifestVersion, MAX_MANIFESTS};
 
 use crate::sample::reading::{read_file, Layout};
-use crate::sample::Issue;
+use crate::sample::{fit, Issue};
 
 /// `PRETTY_NAME` from an os-release file (quotes and escapes removed).
 pub fn pretty_name(text: &str) -> Option<String> {
@@ -52,17 +52,6 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
         *o = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
     (parts.next().is_none() && out != [0; 6]).then_some(out)
-}
-
-/// `s` cut at a character boundary to fit a bounded wire string.
-pub(crate) fn fit<const N: usize>(s: &str) -> heapless::String<N> {
-    let mut out = heapless::String::new();
-    for c in s.chars() {
-        if out.push(c).is_err() {
-            break;
-        }
-    }
-    out
 }
 
 pub struct Inputs<'a> {

@@ -157,7 +157,7 @@ fn server_name(c: &Collector) -> Result<ServerName<'static>, LinkError> {
 /// The agent's TLS crypto: TLS 1.3 suites, X25519 key exchange, and
 /// certificate signatures by Ed25519 or RSA. ECDSA and the NIST curves are
 /// left out on purpose: their precomputed tables alone are ~150 KB of a
-/// binary that must stay under 1.5 MiB (README, "Binary size"). The agent
+/// binary that must stay under 1.5 MiB (cross/README.md, "Release profile"). The agent
 /// has no client key, so it loads none.
 fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::{cipher_suite, kx_group};

@@ -41,7 +41,7 @@ pub(crate) fn object(fields: &[(&str, String)]) -> String {
     format!("{{{}}}", body.join(","))
 }
 
-/// The reading as one JSON object (keys documented in the README).
+/// The reading as one JSON object (keys documented in agent/README.md).
 pub fn json(r: &Reading, issues: &[Issue]) -> String {
     let hz = ticks_per_second();
     let secs = |t: u64| format!("{}", t as f64 / hz);

@@ -8,10 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sample::Samples;
 
-/// Most network interfaces a device reports (inventory and samples).
-pub const MAX_IFACES: usize = 8;
-/// Most block devices a device reports.
-pub const MAX_DISKS: usize = 8;
+pub use crate::sample::{MAX_DISKS, MAX_IFACES};
 /// Most manifests in force at once.
 pub const MAX_MANIFESTS: usize = 8;
 /// Most socket changes in one `Sockets` frame.

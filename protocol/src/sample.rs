@@ -10,10 +10,13 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::body::{MAX_DISKS, MAX_IFACES};
 use crate::varint;
 use crate::MAX_FRAME_LEN;
 
+/// Most network interfaces a device reports (inventory and samples).
+pub const MAX_IFACES: usize = 8;
+/// Most block devices a device reports.
+pub const MAX_DISKS: usize = 8;
 /// Most samples one frame carries.
 pub const MAX_SAMPLES: usize = 16;
 

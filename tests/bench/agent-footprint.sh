@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side footprint benchmark (README, "Agent footprint"): for the same
+# Side-by-side footprint benchmark (tests/README.md, "Agent footprint"): for the same
 # DURATION seconds, on the same machine, at the same time:
 #   * vigil-agent (release) sampling every 1 s, signing, streaming over TLS 1.3
 #     to a local receiver (tests/src/bin/vigil-bench-receiver.rs);

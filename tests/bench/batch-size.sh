@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bytes per second on the wire (TLS records included) for several batch
 # sizes, all agents running side by side for DURATION seconds at a 1 s
-# interval, each to its own receiver. README, "Choosing the batch size".
+# interval, each to its own receiver. tests/README.md, "Choosing the batch size".
 set -euo pipefail
 DURATION=${DURATION:-60}
 cd "$(dirname "$0")/../.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Collector ingest benchmark (README, "Collector throughput"): in one run on
+# Collector ingest benchmark (tests/README.md, "Collector throughput"): in one run on
 # this machine, the release vigil-collector with DEVICES enrolled simulated
 # devices (tests/src/bin/vigil-loadgen.rs: real keys, real signed frames,
 # one TLS 1.3 connection each), measured

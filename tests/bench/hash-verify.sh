@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hashing benchmark (README, "Manifest verification speed"): the same tree
+# Hashing benchmark (tests/README.md, "Manifest verification speed"): the same tree
 # of about 1.15 GB (40,000 small files of 1-32 KiB and four 128 MiB "model"
 # files), page cache warm, verified or hashed by
 #   * vigil-agent manifest verify (release, static musl) with 1 and 2 threads;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start-up benchmark (README, "Start-up"): time from spawning `vigil-agent
+# Start-up benchmark (tests/README.md, "Start-up"): time from spawning `vigil-agent
 # run` to its first signed frame arriving, verified, at a TLS 1.3 receiver on
 # loopback, for the static x86_64 agent and the static aarch64 agent under
 # qemu-aarch64 (user-mode emulation: an upper bound, not a device figure).

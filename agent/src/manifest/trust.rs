@@ -14,7 +14,7 @@ use vigil_protocol::manifest::Manifest;
 use vigil_protocol::minisign::{MinisignError, PublicKey, SignatureFile};
 
 use super::Found;
-use crate::inventory::fit;
+use crate::sample::fit;
 
 /// Highest accepted versions, by (issuer, scope).
 const VERSIONS_FILE: &str = "manifest-versions";

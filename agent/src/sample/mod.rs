@@ -11,6 +11,7 @@ pub mod pressure;
 pub mod proc_stat;
 pub mod reading;
 pub mod sock_diag;
+pub mod socket_row;
 pub mod sockets;
 pub mod uptime;
 
@@ -52,4 +53,15 @@ fn num(file: &'static str, field: &str, s: Option<&str>, issues: &mut Vec<Issue>
             None
         }
     }
+}
+
+/// `s` cut at a character boundary to fit a bounded wire string.
+pub(crate) fn fit<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
 }

@@ -14,20 +14,9 @@ use vigil_protocol::body::{Addr, Change, Endpoint, Proto, SocketChange, SocketKi
 
 use super::Issue;
 
-/// Most distinct entries kept from one table read.
-pub const MAX_ENTRIES: usize = 4096;
+pub use super::socket_row::{Row, MAX_ENTRIES};
 /// Longest /proc/net line read.
 const MAX_LINE: u64 = 512;
-
-/// One row of /proc/net/{tcp,udp}{,6}.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Row {
-    pub local: Endpoint,
-    pub remote: Endpoint,
-    pub state: u8,
-    pub uid: u32,
-    pub inode: u64,
-}
 
 fn endpoint(s: &str) -> Option<Endpoint> {
     let (addr, port) = s.split_once(':')?;
@@ -228,7 +217,7 @@ pub fn snapshot(all: &BTreeSet<Entry>) -> Vec<SocketChange> {
 
 /// One change as the wire carries it.
 pub fn record(change: Change, e: &Entry) -> SocketChange {
-    let process = crate::inventory::fit(&e.process);
+    let process = super::fit(&e.process);
     SocketChange {
         change,
         kind: match e.kind {
@@ -413,4 +402,44 @@ fn process_name(pid_dir: &Path) -> String {
         .ok()
         .and_then(|s| comm_from_stat(&s).map(str::to_string))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod live_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::parse_row;
+
+    #[test]
+    fn live_table_matches_proc_net_tcp() {
+        // Our own listener and an established pair must be there.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_s, _) = l.accept().unwrap();
+        let cport = c.local_addr().unwrap().port();
+        let rows = crate::sample::sock_diag::tcp().expect("sock_diag");
+        assert!(rows
+            .iter()
+            .any(|r| r.state == 10 && r.local.port == port && r.inode != 0));
+        assert!(rows
+            .iter()
+            .any(|r| r.state == 1 && r.local.port == cport && r.remote.port == port));
+        // Listeners agree with /proc/net/tcp{,6} (they do not churn).
+        let mut from_proc = std::collections::BTreeSet::new();
+        for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
+                if let Some(r) = parse_row(line) {
+                    if r.state == 10 {
+                        from_proc.insert((format!("{:?}", r.local), r.inode));
+                    }
+                }
+            }
+        }
+        let from_diag: std::collections::BTreeSet<_> = rows
+            .iter()
+            .filter(|r| r.state == 10)
+            .map(|r| (format!("{:?}", r.local), r.inode))
+            .collect();
+        assert_eq!(from_diag, from_proc);
+    }
 }
