@@ -8,7 +8,8 @@
 //!   for x86_64 and aarch64; `SHA256SUMS`, a size report checked against
 //!   `cross/expected/sizes.txt` (fails above +10 %), a CycloneDX SBOM beside
 //!   each binary, a hardening report checked against
-//!   `cross/expected/hardening.txt`.
+//!   `cross/expected/hardening.txt`; with the collector, its man pages and
+//!   completions (`man`) in `collector-docs/`.
 //! * `smoke [--dist DIR]`: runs each binary on its architecture (qemu-user
 //!   for the foreign ones): `--version`, `sample --json`, a manifest build,
 //!   sign and verify, clean and tampered; then the protocol crate's tests
@@ -21,12 +22,23 @@
 //!   Buildroot recipes agree with the workspace (version, licence checksums,
 //!   the crate list from `Cargo.lock`).
 //! * `recipes`: regenerates the Yocto recipe's crate list from `Cargo.lock`.
+//! * `man [--out DIR]`: the collector's man pages (one per command) and its
+//!   bash, zsh and fish completions, generated from the clap definitions
+//!   the binary parses with (`collector/src/cli/args.rs`, included here), in
+//!   `DIR/man/` and `DIR/completions/` (default `target/dist/collector-docs`);
+//!   `cross/install --collector-docs DIR` installs them. `files` generates
+//!   them too and checks that bash completes a command and groff renders
+//!   every page without a warning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+#[allow(dead_code)] // the types are read only through clap's CommandFactory
+#[path = "../../collector/src/cli/args.rs"]
+mod collector_cli;
 
 /// What is built: binary, target, C compiler, linker, extra rustflags, qemu.
 struct Build {
@@ -100,6 +112,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("readelf", "binutils"),
     ("shellcheck", "shellcheck"),
     ("systemd-analyze", "systemd"),
+    ("groff", "groff-base"),
 ];
 
 /// Highest `systemd-analyze security` exposure accepted for each unit.
@@ -384,6 +397,9 @@ fn dist(out: &Path, only: Option<&str>) -> Result<()> {
         sizes.push_str(&format!("{} {} {len}\n", b.bin, b.target));
         hard.push_str(&format!("{} {} {}\n", b.bin, b.target, hardening(&dest)?));
         std::fs::write(out.join(format!("{name}.cdx.json")), sbom(b.bin, b.target)?)?;
+    }
+    if selected(only).any(|b| b.bin == "vigil-collector") {
+        man(&out.join("collector-docs"))?;
     }
     std::fs::write(out.join("SHA256SUMS"), &sums)?;
     std::fs::write(out.join("hardening.txt"), &hard)?;
@@ -683,6 +699,7 @@ fn check_recipes() -> Result<()> {
 fn files() -> Result<()> {
     install()?;
     check_recipes()?;
+    let docs = check_man()?;
     let cross = workspace().join("cross");
     for script in ["install", "sysvinit/vigil-agent"] {
         let path = cross.join(script);
@@ -705,7 +722,22 @@ fn files() -> Result<()> {
         .arg("--agent")
         .arg(&true_)
         .arg("--collector")
-        .arg(&true_))?;
+        .arg(&true_)
+        .arg("--collector-docs")
+        .arg(&docs))?;
+    for f in [
+        "usr/share/man/man1/vigil-collector.1",
+        "usr/share/man/man1/vigil-collector-serve.1",
+        "usr/share/bash-completion/completions/vigil-collector",
+        "usr/share/zsh/vendor-completions/_vigil-collector",
+        "usr/share/fish/vendor_completions.d/vigil-collector.fish",
+    ] {
+        if !stage.join(f).is_file() {
+            bail!("cross/install --collector-docs did not install /{f}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&docs);
+    eprintln!("xtask: cross/install puts the collector's man pages and completions in place");
     std::fs::copy("/bin/kill", stage.join("bin/kill"))?;
     let units = stage.join("usr/lib/systemd/system");
     for entry in std::fs::read_dir("/usr/lib/systemd/system")? {
@@ -763,6 +795,95 @@ fn files() -> Result<()> {
     Ok(())
 }
 
+/// Writes the collector's man pages and completions under `out`; returns
+/// the man pages written.
+fn man(out: &Path) -> Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    let cmd = collector_cli::Cli::command().version(env!("CARGO_PKG_VERSION"));
+    let man_dir = out.join("man");
+    let comp_dir = out.join("completions");
+    std::fs::create_dir_all(&man_dir)?;
+    std::fs::create_dir_all(&comp_dir)?;
+    let mut pages = Vec::new();
+    // One page for the command, one per subcommand (`vigil-collector-serve.1`, ...).
+    fn write_pages(
+        cmd: &clap::Command,
+        name: &str,
+        dir: &Path,
+        pages: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let cmd = cmd.clone().name(name.to_string());
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, buf)?;
+        pages.push(path);
+        for sub in cmd.get_subcommands() {
+            write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, pages)?;
+        }
+        Ok(())
+    }
+    write_pages(&cmd, "vigil-collector", &man_dir, &mut pages)?;
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "vigil-collector.bash"),
+        (clap_complete::Shell::Zsh, "_vigil-collector"),
+        (clap_complete::Shell::Fish, "vigil-collector.fish"),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "vigil-collector", &mut buf);
+        std::fs::write(comp_dir.join(file), buf)?;
+    }
+    eprintln!(
+        "xtask: {} man pages and 3 completions in {}",
+        pages.len(),
+        out.display()
+    );
+    Ok(pages)
+}
+
+/// Generates the man pages and completions and checks them: bash completes
+/// `vigil-collector bas` to `baseline` and `serve --sink-` to the three
+/// sinks; groff renders every page with no warning. Returns their folder.
+fn check_man() -> Result<PathBuf> {
+    let out = std::env::temp_dir().join(format!("vigil-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let pages = man(&out)?;
+    let script = out.join("completions/vigil-collector.bash");
+    let complete = |words: &str| -> Result<String> {
+        let o = run(Command::new("bash").arg("-c").arg(format!(
+            "source '{}'; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _vigil-collector vigil-collector \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        )))?;
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let got = complete("vigil-collector bas")?;
+    if got.trim() != "baseline" {
+        bail!("bash completion of `vigil-collector bas`: {got:?}, not baseline");
+    }
+    let got = complete("vigil-collector serve --sink-")?;
+    for want in ["--sink-json", "--sink-syslog", "--sink-cef"] {
+        if !got.lines().any(|l| l == want) {
+            bail!("bash completion of `serve --sink-` lacks {want}: {got:?}");
+        }
+    }
+    for page in &pages {
+        let o = run(Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(page))?;
+        let warnings = String::from_utf8_lossy(&o.stderr);
+        if !warnings.trim().is_empty() {
+            bail!("groff warns on {}:\n{warnings}", page.display());
+        }
+    }
+    eprintln!(
+        "xtask: man pages render with groff, bash completes commands and flags ({} pages)",
+        pages.len()
+    );
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_env();
@@ -770,13 +891,15 @@ fn main() -> Result<()> {
         Some(Value(v)) => v.string()?,
         _ => bail!(
             "usage: cargo run -p xtask -- dist [--out DIR] [--only agent|collector] \
-             | smoke [--dist DIR] [--only agent|collector] | files | recipes"
+             | smoke [--dist DIR] [--only agent|collector] | files | recipes | man [--out DIR]"
         ),
     };
     let mut dir = workspace().join("target/dist");
+    let mut out = None;
     let mut only = None;
     while let Some(a) = p.next()? {
         match a {
+            Long("out") if task == "man" => out = Some(PathBuf::from(p.value()?)),
             Long("out") | Long("dist") => dir = PathBuf::from(p.value()?),
             Long("only") => {
                 let o = p.value()?.string()?;
@@ -797,6 +920,7 @@ fn main() -> Result<()> {
             eprintln!("xtask: wrote {CRATES_INC}");
             Ok(())
         }
-        other => bail!("unknown task `{other}`: dist, smoke, files or recipes"),
+        "man" => man(&out.unwrap_or_else(|| dir.join("collector-docs"))).map(|_| ()),
+        other => bail!("unknown task `{other}`: dist, smoke, files, recipes or man"),
     }
 }

@@ -15,6 +15,9 @@ pub fn run(
 ) -> anyhow::Result<()> {
     match command {
         None => {
+            if g.json && record.csv {
+                return Err(usage("--csv and --json: choose one"));
+            }
             let (from, to) = range(&record.range)?;
             let format = if g.json {
                 "json"

@@ -300,8 +300,8 @@ pub struct AccessRecord {
     pub device: Option<String>,
     #[command(flatten)]
     pub range: Range,
-    /// Print CSV instead of a table.
-    #[arg(long, conflicts_with = "json")]
+    /// Print CSV instead of a table (not with --json).
+    #[arg(long)]
     pub csv: bool,
 }
 
