@@ -347,3 +347,38 @@ fn the_link_check_sees_a_broken_link() {
     assert_eq!(checked, 4);
     assert_eq!(broken.len(), 2, "{broken:?}");
 }
+
+#[test]
+fn every_alert_rule_says_what_to_do() {
+    // The rule catalogue (`NAME = "id", Severity, ...` in alert.rs) against
+    // the operator's guide's "What to do about each alert" table.
+    let catalogue = std::fs::read_to_string(root().join("collector/src/alert.rs")).unwrap();
+    let rules: Vec<&str> = catalogue
+        .lines()
+        .filter_map(|l| l.trim().split_once(" = \"")?.1.split_once('"'))
+        .map(|(id, _)| id)
+        .filter(|id| id.contains('.'))
+        .collect();
+    assert!(
+        rules.len() >= 25,
+        "only {} rules found: {rules:?}",
+        rules.len()
+    );
+    let guide = std::fs::read_to_string(root().join("collector/README.md")).unwrap();
+    let table = guide
+        .split_once("## What to do about each alert")
+        .map(|(_, t)| t.split("\n## ").next().unwrap_or(""))
+        .unwrap_or("");
+    let missing: Vec<&&str> = rules
+        .iter()
+        .filter(|r| {
+            !table
+                .lines()
+                .any(|l| l.starts_with('|') && l.contains(&format!("`{r}`")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no row in collector/README.md for {missing:?}"
+    );
+}
