@@ -538,6 +538,7 @@ fn send_sessions(shared: &Shared, report: crate::sessions::Report) {
     if !report.snapshot && report.events.is_empty() {
         return;
     }
+    // Logged by key, never by user name: the user is in the signed frame.
     for e in &report.events {
         match e {
             vigil_protocol::body::SessionEvent::LogTampered(t) => log::warn!(
@@ -548,17 +549,17 @@ fn send_sessions(shared: &Shared, report: crate::sessions::Report) {
                 t.actual_len
             ),
             vigil_protocol::body::SessionEvent::Opened(s) => log::info!(
-                "session opened: {} {} on {} ({}, pid {})",
+                "session opened: {} {:016x} on {} ({}, pid {})",
                 s.kind.name(),
-                s.user,
+                s.key,
                 s.terminal,
                 s.process,
                 s.pid
             ),
             vigil_protocol::body::SessionEvent::Closed { session: s, .. } => log::info!(
-                "session closed: {} {} on {} ({}, pid {})",
+                "session closed: {} {:016x} on {} ({}, pid {})",
                 s.kind.name(),
-                s.user,
+                s.key,
                 s.terminal,
                 s.process,
                 s.pid
