@@ -357,6 +357,18 @@ mod tests {
         vec![(seq % 251) as u8; len]
     }
 
+    /// A frame whose every byte depends on its sequence number and its
+    /// position, so a wrap that swaps, drops or shifts a piece shows.
+    fn distinct(seq: u64, len: usize) -> Vec<u8> {
+        (0..len as u64)
+            .map(|i| {
+                (seq.wrapping_mul(0x9E37_79B9)
+                    .wrapping_add(i.wrapping_mul(0x85EB_CA6B))
+                    >> 11) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn sends_in_sequence_order_across_rings_and_resends_after_rewind() {
         let mut q = Queue::new();
@@ -380,13 +392,19 @@ mod tests {
         let mut q = Queue::new();
         // Push three ring-fulls: eviction makes the byte ring wrap many times.
         let n = 3 * ROUTINE_BYTES as u64 / 333;
+        let f = distinct(0, 333);
+        assert!(
+            f.windows(2).filter(|w| w[0] == w[1]).count() < 20,
+            "not distinct"
+        );
+        assert_ne!(distinct(0, 333), distinct(1, 333));
         for s in 0..n {
-            q.push(s, BodyKind::Samples, 1, &frame(s, 333)).unwrap();
+            q.push(s, BodyKind::Samples, 1, &distinct(s, 333)).unwrap();
         }
         let mut out = Vec::new();
         let mut sent = 0;
         while let Some(s) = q.next_to_send(&mut out) {
-            assert_eq!(out, frame(s, 333), "frame {s}");
+            assert_eq!(out, distinct(s, 333), "frame {s}");
             sent += 1;
         }
         assert_eq!(sent, q.stats().frames);

@@ -156,14 +156,12 @@ fn access(c: &Collector) -> Vec<Value> {
 #[test]
 fn vendor_sessions_are_recorded_checked_against_policy_and_tied_to_the_network_view() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipped: sshd, users and network namespaces need root (CI runs the tests as root)"
+        return vigil_tests::cannot_run(
+            "sshd, users and network namespaces need root (CI runs the tests as root)",
         );
-        return;
     }
     if let Some(why) = missing_tools() {
-        eprintln!("skipped: {why}");
-        return;
+        return vigil_tests::cannot_run(&why);
     }
     let net = match Net::create(&Plan {
         tag: "va",
@@ -175,8 +173,9 @@ fn vendor_sessions_are_recorded_checked_against_policy_and_tied_to_the_network_v
     }) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("skipped: cannot create network namespaces here ({e})");
-            return;
+            return vigil_tests::cannot_run(&format!(
+                "cannot create network namespaces here ({e})"
+            ));
         }
     };
     let dir = tempdir("access");

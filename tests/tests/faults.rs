@@ -613,8 +613,9 @@ fn a_noisy_serial_line_costs_resends_never_a_bad_or_missing_record() {
 fn a_veth_set_down_for_less_than_the_queue_holds_loses_nothing() {
     use vigil_tests::netns::{self, Net, Plan};
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: network namespaces need root (run the tests as root, as CI does)");
-        return;
+        return vigil_tests::cannot_run(
+            "network namespaces need root (run the tests as root, as CI does)",
+        );
     }
     let (device_addr, hospital) = ("10.78.0.2", "10.78.0.1");
     let net = match Net::create(&Plan {
@@ -627,8 +628,9 @@ fn a_veth_set_down_for_less_than_the_queue_holds_loses_nothing() {
     }) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("skipped: cannot create network namespaces here ({e})");
-            return;
+            return vigil_tests::cannot_run(&format!(
+                "cannot create network namespaces here ({e})"
+            ));
         }
     };
     let (agent_dir, state, id) = device("faults-veth");

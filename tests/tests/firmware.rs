@@ -312,7 +312,9 @@ fn aarch64_agent(dist: &Path) -> Command {
 }
 
 fn skipped(test: &str) {
-    eprintln!("{test}: skipped: needs VIGIL_DIST (cargo run -p xtask -- dist; CI sets it)");
+    vigil_tests::cannot_run(&format!(
+        "{test}: needs VIGIL_DIST (cargo run -p xtask -- dist; .ci/test sets it)"
+    ));
 }
 
 #[test]
@@ -474,8 +476,27 @@ fn a_signed_arm64_image_is_clean_and_its_tampering_reaches_the_collector() {
             .contains("bookworm"),
         "{d:#}"
     );
-    // Let the first pass's frames arrive, then: nothing found.
-    std::thread::sleep(Duration::from_secs(2));
+    // The first pass's reports are in the archive (the two manifests'
+    // Integrity frames and the Posture frame; each frame's alerts commit
+    // with it), then: nothing found. The tampering below is the positive
+    // control: the same pipeline then raises both kinds.
+    let stored = |kind: &str| -> i64 {
+        rusqlite::Connection::open(cstate.join("vigil.sqlite"))
+            .and_then(|db| {
+                db.query_row("SELECT count(*) FROM frames WHERE kind = ?1", [kind], |r| {
+                    r.get(0)
+                })
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        c.wait_for(Duration::from_secs(120), |_| stored("integrity") >= 2
+            && stored("posture") >= 1),
+        "the first guard pass never reached the archive: {} integrity, {} posture frames\n{}",
+        stored("integrity"),
+        stored("posture"),
+        logged()
+    );
     assert_eq!(
         alerts_with(&c, "integrity.finding", ""),
         0,

@@ -167,8 +167,9 @@ fn delay(a: &Value, start_ms: u64) -> i64 {
 #[test]
 fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: network namespaces need root (run the tests as root, as CI does)");
-        return;
+        return vigil_tests::cannot_run(
+            "network namespaces need root (run the tests as root, as CI does)",
+        );
     }
     let net = match Net::create(&Plan {
         tag: "vg",
@@ -180,8 +181,9 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
     }) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("skipped: cannot create network namespaces here ({e})");
-            return;
+            return vigil_tests::cannot_run(&format!(
+                "cannot create network namespaces here ({e})"
+            ));
         }
     };
     let dir = tempdir("scenarios");

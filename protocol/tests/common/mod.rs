@@ -265,6 +265,68 @@ pub fn heartbeat() -> Heartbeat {
     }
 }
 
+/// A vendor's ssh login, the root shell started from it and closed, and a
+/// rewritten login history: every kind of session event.
+pub fn sessions() -> Sessions {
+    fn hs<const N: usize>(t: &str) -> HString<N> {
+        HString::try_from(t).unwrap()
+    }
+    let login = Session {
+        key: 0x5eed_0000_0000_0001,
+        kind: SessionKind::Remote,
+        user: hs("vendor"),
+        uid: Some(1001),
+        terminal: hs("pts/0"),
+        remote: Some(Endpoint {
+            addr: Addr::V4([10, 78, 1, 5]),
+            port: 50_514,
+        }),
+        process: hs("sshd"),
+        pid: 4_242,
+        command: hs(""),
+        parent: None,
+        by_user: hs(""),
+        started_s: 1_795_948_700,
+        source: SessionSource::Processes,
+    };
+    let root = Session {
+        key: 0x5eed_0000_0000_0002,
+        kind: SessionKind::Privileged,
+        user: hs("root"),
+        uid: Some(0),
+        terminal: hs("pts/0"),
+        remote: None,
+        process: hs("sudo"),
+        pid: 4_300,
+        command: hs("bash"),
+        parent: Some(login.key),
+        by_user: hs("vendor"),
+        started_s: 1_795_948_710,
+        source: SessionSource::Processes,
+    };
+    let mut events = HVec::new();
+    events.push(SessionEvent::Opened(login)).unwrap();
+    events
+        .push(SessionEvent::Closed {
+            session: root,
+            ended_s: 1_795_948_720,
+        })
+        .unwrap();
+    events
+        .push(SessionEvent::LogTampered(LogTamper {
+            path: hs("/var/log/wtmp"),
+            kind: TamperKind::Rewritten,
+            expected_len: 3_840,
+            actual_len: 3_840,
+        }))
+        .unwrap();
+    Sessions {
+        snapshot: false,
+        continued: false,
+        events,
+    }
+}
+
 /// One example of every body, in wire-tag order, with its file stem.
 pub fn every_body() -> Vec<(&'static str, Body)> {
     vec![
@@ -278,6 +340,7 @@ pub fn every_body() -> Vec<(&'static str, Body)> {
         ("posture", Body::Posture(posture())),
         ("gap", Body::Gap(gap())),
         ("heartbeat", Body::Heartbeat(heartbeat())),
+        ("sessions", Body::Sessions(sessions())),
     ]
 }
 
