@@ -441,6 +441,11 @@ fn default_baud() -> u32 {
     115_200
 }
 
+/// Longest `limits.handshake_timeout_s` accepted.
+pub const MAX_HANDSHAKE_TIMEOUT_S: u64 = 60;
+/// Longest `limits.idle_timeout_s` accepted.
+pub const MAX_IDLE_TIMEOUT_S: u64 = 3600;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -561,6 +566,10 @@ impl Config {
     }
 
     /// Checks the combination of options; names the offending field.
+    ///
+    /// The timeouts' upper bounds: a TLS handshake takes milliseconds even
+    /// on a slow device, and an agent sends a frame at least every
+    /// `batch * interval_ms` (10 s by default).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field, message: &str| {
             Err(ConfigError::Invalid {
@@ -593,8 +602,19 @@ impl Config {
         if l.frames_per_s == 0 {
             return bad("limits.frames_per_s", "must be at least 1");
         }
-        if l.handshake_timeout_s == 0 || l.idle_timeout_s == 0 {
-            return bad("limits.idle_timeout_s", "timeouts must be at least 1 s");
+        // A timeout is the slow-client defence: zero would close every
+        // connection, a huge one would switch the defence off.
+        if !(1..=MAX_HANDSHAKE_TIMEOUT_S).contains(&l.handshake_timeout_s) {
+            return bad(
+                "limits.handshake_timeout_s",
+                &format!("must be within 1..={MAX_HANDSHAKE_TIMEOUT_S} s"),
+            );
+        }
+        if !(1..=MAX_IDLE_TIMEOUT_S).contains(&l.idle_timeout_s) {
+            return bad(
+                "limits.idle_timeout_s",
+                &format!("must be within 1..={MAX_IDLE_TIMEOUT_S} s (the time a connection may go without a complete frame)"),
+            );
         }
         if self.retention_days == 0 {
             return bad("retention_days", "must be at least 1");
@@ -609,6 +629,22 @@ impl Config {
             if let Sink::Cef { address, path, .. } = s {
                 if address.is_some() == path.is_some() {
                     return bad("sinks", "a cef sink takes exactly one of address or path");
+                }
+            }
+            // A file sink in a folder that does not exist would fail at
+            // every event; say so at start instead.
+            let file = match s {
+                Sink::Json { path } => Some(path),
+                Sink::Cef { path: Some(p), .. } => Some(p),
+                _ => None,
+            };
+            if let Some(p) = file.filter(|p| p.as_os_str() != "-") {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                if dir.is_some_and(|d| !d.is_dir()) {
+                    return bad(
+                        "sinks",
+                        &format!("{}: its folder does not exist", p.display()),
+                    );
                 }
             }
         }
@@ -656,6 +692,62 @@ mod tests {
             "collector_config",
             fuzz,
         );
+    }
+
+    #[test]
+    fn timeouts_out_of_range_name_their_own_field() {
+        for (text, field) in [
+            (
+                "[limits]\nhandshake_timeout_s = 0\n",
+                "limits.handshake_timeout_s",
+            ),
+            (
+                "[limits]\nhandshake_timeout_s = 61\n",
+                "limits.handshake_timeout_s",
+            ),
+            ("[limits]\nidle_timeout_s = 0\n", "limits.idle_timeout_s"),
+            (
+                "[limits]\nidle_timeout_s = 1000000\n",
+                "limits.idle_timeout_s",
+            ),
+        ] {
+            let c = Config::parse(text).unwrap();
+            match c.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let ok =
+            Config::parse("[limits]\nhandshake_timeout_s = 60\nidle_timeout_s = 3600\n").unwrap();
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn a_file_sink_in_a_missing_folder_is_refused() {
+        let mut c = Config::default();
+        c.sinks.push(Sink::Json {
+            path: "/nonexistent-vigil-dir/alerts.jsonl".into(),
+        });
+        match c.validate() {
+            Err(ConfigError::Invalid { field, message }) => {
+                assert_eq!(field, "sinks");
+                assert!(
+                    message.contains("/nonexistent-vigil-dir/alerts.jsonl"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        c.sinks = vec![
+            Sink::Json { path: "-".into() },
+            Sink::Json {
+                path: std::env::temp_dir().join("alerts.jsonl"),
+            },
+            Sink::Json {
+                path: "alerts.jsonl".into(),
+            },
+        ];
+        c.validate().unwrap();
     }
 
     #[test]

@@ -165,6 +165,14 @@ impl<const N: usize> FrameDecoder<N> {
         self.stats
     }
 
+    /// The frame being received is already larger than the maximum and no
+    /// delimiter has ended it yet: a stream transport can give up on the
+    /// peer now instead of reading on until a delimiter that may never come
+    /// (a serial line just resynchronises at the next one).
+    pub fn in_oversize_frame(&self) -> bool {
+        self.skipping == Some(FrameError::Oversize)
+    }
+
     /// Consumes bytes from the front of `input` until one frame completes or
     /// `input` is empty. Returns the frame, or the reason it was dropped, or
     /// `None` when more input is needed.

@@ -95,6 +95,30 @@ fn oversize_frames_are_rejected_by_parser_and_decoder() {
 }
 
 #[test]
+fn a_frame_without_a_delimiter_is_known_oversize_before_it_ends() {
+    let mut dec = FrameDecoder::<MAX_FRAME_LEN>::new();
+    // Up to the maximum, nothing is known yet.
+    let mut input: &[u8] = &[0xffu8; MAX_FRAME_LEN];
+    assert!(dec.feed(&mut input).is_none());
+    assert!(!dec.in_oversize_frame());
+    // Past it, with no delimiter in sight, it is.
+    let mut more: &[u8] = &[0xffu8; 64];
+    assert!(dec.feed(&mut more).is_none());
+    assert!(dec.in_oversize_frame());
+    // The delimiter ends it as an oversize frame and the next one decodes.
+    let good = to_wire(&signed(&key(7), 0, Body::Heartbeat(heartbeat()))).unwrap();
+    let mut rest = vec![0u8];
+    rest.extend_from_slice(&good);
+    let mut rest: &[u8] = &rest;
+    assert_eq!(
+        dec.feed(&mut rest).map(|r| r.err()),
+        Some(Some(FrameError::Oversize))
+    );
+    assert!(!dec.in_oversize_frame());
+    assert!(dec.feed(&mut rest).unwrap().is_ok());
+}
+
+#[test]
 fn version_other_than_ours_is_rejected() {
     let mut frame = signed(&key(7), 0, Body::Heartbeat(heartbeat()));
     frame[0] = VERSION + 1;

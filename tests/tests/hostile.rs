@@ -265,3 +265,142 @@ fn the_collector_holds_under_bulk_hostile_input_while_an_agent_streams() {
         "the victim's 21 frames, stored once whatever was replayed"
     );
 }
+
+/// Connections that trickle bytes and never finish a frame, and one that
+/// sends a frame without end: the collector closes each (a connection must
+/// complete a frame within `idle_timeout_s`; a frame past the maximum is
+/// cut off without waiting for its delimiter), and an agent streaming
+/// beside them keeps being stored and acknowledged.
+#[test]
+fn trickling_clients_and_an_endless_frame_are_cut_off_while_an_agent_streams() {
+    const TRICKLERS: usize = 300;
+    const IDLE_S: u64 = 3;
+    raise_fd_limit(4 * TRICKLERS as u64);
+    let dir = tempdir("trickle");
+    let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = keygen(&agent_dir);
+    let good = vigil_protocol::DeviceId::of(&key).to_string();
+    vigil_tests::collector::enroll(&state, &key, "good", "");
+    let c = Collector::start(
+        &state,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--plain-listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--idle-timeout-s",
+            &IDLE_S.to_string(),
+        ],
+    );
+    let (tls, plain, metrics) = (
+        c.tls.clone().unwrap(),
+        c.plain.clone().unwrap(),
+        c.metrics.clone().unwrap(),
+    );
+    let agent = Agent::start(&[
+        "--state-dir",
+        agent_dir.to_str().unwrap(),
+        "--collector",
+        &tls,
+        "--pin",
+        c.pin.as_deref().unwrap(),
+        "--interval-ms",
+        "100",
+        "--batch",
+        "1",
+        "--no-sessions",
+    ]);
+    let stored = |c: &Collector| {
+        c.device(&good)
+            .map_or(0, |d| d["frames_received"].as_u64().unwrap_or(0))
+    };
+    assert!(c.wait_for(Duration::from_secs(30), |c| stored(c) >= 10));
+    let rss_before = rss_kib(c.pid());
+    let frames_before = stored(&c);
+    let timeouts_before = metric(&metrics, "vigil_collector_idle_timeouts_total");
+
+    // The tricklers: one non-zero byte each every 200 ms, never a delimiter.
+    // Before, any byte reset the idle timer and they stayed for ever.
+    let mut conns: Vec<TcpStream> = (0..TRICKLERS)
+        .map(|_| TcpStream::connect(&plain).unwrap())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut closed = vec![false; conns.len()];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (s, done) in conns.iter_mut().zip(closed.iter_mut()) {
+                    if !*done && s.write_all(&[0x05]).is_err() {
+                        *done = true;
+                    }
+                }
+                if closed.iter().all(|d| *d) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            closed.iter().filter(|d| **d).count()
+        })
+    };
+
+    // The endless frame: 0x55 without a delimiter, up to 256 MiB.
+    let mut endless = TcpStream::connect(&plain).unwrap();
+    endless
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let chunk = vec![0x55u8; 64 * 1024];
+    let mut written = 0usize;
+    let cut_off = loop {
+        match endless.write(&chunk) {
+            Ok(n) => written += n,
+            Err(_) => break true,
+        }
+        if written >= 256 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        cut_off,
+        "a frame without a delimiter was read on for {written} bytes"
+    );
+
+    // Every trickler is closed by the collector; only the agent's
+    // connection stays.
+    let all_closed = c.wait_for(Duration::from_secs(120), |_| {
+        metric(&metrics, "vigil_collector_connections_open") <= 1.0
+            && metric(&metrics, "vigil_collector_idle_timeouts_total") - timeouts_before
+                >= TRICKLERS as f64
+    });
+    let open = metric(&metrics, "vigil_collector_connections_open");
+    let rss_during = rss_kib(c.pid());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let closed_seen = trickler.join().unwrap();
+    assert!(
+        all_closed,
+        "{open} connections still open, {} timeouts",
+        metric(&metrics, "vigil_collector_idle_timeouts_total") - timeouts_before
+    );
+    let during = stored(&c) - frames_before;
+    let (code, log) = agent.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("0 frames left unacknowledged"), "{log}");
+    eprintln!(
+        "{TRICKLERS} tricklers closed ({closed_seen} saw it from their side), the endless frame cut \
+         off after {written} bytes written, the agent had {during} frames stored meanwhile; \
+         collector RSS {} MiB before, {} MiB during",
+        rss_before / 1024,
+        rss_during / 1024
+    );
+    assert!(during >= 10, "the agent's stream stalled: {during} frames");
+    assert!(
+        rss_during / 1024 < RSS_BOUND_MIB,
+        "{} MiB",
+        rss_during / 1024
+    );
+    assert_eq!(c.cli(&["audit"]).status.code(), Some(0));
+}

@@ -127,6 +127,18 @@ impl Session {
             && !matches!(ctx.registry.get(&h.device), Some((key, _)) if sf.verify(&key).is_ok())
     }
 
+    /// Frames that ended on this connection so far, good or not: what a
+    /// connection must keep producing to stay open.
+    pub fn completed(&self) -> u64 {
+        let s = self.decoder.stats();
+        s.frames + s.corrupt + s.oversize
+    }
+
+    /// The frame being received is already over the maximum size.
+    pub fn in_oversize_frame(&self) -> bool {
+        self.decoder.in_oversize_frame()
+    }
+
     fn raise(&mut self, fed: &mut Fed, r: Raise) {
         if self.raised < MAX_RAISES_PER_CONNECTION {
             self.raised += 1;
@@ -346,8 +358,12 @@ impl Pace {
     }
 }
 
-/// Serves one TCP or TLS stream until the peer leaves, idles out, breaks a
-/// rule or the collector stops.
+/// Serves one TCP or TLS stream until the peer leaves, stops making
+/// progress, breaks a rule or the collector stops. Progress is a complete
+/// frame (delimiter-ended) within `idle_timeout_s` of the last one (or of
+/// the handshake): bytes alone do not count, so a peer trickling one byte
+/// at a time cannot hold a connection. A frame that grows past the maximum
+/// size ends the connection at once, without waiting for its delimiter.
 pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     peer: Arc<str>,
@@ -358,12 +374,14 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 16 * 1024];
     let mut pace = Pace::new(ctx.limits.frames_per_s);
     let idle = Duration::from_secs(ctx.limits.idle_timeout_s);
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let mut completed = 0;
     loop {
         if *stop.borrow() {
             break;
         }
         let n = tokio::select! {
-            r = tokio::time::timeout(idle, s.read(&mut buf)) => match r {
+            r = tokio::time::timeout_at(deadline, s.read(&mut buf)) => match r {
                 Err(_) => { ctx.metrics.timeouts.fetch_add(1, Relaxed); break }
                 Ok(Ok(0) | Err(_)) => break,
                 Ok(Ok(n)) => n,
@@ -374,6 +392,16 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let mut fed = session.feed(&mut buf.get(..n).unwrap_or(&[]), &ctx);
         for r in fed.raises.drain(..) {
             ctx.raise(r);
+        }
+        if session.completed() > completed {
+            completed = session.completed();
+            deadline = tokio::time::Instant::now() + idle;
+        }
+        if session.in_oversize_frame() {
+            // Counted once, here: the frame never reaches the decoder's end.
+            reject(&ctx.metrics, &peer, "oversize", None);
+            log::debug!("{peer}: a frame past the maximum size, no delimiter: closing");
+            break;
         }
         let frames = fed.frames.len();
         let close = fed.close;
