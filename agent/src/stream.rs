@@ -33,6 +33,12 @@ const RESEND_AFTER: Duration = Duration::from_secs(3);
 const RESEND_MAX: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// After a session that ended without an ack releasing anything (refused:
+/// a pending or revoked key; closed after the Hello; no ack at all), the
+/// next attempt waits this long, doubling (with jitter) up to
+/// `NO_PROGRESS_MAX`. Reset only by progress, never by a connect alone.
+const NO_PROGRESS_MIN: Duration = Duration::from_secs(1);
+const NO_PROGRESS_MAX: Duration = Duration::from_secs(120);
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -112,6 +118,28 @@ impl Shared {
     }
 
     /// Sleeps up to `d`, returning early when stopping.
+    /// Waits `d` for a backoff: early only to stop or for a configuration
+    /// change, not for the frames queued meanwhile (which wake `sleep`).
+    fn back_off(&self, d: Duration) {
+        let end = Instant::now() + d;
+        let mut guard = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while !self.stop.load(Ordering::SeqCst) && !self.reconnect.load(Ordering::SeqCst) {
+            let Some(left) = end
+                .checked_duration_since(Instant::now())
+                .filter(|l| !l.is_zero())
+            else {
+                break;
+            };
+            guard = match self.wake.wait_timeout(guard, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
     fn sleep(&self, d: Duration) {
         let guard = self
             .config
@@ -640,6 +668,9 @@ fn link_loop(shared: &Shared) {
     let mut failures = 0u32;
     let mut flush_deadline: Option<Instant> = None;
     let mut last_warn: Option<Instant> = None;
+    let mut refused = NO_PROGRESS_MIN;
+    // Why sessions end without progress, since they started to: said once.
+    let mut last_reason: Option<String> = None;
     loop {
         // Connect with something to send: the first frame (Hello) then
         // leaves at once, not after a read timeout on an idle link. A
@@ -662,7 +693,9 @@ fn link_loop(shared: &Shared) {
         });
         match opened {
             Ok(mut link) => {
-                if failures > 0 {
+                if last_reason.is_some() {
+                    log::debug!("connected");
+                } else if failures > 0 {
                     log::info!("connected after {failures} failed attempts");
                 } else {
                     log::info!("connected");
@@ -670,10 +703,36 @@ fn link_loop(shared: &Shared) {
                 failures = 0;
                 last_warn = None;
                 backoff = BACKOFF_MIN;
-                match session(shared, &mut link, &mut flush_deadline) {
-                    Ok(()) => return,
-                    Err(e) => log::warn!("link lost: {e}"),
+                let mut progressed = false;
+                let result = session(shared, &mut link, &mut flush_deadline, &mut progressed);
+                if let Ok(()) = result {
+                    return;
                 }
+                let e = result.err().map(|e| e.to_string()).unwrap_or_default();
+                if progressed {
+                    log::warn!("link lost: {e}");
+                    refused = NO_PROGRESS_MIN;
+                    last_reason = None;
+                    continue;
+                }
+                if shared.stop.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let wait = jitter(refused);
+                // Said once when the sessions start ending like this, not
+                // per attempt, nor when only the socket error differs.
+                if last_reason.is_none() {
+                    log::warn!(
+                        "the collector ended the session before acknowledging anything ({e}): \
+                         retrying with backoff up to {} s (a pending device waits for approval)",
+                        NO_PROGRESS_MAX.as_secs()
+                    );
+                    last_reason = Some(e);
+                } else {
+                    log::debug!("session ended without progress again: retrying in {wait:?}");
+                }
+                shared.back_off(wait);
+                refused = (refused * 2).min(NO_PROGRESS_MAX);
             }
             Err(e) => {
                 failures += 1;
@@ -695,11 +754,13 @@ fn link_loop(shared: &Shared) {
 }
 
 /// One connection: resend everything unacked, then send new frames as they
-/// come and apply acks. `Ok` means stopped cleanly; `Err` means reconnect.
+/// come and apply acks. `Ok` means stopped cleanly; `Err` means reconnect;
+/// `progressed` says whether an ack released any frame.
 fn session(
     shared: &Shared,
     link: &mut Link,
     flush_deadline: &mut Option<Instant>,
+    progressed: &mut bool,
 ) -> std::io::Result<()> {
     let (device, boot) = {
         let mut st = shared.lock();
@@ -731,6 +792,7 @@ fn session(
                     if released > 0 {
                         progress = Instant::now();
                         resend_after = RESEND_AFTER;
+                        *progressed = true;
                     }
                 }
                 Some(Ok(a)) => log::warn!("ignored an ack for device {} boot {}", a.device, a.boot),

@@ -694,3 +694,126 @@ fn a_veth_set_down_for_less_than_the_queue_holds_loses_nothing() {
         log.lines().filter(|l| l.ends_with(": connected")).count()
     );
 }
+
+/// A pending agent and a revoked one, refused at every connection, back off
+/// instead of storming the collector, and an approved agent beside them
+/// still connects at once. Before: one agent made ~21,000 TLS connections
+/// in 15 s (its backoff was reset by every successful connect) and its
+/// alert row was updated at each.
+#[test]
+fn refused_agents_back_off_and_an_approved_one_still_connects_at_once() {
+    // The measuring window: a backoff of 1 s doubling (jitter 0.5..1.5)
+    // allows at most 7 attempts in it; a load that slows the agents only
+    // lowers the count.
+    const WINDOW: Duration = Duration::from_secs(30);
+    const MOST_PER_AGENT: f64 = 8.0;
+    let dir = tempdir("refused-backoff");
+    let state = dir.join("collector");
+    let (pending_dir, revoked_dir, approved_dir) = (
+        dir.join("pending"),
+        dir.join("revoked"),
+        dir.join("approved"),
+    );
+    for d in [&pending_dir, &revoked_dir, &approved_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let pending_key = keygen(&pending_dir);
+    let revoked_key = keygen(&revoked_dir);
+    let approved_key = keygen(&approved_dir);
+    vigil_tests::collector::enroll(&state, &revoked_key, "revoked", "");
+    assert!(vigil_tests::collector::cli(&state, &["revoke", "revoked"])
+        .status
+        .success());
+    vigil_tests::collector::enroll(&state, &approved_key, "approved", "");
+    let c = Collector::start(
+        &state,
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let (addr, pin, metrics) = (
+        c.tls.clone().unwrap(),
+        c.pin.clone().unwrap(),
+        c.metrics.clone().unwrap(),
+    );
+    let metric = |name: &str| vigil_tests::collector::metric(&metrics, name);
+    let agent = |dir: &Path| {
+        let mut cmd = std::process::Command::new(vigil_tests::binary("vigil-agent"));
+        cmd.arg("run")
+            .arg("--state-dir")
+            .arg(dir)
+            .args(["--collector", &addr, "--pin", &pin])
+            .args(["--interval-ms", "100", "--batch", "1", "--no-sessions"]);
+        Agent::spawn_logged(cmd, &dir.join("agent.log"))
+    };
+    let (connections0, commits0) = (
+        metric("vigil_collector_connections_total"),
+        metric("vigil_collector_commits_total"),
+    );
+    let pending = agent(&pending_dir);
+    let revoked = agent(&revoked_dir);
+    let pending_id = vigil_protocol::DeviceId::of(&pending_key).to_string();
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c
+            .device(&pending_id)
+            .is_some_and(|d| d["state"] == "pending")),
+        "the unknown agent never became a pending device: {:#?}",
+        c.devices()
+    );
+    let started = Instant::now();
+    std::thread::sleep(WINDOW);
+    let connections = metric("vigil_collector_connections_total") - connections0;
+    let commits = metric("vigil_collector_commits_total") - commits0;
+    let window = started.elapsed();
+
+    // An approved agent is served at once, backoff or not around it.
+    let approved_id = vigil_protocol::DeviceId::of(&approved_key).to_string();
+    let approved = agent(&approved_dir);
+    let t = Instant::now();
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c
+            .device(&approved_id)
+            .is_some_and(|d| d["frames_received"].as_u64() > Some(0))),
+        "the approved agent was not served"
+    );
+    let served_in = t.elapsed();
+    let _ = pending.stop();
+    let _ = revoked.stop();
+    let (code, _) = approved.stop();
+    let log = |d: &Path| std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+    let (pending_log, revoked_log) = (log(&pending_dir), log(&revoked_dir));
+    assert_eq!(code, Some(0), "{}", log(&approved_dir));
+    let said = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("ended the session before acknowledging anything"))
+            .count()
+    };
+    let revoked_alerts: Vec<Value> = c
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "enrollment.revoked-device")
+        .collect();
+    eprintln!(
+        "in {window:.1?}: {connections} connections from the pending and the revoked agent, \
+         {commits} archive commits; the reason said {} and {} times; revoked alert count {}; \
+         the approved agent served {served_in:.1?} after it started",
+        said(&pending_log),
+        said(&revoked_log),
+        revoked_alerts
+            .first()
+            .map_or(0, |a| a["count"].as_u64().unwrap_or(0))
+    );
+    assert!(
+        connections <= 2.0 * MOST_PER_AGENT,
+        "{connections} connections in {window:?}"
+    );
+    // Each refusal commits nothing but the revoked alert, once a minute.
+    assert!(commits <= 10.0, "{commits} commits in {window:?}");
+    for (name, log) in [("pending", &pending_log), ("revoked", &revoked_log)] {
+        assert!(
+            (1..=3).contains(&said(log)),
+            "{name}: the reason was said {} times",
+            said(log)
+        );
+    }
+    assert_eq!(revoked_alerts.len(), 1, "{revoked_alerts:#?}");
+    assert_eq!(c.stop(), Some(0));
+}

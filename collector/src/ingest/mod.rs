@@ -9,6 +9,7 @@
 pub mod tls;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -38,7 +39,16 @@ pub struct Ctx {
     pub jobs: mpsc::Sender<Job>,
     pub limits: Limits,
     unknown: Mutex<(Instant, u32)>,
+    /// When each refused key's alert was last raised: a revoked agent that
+    /// reconnects in a loop updates its alert once a minute, not once per
+    /// attempt (every refusal is still counted in the metrics).
+    refused: Mutex<HashMap<DeviceId, Instant>>,
 }
+
+/// A refused key's alert is raised again at most this often.
+const REFUSED_RAISE_EVERY: Duration = Duration::from_secs(60);
+/// Keys remembered for that; beyond, the oldest are forgotten.
+const REFUSED_KEYS: usize = 4096;
 
 impl Ctx {
     pub fn new(
@@ -53,7 +63,27 @@ impl Ctx {
             jobs,
             limits,
             unknown: Mutex::new((Instant::now(), 0)),
+            refused: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a refusal of `device` now should raise (update) its alert.
+    fn refusal_alerted(&self, device: DeviceId) -> bool {
+        let mut r = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if r.get(&device)
+            .is_some_and(|t| now.duration_since(*t) < REFUSED_RAISE_EVERY)
+        {
+            return false;
+        }
+        if r.len() >= REFUSED_KEYS {
+            r.retain(|_, t| now.duration_since(*t) < REFUSED_RAISE_EVERY);
+            if r.len() >= REFUSED_KEYS {
+                r.clear();
+            }
+        }
+        r.insert(device, now);
+        true
     }
 
     /// Counts one unknown-device attempt; `false` beyond the per-minute limit.
@@ -231,11 +261,13 @@ impl Session {
                 },
                 Some((_, DeviceState::Revoked)) => {
                     reject(m, &self.peer, "revoked_device", Some(&h));
-                    let ev = json!({"peer": &*self.peer, "expected": "no frames from a revoked key", "seen": "a connection from it"});
-                    self.raise(
-                        &mut fed,
-                        Raise::new(alert::REVOKED_DEVICE, h.device.to_string(), "", ev, now),
-                    );
+                    if ctx.refusal_alerted(h.device) {
+                        let ev = json!({"peer": &*self.peer, "expected": "no frames from a revoked key", "seen": "a connection from it"});
+                        self.raise(
+                            &mut fed,
+                            Raise::new(alert::REVOKED_DEVICE, h.device.to_string(), "", ev, now),
+                        );
+                    }
                     fed.close = true;
                     break;
                 }
