@@ -248,7 +248,8 @@ fn tracker_over_a_fake_root() {
     let peer = ssh.remote.unwrap();
     assert_eq!((peer.addr, peer.port), (Addr::V4([10, 20, 0, 5]), 50054));
     assert_eq!((ssh.process.as_str(), ssh.pid), ("sshd", 481));
-    assert_eq!(ssh.started_s, 1_800_000_000 + (1000 + 481) / 100);
+    // btime plus the leader's 1,481 ticks (14.81 s), to the nearest second.
+    assert_eq!(ssh.started_s, 1_800_000_015);
     assert_eq!(ssh.source, SessionSource::Processes);
     let root_sh = o
         .iter()

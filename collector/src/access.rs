@@ -116,6 +116,40 @@ fn window_end(w: &Window, tz: &TimeZone, at_ms: u64) -> Option<Option<u64>> {
     }
 }
 
+/// How much earlier than a window's opening a session may be dated and
+/// still be judged inside it. A session's start is the device's word, sent
+/// to the whole second (the agent rounds an estimate good to about 20 ms
+/// on the live system, to 1 s from a copied /proc), on a clock that may be
+/// off by a little: a vendor who logs in just after a window opens must
+/// not be judged outside it. Only the start is eased; ends are not.
+pub const START_TOLERANCE_MS: u64 = 2_000;
+
+/// A new session judged at its start, with `START_TOLERANCE_MS`.
+pub fn judge_start(
+    policy: &Policy,
+    opened: &[Opened],
+    target: &Target<'_>,
+    s: &Session,
+    started_ms: u64,
+) -> Verdict {
+    let v = evaluate(policy, opened, target, s, started_ms);
+    if v.allowed {
+        return v;
+    }
+    let later = evaluate(
+        policy,
+        opened,
+        target,
+        s,
+        started_ms.saturating_add(START_TOLERANCE_MS),
+    );
+    if later.allowed {
+        later
+    } else {
+        v
+    }
+}
+
 /// Checks one session at `at_ms` against the rules covering the device and
 /// the windows opened for it.
 pub fn evaluate(
@@ -278,9 +312,12 @@ pub fn open_window(
 }
 
 /// Ends every window of `device` still open at `now_ms` (admin-logged);
-/// returns how many.
+/// returns how many. Sessions the windows allowed are judged again at the
+/// next overstay pass: still open and allowed by nothing else, they
+/// overstay.
 pub fn close_windows(tx: &Tx, device: &str, actor: &str, now_ms: u64) -> Result<usize, StoreError> {
     let n = db::end_windows(tx, device, now_ms)?;
+    db::cut_allowed(tx, device, now_ms)?;
     crate::store::admin(
         tx,
         actor,
@@ -399,7 +436,7 @@ fn opened(
         return Ok(());
     }
     let started_ms = s.started_s.saturating_mul(1000);
-    let v = evaluate(policy, windows, t, s, started_ms);
+    let v = judge_start(policy, windows, t, s, started_ms);
     let parent_user = match s.parent {
         Some(p) => db::session_user(tx, device, p)?,
         None => None,
@@ -745,6 +782,34 @@ mod tests {
             )
             .allowed
         );
+    }
+
+    #[test]
+    fn a_session_dated_just_before_its_window_opened_is_inside_it() {
+        let p = policy(vec![vendor_rule()]);
+        let w = Opened {
+            id: 4,
+            device: "dev1".into(),
+            from_ms: at(19, 0),
+            until_ms: at(21, 0),
+            reason: "ticket 43".into(),
+            actor: "alice".into(),
+            closed_ms: None,
+        };
+        let s = session("vendor", [10, 20, 0, 5]);
+        let w = std::slice::from_ref(&w);
+        // 1.5 s before the opening: strictly outside, inside with the tolerance.
+        let early = at(19, 0) - 1_500;
+        assert!(!evaluate(&p, w, &T, &s, early).allowed);
+        let v = judge_start(&p, w, &T, &s, early);
+        assert!(v.allowed, "{v:?}");
+        assert_eq!(v.until_ms, Some(at(21, 0)));
+        // Beyond the tolerance: outside.
+        let v = judge_start(&p, w, &T, &s, at(19, 0) - START_TOLERANCE_MS - 500);
+        assert!(!v.allowed, "{v:?}");
+        // The tolerance eases only the start: a wrong source stays wrong.
+        let v = judge_start(&p, w, &T, &session("vendor", [203, 0, 113, 7]), early);
+        assert!(!v.allowed);
     }
 
     #[test]

@@ -241,8 +241,20 @@ pub struct Tracker {
     peers: HashMap<u64, Endpoint>,
     passwd: Passwd,
     clk_tck: u64,
-    boot_time_s: Option<u64>,
+    /// The kernel's boot time, Unix milliseconds (see `boot_time_ms`).
+    boot_time_ms: Option<u64>,
     first: bool,
+}
+
+/// `/proc/uptime`'s first field (seconds since boot, two decimals) in
+/// milliseconds.
+fn uptime_ms(text: &str) -> Option<u64> {
+    let first = text.split_ascii_whitespace().next()?;
+    let (secs, frac) = first.split_once('.').unwrap_or((first, "0"));
+    let secs: u64 = secs.parse().ok()?;
+    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(3).collect();
+    let ms: u64 = frac.parse().ok()?;
+    secs.checked_mul(1000)?.checked_add(ms)
 }
 
 /// What one read found.
@@ -266,20 +278,43 @@ impl Tracker {
             passwd: Passwd::default(),
             // USER_HZ: 100 on every architecture Linux runs on today.
             clk_tck: 100,
-            boot_time_s: None,
+            boot_time_ms: None,
             first: true,
         }
     }
 
-    fn read_boot_time_s(root: &Path) -> u64 {
-        std::fs::read_to_string(root.join("proc/stat"))
+    /// The boot time as exactly as the kernel tells it. On the live system
+    /// (root `/`): the wall clock now minus `/proc/uptime`, both to 10 ms,
+    /// so a session's start (boot time plus its leader's start in clock
+    /// ticks, 10 ms) is known to about 20 ms, where `btime` in `/proc/stat`
+    /// is whole seconds (up to 1 s early). Under another root (a copied
+    /// /proc) the clock is not that system's, so `btime` it is.
+    fn boot_time_ms(root: &Path) -> u64 {
+        let btime_ms = || {
+            std::fs::read_to_string(root.join("proc/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("btime "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+                .saturating_mul(1000)
+        };
+        if root != Path::new("/") {
+            return btime_ms();
+        }
+        let uptime_ms = std::fs::read_to_string("/proc/uptime")
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("btime "))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
+            .and_then(|s| uptime_ms(&s));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok());
+        match (now_ms, uptime_ms) {
+            (Some(now), Some(up)) if now > up => now - up,
+            _ => btime_ms(),
+        }
     }
 
     /// The peer of a session's socket, looked up once it is found.
@@ -335,9 +370,9 @@ impl Tracker {
         self.passwd.refresh(&self.root);
         let table = read_table(&self.root, issues);
         // The boot time does not change while the agent runs: read once.
-        let boot = *self
-            .boot_time_s
-            .get_or_insert_with(|| Self::read_boot_time_s(&self.root));
+        let boot_ms = *self
+            .boot_time_ms
+            .get_or_insert_with(|| Self::boot_time_ms(&self.root));
         let mut current: BTreeMap<u64, Session> = BTreeMap::new();
         let mut by_pid: HashMap<u32, u64> = HashMap::new();
         let found = procs::find(&table);
@@ -384,7 +419,11 @@ impl Tracker {
                 } else {
                     String::new()
                 }),
-                started_s: boot + leader.start_ticks / self.clk_tck,
+                // To the nearest second (the wire's unit), not truncated.
+                started_s: boot_ms
+                    .saturating_add(leader.start_ticks.saturating_mul(1000) / self.clk_tck)
+                    .saturating_add(500)
+                    / 1000,
                 source: SessionSource::Processes,
             };
             for p in &f.pids {
@@ -549,6 +588,32 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_is_read_to_the_millisecond() {
+        assert_eq!(uptime_ms("350735.47 234388.90\n"), Some(350_735_470));
+        assert_eq!(uptime_ms("12.5 1.0"), Some(12_500));
+        assert_eq!(uptime_ms("7 1"), Some(7_000));
+        assert_eq!(uptime_ms(""), None);
+        assert_eq!(uptime_ms("x.1 2"), None);
+    }
+
+    #[test]
+    fn the_live_boot_time_is_btime_to_within_a_second_but_finer() {
+        let exact = Tracker::boot_time_ms(Path::new("/"));
+        let btime_s: u64 = std::fs::read_to_string("/proc/stat")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // btime is the same instant truncated to whole seconds (a clock
+        // step between the two reads aside: allow one more second).
+        let diff = exact.abs_diff(btime_s * 1000);
+        assert!(diff < 2_000, "boot {exact} ms, btime {btime_s} s");
+    }
 
     #[test]
     fn stat_lines_with_odd_names() {

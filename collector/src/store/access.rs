@@ -68,6 +68,18 @@ pub fn end_windows(tx: &Connection, device: &str, now_ms: u64) -> Result<usize> 
     )?)
 }
 
+/// Open sessions of `device` allowed past `now_ms` are allowed only until
+/// now (their window was closed by hand): the overstay check judges them
+/// again on its next pass. Returns how many.
+pub fn cut_allowed(tx: &Connection, device: &str, now_ms: u64) -> Result<usize> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE sessions SET allowed_until_ms = ?2
+             WHERE device = ?1 AND ended_ms IS NULL AND overstay = 0 AND allowed_until_ms > ?2",
+        )?
+        .execute(params![device, i(now_ms)])?)
+}
+
 /// Every window of `device` (all devices: empty), oldest first.
 pub fn windows(tx: &Connection, device: &str) -> Result<Vec<Opened>> {
     let mut st = tx.prepare_cached(
