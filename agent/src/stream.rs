@@ -812,6 +812,10 @@ fn session(
                     "no ack progress for {} s: sending the {outstanding} unacknowledged frames again",
                     resend_after.as_secs()
                 );
+                // Frames evicted while the collector acknowledged nothing
+                // (its disk full, say) are named now, on this connection:
+                // its cumulative ack cannot move past a hole no Gap names.
+                while st.report_gap("while unacknowledged") {}
                 st.queue.rewind();
                 progress = Instant::now();
                 resend_after = (resend_after * 2).min(RESEND_MAX);

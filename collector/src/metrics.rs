@@ -48,6 +48,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     commits: AtomicU64,
+    pub commit_failures: AtomicU64,
     commit_us: AtomicU64,
     pub events_emitted: AtomicU64,
     pub sink_errors: AtomicU64,
@@ -62,12 +63,13 @@ impl Metrics {
         }
     }
 
-    pub fn stored(&self) {
-        self.frames_stored.fetch_add(1, Relaxed);
-    }
-
-    pub fn duplicate(&self) {
-        self.frames_duplicate.fetch_add(1, Relaxed);
+    /// Frames of a transaction that committed: counted only then, so a
+    /// failed commit (a full disk) counts nothing it did not keep.
+    pub fn committed(&self, stored: usize, duplicates: usize) {
+        self.frames_stored
+            .fetch_add(u64::try_from(stored).unwrap_or(u64::MAX), Relaxed);
+        self.frames_duplicate
+            .fetch_add(u64::try_from(duplicates).unwrap_or(u64::MAX), Relaxed);
     }
 
     pub fn alert(&self, s: Severity) {
@@ -215,6 +217,12 @@ impl Metrics {
             "vigil_collector_commits_total",
             "Archive transactions committed.",
             self.commits.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "vigil_collector_commit_failures_total",
+            "Archive transactions that failed (nothing of them acknowledged), e.g. a full disk.",
+            self.commit_failures.load(Relaxed),
         );
         let _ = writeln!(o, "# HELP vigil_collector_commit_seconds_total Time spent in archive transactions.\n# TYPE vigil_collector_commit_seconds_total counter\nvigil_collector_commit_seconds_total {}", self.commit_us.load(Relaxed) as f64 / 1e6);
         counter(

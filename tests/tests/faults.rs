@@ -817,3 +817,183 @@ fn refused_agents_back_off_and_an_approved_one_still_connects_at_once() {
     assert_eq!(revoked_alerts.len(), 1, "{revoked_alerts:#?}");
     assert_eq!(c.stop(), Some(0));
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `dir` until it refuses a write.
+fn fill(dir: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("ballast")).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    while f.write_all(&block).is_ok() {
+        n += block.len() as u64;
+    }
+    // The last partial block, byte by byte in 4 KiB steps.
+    while f.write_all(&block[..4096]).is_ok() {
+        n += 4096;
+    }
+    let _ = f.sync_all();
+    n
+}
+
+/// The collector's archive on a small filesystem filled while an agent
+/// streams 50 frames/s: commits fail, nothing is acknowledged, no
+/// connection is closed for it (the agent stays on its one connection),
+/// the failure is logged once a minute at most; when space returns, writes
+/// resume and every frame is stored once or named by a Gap.
+#[test]
+fn a_full_disk_pauses_acks_without_closing_connections_and_loses_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        return vigil_tests::cannot_run("mounting a tmpfs needs root (CI runs the tests as root)");
+    }
+    let (agent_dir, state_outside, id) = device("disk-full");
+    // The enrolled archive moves onto the small filesystem.
+    let mnt = state_outside.parent().unwrap().join("small");
+    let fs = match Tmpfs::mount(&mnt, "24m") {
+        Ok(fs) => fs,
+        Err(e) => return vigil_tests::cannot_run(&format!("cannot mount a tmpfs here ({e})")),
+    };
+    let state = mnt.join("collector");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::copy(
+        state_outside.join("vigil.sqlite"),
+        state.join("vigil.sqlite"),
+    )
+    .unwrap();
+    let c = Collector::start(
+        &state,
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics = c.metrics.clone().unwrap();
+    let metric = |name: &str| vigil_tests::collector::metric(&metrics, name);
+    let agent = fast_agent(
+        &agent_dir,
+        c.tls.as_deref().unwrap(),
+        c.pin.as_deref().unwrap(),
+    );
+    let stored = |c: &Collector| {
+        c.device(&id)
+            .map_or(0, |d| d["frames_received"].as_u64().unwrap_or(0))
+    };
+    assert!(c.wait_for(Duration::from_secs(30), |c| stored(c) >= 100));
+    let connections = metric("vigil_collector_connections_total");
+
+    // Full: the next transactions fail.
+    let ballast = fill(&mnt);
+    assert!(
+        c.wait_for(Duration::from_secs(60), |_| metric(
+            "vigil_collector_commit_failures_total"
+        ) >= 20.0),
+        "commits kept succeeding on a full filesystem ({ballast} bytes of ballast)"
+    );
+    let failed_stored = metric("vigil_collector_frames_stored_total");
+    // Still failing a while later: nothing more counted as stored, and the
+    // agent still on its first connection.
+    let failures = metric("vigil_collector_commit_failures_total");
+    assert!(c.wait_for(Duration::from_secs(60), |_| metric(
+        "vigil_collector_commit_failures_total"
+    ) >= failures + 20.0));
+    assert_eq!(
+        metric("vigil_collector_frames_stored_total"),
+        failed_stored,
+        "frames counted as stored while nothing committed"
+    );
+    assert_eq!(
+        metric("vigil_collector_connections_total"),
+        connections,
+        "a failed commit closed the agent's connection"
+    );
+
+    // Space returns: writes resume, and the acks move past the hole once
+    // the agent's Gap (made at its next resend) is stored: within one
+    // resend interval, at most 60 s.
+    let acked = |c: &Collector| c.device(&id).and_then(|d| d["acked_seq"].as_u64());
+    let acked_before = acked(&c).unwrap_or(0);
+    std::fs::remove_file(mnt.join("ballast")).unwrap();
+    let t = Instant::now();
+    assert!(
+        c.wait_for(Duration::from_secs(150), |c| acked(c)
+            .is_some_and(|a| a >= acked_before + 500)),
+        "acks did not resume: acked {:?} (was {acked_before}), {} frames",
+        acked(&c),
+        stored(&c)
+    );
+    let resumed_in = t.elapsed();
+    let (code, _) = agent.stop();
+    let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("0 frames left unacknowledged"), "{log}");
+    // Every frame stored once, or named by a Gap (the agent's queue
+    // overflowed while nothing was acknowledged).
+    let (frames, rows) = archive(&state, &id);
+    assert_eq!(frames.len(), rows);
+    let gaps: Vec<Value> = alerts(&state)
+        .into_iter()
+        .filter(|a| a["rule"] == "transport.agent-gap")
+        .collect();
+    let named = named_by(&gaps);
+    let unnamed: Vec<i64> = missing(&frames).difference(&named).copied().collect();
+    let serve_log = c.log();
+    let said: Vec<&str> = serve_log
+        .lines()
+        .filter(|l| l.contains("archive transaction failed"))
+        .collect();
+    eprintln!(
+        "{} frames stored, {} missing and named by Gaps, {} unnamed; writes resumed {resumed_in:.1?} \
+         after space returned; {failures} failed commits logged as:\n{}",
+        frames.len(),
+        missing(&frames).len(),
+        unnamed.len(),
+        said.join("\n")
+    );
+    assert!(
+        unnamed.is_empty(),
+        "missing and named by no Gap: {unnamed:?}"
+    );
+    // Logged at the first failure and then at most once a minute, not per
+    // retry (the test's full spell lasts well under three minutes).
+    assert!(
+        (1..=3).contains(&said.len()),
+        "{} failure lines for {failures} failed commits",
+        said.len()
+    );
+    assert!(
+        serve_log.contains("archive writes resumed after"),
+        "{serve_log}"
+    );
+    assert!(audit(&state).contains(" 0 problems"));
+    assert_eq!(c.stop(), Some(0));
+    drop(fs);
+}

@@ -162,6 +162,10 @@ pub struct Writer {
     silent: std::collections::HashSet<String>,
     baselines: HashMap<String, Slot>,
     baselines_saved: Instant,
+    /// Transactions failed in a row (a full disk), and when that was last
+    /// logged.
+    failed_commits: u64,
+    failure_said: Option<Instant>,
 }
 
 /// Most frames taken into one transaction.
@@ -184,6 +188,8 @@ impl Writer {
             silent: Default::default(),
             baselines: HashMap::new(),
             baselines_saved: Instant::now(),
+            failed_commits: 0,
+            failure_said: None,
         };
         w.refresh_registry()?;
         Ok(w)
@@ -370,13 +376,42 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.metrics.observe_commit(started.elapsed());
+                if self.failed_commits > 0 {
+                    log::info!(
+                        "archive writes resumed after {} failed transactions",
+                        self.failed_commits
+                    );
+                    self.failed_commits = 0;
+                }
                 for (reply, r) in replies {
+                    self.metrics.committed(r.stored, r.duplicates);
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
-                // Nothing was committed: no acks, the agents resend.
-                log::error!("archive transaction failed, nothing acknowledged: {e}");
+                // Nothing was committed: no acks, the agents resend. Every
+                // connection is answered (with no ack) and stays open: one
+                // failed transaction (a full disk) must not cut every
+                // device off and set them all reconnecting.
+                for (reply, _) in replies {
+                    let _ = reply.send(Reply::default());
+                }
+                self.failed_commits += 1;
+                self.metrics
+                    .commit_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Said at the first failure, then at most once a minute.
+                if self.failed_commits == 1
+                    || self
+                        .failure_said
+                        .map_or(true, |t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    log::error!(
+                        "archive transaction failed ({} in a row), nothing acknowledged: {e}",
+                        self.failed_commits
+                    );
+                    self.failure_said = Some(Instant::now());
+                }
                 // The in-memory tracks and baselines may be ahead of the
                 // archive now.
                 self.devices.clear();
@@ -741,11 +776,9 @@ fn ingest(
         mark(t, h.seq, 1);
         if !inserted {
             reply.duplicates += 1;
-            metrics.duplicate();
             continue;
         }
         reply.stored += 1;
-        metrics.stored();
         let cx = Context {
             device: &id,
             policy: &settings.policy,
