@@ -14,6 +14,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/vigil-collector";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// `serve --new` only (never in the file): an archive file that cannot
+    /// be used (empty, cut off, foreign) is moved aside and a new one made.
+    #[serde(skip)]
+    pub new_archive: bool,
     /// TLS 1.3 listener (`None`: no TLS listener).
     pub listen: Option<SocketAddr>,
     /// PEM certificate chain and key; both absent: a self-signed Ed25519
@@ -514,6 +518,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            new_archive: false,
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 7443))),
             tls_cert: None,
             tls_key: None,

@@ -37,6 +37,9 @@ use cli::Exit;
 
 fn main() -> ExitCode {
     logger::init();
+    // Everything the collector creates (the archive and its WAL, the TLS
+    // key, file sinks) is its own alone, whatever umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

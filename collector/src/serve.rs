@@ -5,6 +5,7 @@
 //! exit 0.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,26 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
+/// Makes the state dir (0700) or narrows an existing one to 0700: it holds
+/// the archive, the TLS key and the alert evidence, whatever the umask.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("state dir {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| anyhow::anyhow!("state dir {}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("state dir {}: making it 0700: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs until `stop` turns true (or a signal, when `signals` is set).
 pub fn run(
     cfg: Config,
@@ -59,11 +80,45 @@ pub fn run(
     stop: watch::Receiver<bool>,
     on_start: impl FnOnce(Started),
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .map_err(|e| anyhow::anyhow!("state dir {}: {e}", cfg.state_dir.display()))?;
+    private_dir(&cfg.state_dir)?;
     raise_fd_limit(cfg.limits.max_connections);
     let db = cfg.db_path();
+    if let Err(e) = crate::store::check_file(&db) {
+        if !cfg.new_archive {
+            anyhow::bail!("{e}; refusing to start on it (restore the archive from a backup, or pass --new to move it aside and start a new one)");
+        }
+        let stamp = crate::clock::now_ms();
+        let named = |suffix: &str, tail: &str| {
+            let mut p = db.clone().into_os_string();
+            p.push(format!("{suffix}{tail}"));
+            std::path::PathBuf::from(p)
+        };
+        let aside = named("", &format!(".refused-{stamp}"));
+        for (from, to) in [
+            (db.clone(), aside.clone()),
+            (
+                named("-wal", ""),
+                named("-wal", &format!(".refused-{stamp}")),
+            ),
+            (
+                named("-shm", ""),
+                named("-shm", &format!(".refused-{stamp}")),
+            ),
+        ] {
+            if from.exists() {
+                std::fs::rename(&from, &to)
+                    .map_err(|e| anyhow::anyhow!("moving {} aside: {e}", from.display()))?;
+            }
+        }
+        log::warn!(
+            "{e}: moved aside to {} (--new); starting a new archive",
+            aside.display()
+        );
+    }
     let store = Store::open(&db)?;
+    if let Err(e) = std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)) {
+        log::warn!("archive {}: cannot make it 0600: {e}", db.display());
+    }
     store.manual_checkpoints()?;
     let registry = Registry::default();
     let metrics = Arc::new(Metrics::default());

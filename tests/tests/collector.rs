@@ -590,3 +590,137 @@ fn holes_are_alerted_as_loss_gaps_explain_them_and_silence_is_noticed() {
     assert_eq!(c.cli(&["audit"]).status.code(), Some(0));
     assert_eq!(c.stop(), Some(0));
 }
+
+/// An archive file that cannot be the archive (empty, cut off, someone
+/// else's SQLite) is refused by `serve` and `audit` alike, never taken for
+/// a new empty one; `serve --new` moves it aside, keeps it, and starts a
+/// new one; whatever the umask, the state dir is 0700 and its files 0600.
+#[test]
+fn an_unusable_archive_is_refused_and_the_state_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("unusable-archive");
+    // A real archive with frames, then cut to 1 % of its length.
+    let real = dir.join("real");
+    let mut d = Device::new(31);
+    vigil_tests::collector::enroll(&real, &d.key.verifying_key(), "cut", "");
+    let c = Collector::start_plain(&real, &[]);
+    let mut link = Link::connect(c.plain.as_deref().unwrap());
+    let hello = d.hello_body();
+    let mut frames = vec![d.frame(hello)];
+    for _ in 0..50 {
+        let b = d.sample_body(1);
+        frames.push(d.frame(b));
+    }
+    link.send(&frames);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while link.ack(Duration::from_secs(5)).map(|a| a.seq) != Some(50) {
+        assert!(Instant::now() < deadline, "the 51 frames were not acked");
+    }
+    drop(link);
+    assert_eq!(c.stop(), Some(0));
+    let db = real.join("vigil.sqlite");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(len / 100)
+        .unwrap();
+    let _ = std::fs::remove_file(real.join("vigil.sqlite-wal"));
+    let _ = std::fs::remove_file(real.join("vigil.sqlite-shm"));
+
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("vigil.sqlite"), b"").unwrap();
+    let foreign = dir.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    rusqlite::Connection::open(foreign.join("vigil.sqlite"))
+        .unwrap()
+        .execute_batch("CREATE TABLE patients(name TEXT); INSERT INTO patients VALUES ('x');")
+        .unwrap();
+
+    let serve = |state: &std::path::Path, extra: &[&str]| {
+        // As if started from a shell with umask 000.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "umask 000; exec \"$0\" \"$@\""])
+            .arg(binary("vigil-collector"))
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(state)
+            .args([
+                "--no-tls",
+                "--plain-listen",
+                "127.0.0.1:0",
+                "--insecure-plaintext",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    for (state, why) in [
+        (&empty, "the archive file is empty"),
+        (&real, "the file is cut off"),
+        (&foreign, "not a Vigil archive"),
+    ] {
+        let out = serve(state, &[]).wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", state.display());
+        assert!(err.contains(why) && err.contains("--new"), "{err}");
+        let out = cli(state, &["audit"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "audit of {}: {err}",
+            state.display()
+        );
+        assert!(err.contains(why), "{err}");
+    }
+    // The foreign file was not touched: no tables of ours were added.
+    let tables: i64 = rusqlite::Connection::open(foreign.join("vigil.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1);
+
+    // --new: the cut file moves aside (kept), a new archive starts, private.
+    let mut child = serve(&real, &["--new"]);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let ready = loop {
+        line.clear();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            break false;
+        }
+        if line.trim() == "ready" {
+            break true;
+        }
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(ready, "{}", String::from_utf8_lossy(&out.stderr));
+    let aside: Vec<_> = std::fs::read_dir(&real)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("vigil.sqlite.refused-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the refused file is kept");
+    assert_eq!(aside[0].metadata().unwrap().len(), len / 100);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&real), 0o700);
+    assert_eq!(mode(&real.join("vigil.sqlite")), 0o600);
+    assert_eq!(cli(&real, &["audit"]).status.code(), Some(0));
+}

@@ -146,6 +146,10 @@ pub enum Command {
 /// `serve`: each option overrides the same setting of --config.
 #[derive(Debug, Args)]
 pub struct Serve {
+    /// Start a new archive if the one in the state dir is empty, cut off or
+    /// not a Vigil archive (it is moved aside, never deleted).
+    #[arg(long)]
+    pub new: bool,
     /// TLS 1.3 listener [default: 0.0.0.0:7443].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,

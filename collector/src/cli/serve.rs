@@ -37,6 +37,7 @@ fn net_sink(name: &str, v: &str) -> anyhow::Result<(std::net::SocketAddr, Transp
 
 /// The configuration `serve` runs with: the file's, each flag over it.
 pub fn config(mut cfg: Config, a: &Serve) -> anyhow::Result<Config> {
+    cfg.new_archive = a.new;
     if let Some(v) = &a.listen {
         cfg.listen = Some(addr("listen", v)?);
     }

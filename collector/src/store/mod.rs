@@ -233,13 +233,95 @@ pub struct Store {
     conn: Connection,
 }
 
+/// What is at the archive's path before it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    /// Nothing: a new archive is made there.
+    Missing,
+    /// An SQLite file at least as long as its header says.
+    Whole,
+}
+
+/// Looks at the archive file without opening it as a database: an empty
+/// file, a file that is not SQLite, or one shorter than the page count in
+/// its header (cut off: a disk or a copy that went wrong) is refused, so
+/// that it is never silently taken for a new, empty archive.
+pub fn check_file(db: &Path) -> Result<FileState> {
+    use std::io::Read;
+    let refuse = |why: String| StoreError::Refused(format!("{}: {why}", db.display()));
+    let mut f = match std::fs::File::open(db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileState::Missing),
+        Err(e) => return Err(refuse(e.to_string())),
+    };
+    let len = f.metadata().map_err(|e| refuse(e.to_string()))?.len();
+    if len == 0 {
+        return Err(refuse("the archive file is empty".into()));
+    }
+    let mut header = [0u8; 100];
+    if len < 100 || f.read_exact(&mut header).is_err() {
+        return Err(refuse(format!(
+            "{len} bytes: too short for an SQLite archive"
+        )));
+    }
+    if header.get(..16) != Some(b"SQLite format 3\0".as_slice()) {
+        return Err(refuse("not an SQLite file (not a Vigil archive)".into()));
+    }
+    let be16 = |i: usize| {
+        header
+            .get(i..i + 2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let be32 = |i: usize| {
+        header
+            .get(i..i + 4)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let page_size = match be16(16) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    // The in-header size counts only when it is current (SQLite's own rule).
+    let pages = if be32(92) == be32(24) {
+        u64::from(be32(28))
+    } else {
+        0
+    };
+    if pages.saturating_mul(page_size) > len {
+        return Err(refuse(format!(
+            "{len} bytes where its header says {} pages of {page_size}: the file is cut off",
+            pages
+        )));
+    }
+    // Someone else's SQLite file: tables, none of them ours. Read-only, so
+    // nothing is added to it.
+    let tables = || -> rusqlite::Result<(i64, i64)> {
+        let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE name = 'frames') FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    };
+    match tables() {
+        Ok((n, 0)) if n > 0 => Err(refuse(format!(
+            "an SQLite file with {n} tables of its own, not a Vigil archive"
+        ))),
+        // Not readable read-only here (a WAL without its index, say): the
+        // real open reports what is wrong, if anything.
+        Ok(_) | Err(_) => Ok(FileState::Whole),
+    }
+}
+
 impl Store {
-    /// Opens (creating) the archive in `state_dir`.
+    /// Opens (creating) the archive in `state_dir`. An existing file that
+    /// is empty, cut off or not a Vigil archive is refused (`check_file`).
     pub fn open(db: &Path) -> Result<Store> {
         let open_err = |source| StoreError::Open {
             path: db.display().to_string(),
             source,
         };
+        check_file(db)?;
         let conn = Connection::open(db).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
