@@ -60,7 +60,7 @@ pub enum Command {
     },
     /// Approve a device ahead of time, by its key.
     Enroll {
-        /// The device key, as `vigil-agent id` prints it (ed25519:<base64>).
+        /// The device key, as `vigil-agent id` prints it (`ed25519:<base64>`).
         #[arg(long, value_name = "KEY")]
         key: String,
         /// A name for the device (unique).
@@ -221,7 +221,7 @@ pub struct Serve {
     #[arg(long, value_name = "PREFIX")]
     pub internal_prefix: Vec<String>,
     /// An outbound endpoint never alerted as new (repeatable; PREFIX,
-    /// PREFIX:PORT or [V6PREFIX]:PORT).
+    /// PREFIX:PORT or `[V6PREFIX]:PORT`).
     #[arg(long, value_name = "E")]
     pub allow_outbound: Vec<String>,
     /// A remote-admin or file-sharing port allowed towards E (repeatable).

@@ -92,7 +92,7 @@ fn store(g: &Global) -> anyhow::Result<Store> {
             db.display()
         );
     }
-    Ok(Store::open(&db)?)
+    Ok(Store::open_checked(&db)?)
 }
 
 /// `--from`/`--to`: a UTC date or time, or the open end.
@@ -260,7 +260,7 @@ fn enroll(
     let cfg = config(g)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
-    let mut store = Store::open(&cfg.db_path())?;
+    let mut store = Store::open_checked(&cfg.db_path())?;
     let id = store.enroll(&key, name, &model, &actor(), now)?;
     if !model.is_empty() {
         if let Some(fleet) = store.fleet_baseline(&model)? {

@@ -281,8 +281,16 @@ pub fn check_file(db: &Path) -> Result<FileState> {
         1 => 65_536,
         n => u64::from(n),
     };
-    // The in-header size counts only when it is current (SQLite's own rule).
-    let pages = if be32(92) == be32(24) {
+    // The in-header size counts only when it is current (SQLite's own
+    // rule), and only for a quiet archive: while a collector writes, a
+    // checkpoint can put the new header in place before the pages it
+    // counts, and the WAL holds what the file does not yet.
+    let wal = {
+        let mut p = db.as_os_str().to_os_string();
+        p.push("-wal");
+        std::fs::metadata(std::path::PathBuf::from(p)).map_or(0, |m| m.len())
+    };
+    let pages = if be32(92) == be32(24) && wal == 0 {
         u64::from(be32(28))
     } else {
         0
@@ -314,14 +322,22 @@ pub fn check_file(db: &Path) -> Result<FileState> {
 }
 
 impl Store {
-    /// Opens (creating) the archive in `state_dir`. An existing file that
-    /// is empty, cut off or not a Vigil archive is refused (`check_file`).
+    /// `check_file`, then `open`: for a process that holds no connection
+    /// to the archive yet (an admin command, `serve` at start). Never call
+    /// it once a connection is open: `check_file` opens and closes the
+    /// file, and closing any descriptor of a file drops every POSIX lock
+    /// the process holds on it, SQLite's included.
+    pub fn open_checked(db: &Path) -> Result<Store> {
+        check_file(db)?;
+        Store::open(db)
+    }
+
+    /// Opens (creating) the archive in `state_dir`.
     pub fn open(db: &Path) -> Result<Store> {
         let open_err = |source| StoreError::Open {
             path: db.display().to_string(),
             source,
         };
-        check_file(db)?;
         let conn = Connection::open(db).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
