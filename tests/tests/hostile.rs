@@ -22,10 +22,14 @@ const RSS_BOUND_MIB: u64 = 256;
 const IDLE: usize = 5_000;
 const UNKNOWN: u8 = 50;
 
+/// Lifts the open-files soft limit to `want` (at most the hard limit); never
+/// lowers it: the tests of this file run in parallel in one process.
 fn raise_fd_limit(want: u64) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < want {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
+    }
 }
 
 fn wire(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -38,6 +42,55 @@ fn rejected(metrics: &str) -> f64 {
         .filter(|l| l.starts_with("vigil_collector_frames_rejected_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Frames of `device` the collector has stored.
+fn stored(c: &Collector, device: &str) -> u64 {
+    c.device(device)
+        .map_or(0, |d| d["frames_received"].as_u64().unwrap_or(0))
+}
+
+/// A collector with TLS, plain-TCP and metrics listeners (and `extra`
+/// flags), and the real agent of `agent_dir` streaming 10 frames/s to it
+/// over TLS; returns them with the plain and metrics addresses once ten of
+/// the agent's frames are stored.
+fn collector_and_agent(
+    state: &std::path::Path,
+    agent_dir: &std::path::Path,
+    device: &str,
+    extra: &[&str],
+) -> (Collector, Agent, String, String) {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--plain-listen",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let c = Collector::start(state, &args);
+    let (tls, plain, metrics) = (
+        c.tls.clone().unwrap(),
+        c.plain.clone().unwrap(),
+        c.metrics.clone().unwrap(),
+    );
+    let agent = Agent::start(&[
+        "--state-dir",
+        agent_dir.to_str().unwrap(),
+        "--collector",
+        &tls,
+        "--pin",
+        c.pin.as_deref().unwrap(),
+        "--interval-ms",
+        "100",
+        "--batch",
+        "1",
+        "--no-sessions",
+    ]);
+    assert!(c.wait_for(Duration::from_secs(30), |c| stored(c, device) >= 10));
+    (c, agent, plain, metrics)
 }
 
 #[test]
@@ -57,41 +110,8 @@ fn the_collector_holds_under_bulk_hostile_input_while_an_agent_streams() {
     vigil_tests::collector::enroll(&state, &revoked.key.verifying_key(), "gone", "");
     assert!(cli(&state, &["revoke", "gone"]).status.success());
 
-    let c = Collector::start(
-        &state,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--plain-listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    let (tls, plain, metrics) = (
-        c.tls.clone().unwrap(),
-        c.plain.clone().unwrap(),
-        c.metrics.clone().unwrap(),
-    );
-    let agent = Agent::start(&[
-        "--state-dir",
-        agent_dir.to_str().unwrap(),
-        "--collector",
-        &tls,
-        "--pin",
-        c.pin.as_deref().unwrap(),
-        "--interval-ms",
-        "100",
-        "--batch",
-        "1",
-        "--no-sessions",
-    ]);
-    let stored = |c: &Collector| {
-        c.device(&good)
-            .map_or(0, |d| d["frames_received"].as_u64().unwrap_or(0))
-    };
-    assert!(c.wait_for(Duration::from_secs(20), |c| stored(c) >= 10));
+    let (c, agent, plain, metrics) = collector_and_agent(&state, &agent_dir, &good, &[]);
+    let stored = |c: &Collector| stored(c, &good);
     let rss_before = rss_kib(c.pid());
     let frames_before = stored(&c);
     let t0 = Instant::now();
@@ -282,43 +302,10 @@ fn trickling_clients_and_an_endless_frame_are_cut_off_while_an_agent_streams() {
     let key = keygen(&agent_dir);
     let good = vigil_protocol::DeviceId::of(&key).to_string();
     vigil_tests::collector::enroll(&state, &key, "good", "");
-    let c = Collector::start(
-        &state,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--plain-listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--idle-timeout-s",
-            &IDLE_S.to_string(),
-        ],
-    );
-    let (tls, plain, metrics) = (
-        c.tls.clone().unwrap(),
-        c.plain.clone().unwrap(),
-        c.metrics.clone().unwrap(),
-    );
-    let agent = Agent::start(&[
-        "--state-dir",
-        agent_dir.to_str().unwrap(),
-        "--collector",
-        &tls,
-        "--pin",
-        c.pin.as_deref().unwrap(),
-        "--interval-ms",
-        "100",
-        "--batch",
-        "1",
-        "--no-sessions",
-    ]);
-    let stored = |c: &Collector| {
-        c.device(&good)
-            .map_or(0, |d| d["frames_received"].as_u64().unwrap_or(0))
-    };
-    assert!(c.wait_for(Duration::from_secs(30), |c| stored(c) >= 10));
+    let idle_s = IDLE_S.to_string();
+    let (c, agent, plain, metrics) =
+        collector_and_agent(&state, &agent_dir, &good, &["--idle-timeout-s", &idle_s]);
+    let stored = |c: &Collector| stored(c, &good);
     let rss_before = rss_kib(c.pid());
     let frames_before = stored(&c);
     let timeouts_before = metric(&metrics, "vigil_collector_idle_timeouts_total");

@@ -11,8 +11,6 @@ pub mod quickstart;
 mod serve;
 pub mod views;
 
-use std::path::PathBuf;
-
 use anyhow::{anyhow, bail, Context};
 use clap::{CommandFactory, FromArgMatches};
 use serde_json::{json, Value};
@@ -320,8 +318,7 @@ fn detect(a: &args::Detect) -> anyhow::Result<()> {
         learn: a.learn,
         tuning,
     };
-    let path: PathBuf = a.csv.clone();
-    let path = path.to_string_lossy();
+    let path = a.csv.to_string_lossy();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let s = detect::replay::run(&path, &opts, &mut out)?;
     log::info!(
