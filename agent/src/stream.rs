@@ -398,6 +398,7 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
         );
     }
     let every = |d: Duration| clock.real(d);
+    reader.count_processes(&mut issues);
     let first = reader.read(clock.now_ms(), &mut issues);
     seen.report(&issues);
     let mut layout = Layout::of(&first);
@@ -478,18 +479,26 @@ fn sample_loop(shared: &Shared, manifests: &[vigil_protocol::body::ManifestVersi
             // the next read.
             report_sockets(shared, &mut told, t);
         }
-        // After the sockets of the same tick: a remote session's peer is
-        // then already in the socket table the collector holds.
-        if let Some(t) = tracker.as_mut().filter(|_| now >= next_sessions) {
+        // The process-table scan: sessions and the process count the next
+        // samples carry. After the sockets of the same tick: a remote
+        // session's peer is then already in the socket table the collector
+        // holds.
+        if now >= next_sessions {
             let step = every(Duration::from_secs(cfg.sessions.interval_s));
             next_sessions += step;
             if next_sessions < now {
                 next_sessions = now + step;
             }
             issues.clear();
-            let report = t.poll(clock.now_ms() / 1000, &mut issues);
+            match tracker.as_mut() {
+                Some(t) => {
+                    let report = t.poll(clock.now_ms() / 1000, &mut issues);
+                    reader.set_processes(t.processes());
+                    send_sessions(shared, report);
+                }
+                None => reader.count_processes(&mut issues),
+            }
             seen.report(&issues);
-            send_sessions(shared, report);
         }
     }
     flush(shared, &mut batch);

@@ -383,3 +383,37 @@ fn tracker_over_a_fake_root() {
     assert!(keys.contains(&ssh_key), "{:#?}", r.events);
     assert!(issues.is_empty(), "{issues:?}");
 }
+
+/// The tracker reads `stat` again only for new processes, their parents
+/// and the candidates: a shell that became `su` by exec, with no child yet,
+/// is found the scan its root child appears in, and the scan's listing is
+/// the sample's process count.
+#[test]
+fn a_process_that_execs_into_su_is_found_when_its_child_appears() {
+    let root = Root::new();
+    root.proc(1, 0, "init", 0, 0, "/sbin/init", 0);
+    root.proc(600, 1, "bash", 1001, 1001, "-bash", 136 << 8);
+    root.proc(700, 1, "cron", 0, 0, "cron", 0);
+    let cfg = vigil_agent::config::Sessions::default();
+    let mut t = Tracker::new(&root.0, &cfg);
+    let mut issues = Vec::new();
+    let r = t.poll(1_800_000_100, &mut issues);
+    assert!(opened(&r.events).is_empty(), "{:#?}", r.events);
+    assert_eq!(t.processes(), Some(3));
+
+    // `exec su -`: the same pid, now su with euid 0, asking for a password.
+    root.proc(600, 1, "su", 1001, 0, "su -", 136 << 8);
+    let r = t.poll(1_800_000_105, &mut issues);
+    assert!(opened(&r.events).is_empty(), "{:#?}", r.events);
+
+    // The password taken: su forks the root shell.
+    root.proc(601, 600, "bash", 0, 0, "-bash", 136 << 8);
+    root.kill(700);
+    let r = t.poll(1_800_000_110, &mut issues);
+    let o = opened(&r.events);
+    assert_eq!(o.len(), 1, "{:#?}", r.events);
+    assert_eq!(o[0].kind, SessionKind::Privileged);
+    assert_eq!(o[0].process.as_str(), "su");
+    assert_eq!(t.processes(), Some(3), "init, su, its shell");
+    assert!(issues.is_empty(), "{issues:?}");
+}

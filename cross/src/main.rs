@@ -47,6 +47,11 @@ struct Build {
     cc: &'static str,
     linker: &'static str,
     rustflags: &'static str,
+    /// Link with `cross/no-unwind-tables.ld` (the musl agents: panic =
+    /// abort, so the unwind tables are dead weight on the device). Not for
+    /// armv7, whose glibc start-up code and ARM EHABI index (`.ARM.exidx`)
+    /// are another scheme; it is outside the size budget.
+    no_unwind_tables: bool,
     /// How to run it here: a qemu-user command line, or empty for native.
     runner: &'static [&'static str],
 }
@@ -58,6 +63,7 @@ const BUILDS: &[Build] = &[
         cc: "aarch64-linux-gnu-gcc",
         linker: "rust-lld",
         rustflags: "",
+        no_unwind_tables: true,
         runner: &["qemu-aarch64"],
     },
     Build {
@@ -66,6 +72,7 @@ const BUILDS: &[Build] = &[
         cc: "gcc",
         linker: "rust-lld",
         rustflags: "",
+        no_unwind_tables: true,
         runner: &[],
     },
     Build {
@@ -74,6 +81,7 @@ const BUILDS: &[Build] = &[
         cc: "arm-linux-gnueabihf-gcc",
         linker: "arm-linux-gnueabihf-gcc",
         rustflags: "-C target-feature=+crt-static",
+        no_unwind_tables: false,
         runner: &["qemu-arm"],
     },
     Build {
@@ -82,6 +90,7 @@ const BUILDS: &[Build] = &[
         cc: "gcc",
         linker: "gcc",
         rustflags: "",
+        no_unwind_tables: false,
         runner: &[],
     },
     Build {
@@ -90,6 +99,7 @@ const BUILDS: &[Build] = &[
         cc: "aarch64-linux-gnu-gcc",
         linker: "aarch64-linux-gnu-gcc",
         rustflags: "",
+        no_unwind_tables: false,
         runner: &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
     },
 ];
@@ -209,13 +219,21 @@ fn build(b: &Build) -> Result<PathBuf> {
             format!("CARGO_TARGET_{}_LINKER", env_key(b.target).to_uppercase()),
             b.linker,
         );
-    if !b.rustflags.is_empty() {
+    let mut rustflags = b.rustflags.to_string();
+    if b.no_unwind_tables {
+        let script = root.join("cross/no-unwind-tables.ld");
+        rustflags = format!(
+            "{rustflags} -C link-arg=-T{} -C link-arg=--no-eh-frame-hdr",
+            script.display()
+        );
+    }
+    if !rustflags.trim().is_empty() {
         cmd.env(
             format!(
                 "CARGO_TARGET_{}_RUSTFLAGS",
                 env_key(b.target).to_uppercase()
             ),
-            b.rustflags,
+            rustflags.trim(),
         );
     }
     run(&mut cmd)?;

@@ -22,7 +22,8 @@ pub const MAX_SAMPLES: usize = 16;
 
 /// One reading of the device's metrics. Counters (`cpu`, `net`, `disk`,
 /// `pressure`) hold the increase over the `interval_ms` before `time_ms`;
-/// gauges (`memory`, `load_centi`, `processes`) hold the value at `time_ms`.
+/// gauges (`memory`, `load_centi`) hold the value at `time_ms`, and
+/// `processes` the count at the last process-table scan.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Sample {
     /// Wall-clock time of the reading, milliseconds since the Unix epoch.
@@ -38,6 +39,9 @@ pub struct Sample {
     pub disk: Vec<DiskCounters, MAX_DISKS>,
     /// Load averages (1, 5, 15 min) times 100.
     pub load_centi: [u64; 3],
+    /// Processes at the agent's last process-table scan (every
+    /// `sessions.interval_s`, 5 s by default; SPEC.md, "Samples"): the
+    /// samples between two scans repeat the count.
     pub processes: u64,
 }
 

@@ -17,12 +17,13 @@ cd "$(dirname "$0")/../.."
 work=$(mktemp -d /tmp/vigil-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 
-# The agent as it ships: static, musl, linked with rust-lld (ring's C part built by gcc).
-rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
-CC_x86_64_unknown_linux_musl=gcc CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
-  cargo build --release --locked -q -p vigil-agent --target x86_64-unknown-linux-musl
+# The agent as it ships: the static musl build `xtask dist` makes (rust-lld,
+# ring's C part built by gcc, no unwind tables). AGENT=path measures another.
+if [ -z "${AGENT:-}" ]; then
+  cargo run --locked -q -p xtask -- dist --only agent >/dev/null
+  AGENT=target/dist/vigil-agent-x86_64-unknown-linux-musl
+fi
 cargo build --release --locked -q -p vigil-tests --bin vigil-bench-receiver
-AGENT=target/x86_64-unknown-linux-musl/release/vigil-agent
 HZ=$(getconf CLK_TCK)
 
 # --- vigil-agent -> receiver over TLS 1.3

@@ -46,17 +46,26 @@ pub fn read_file(root: &Path, rel: &str) -> std::io::Result<String> {
 
 /// Reads everything under `root` once (`/proc/...` relative to it).
 pub fn read(root: &Path, time_ms: u64, issues: &mut Vec<Issue>) -> Reading {
-    Reader::new(root).read(time_ms, issues)
+    let mut reader = Reader::new(root);
+    reader.count_processes(issues);
+    reader.read(time_ms, issues)
 }
 
 /// Keeps the /proc files open between ticks and reads each again from the
 /// start: one `lseek` + `read` per file per tick instead of a path lookup,
 /// `open` and `close`. A file that fails is reopened on the next tick.
+///
+/// The process count is not read per tick: listing /proc costs the kernel a
+/// dentry lookup per process, which was a fifth of the agent's CPU at 1 s
+/// (tests/README.md, "Agent footprint"). The sampler counts at the
+/// process-table scan (`count_processes`, or `set_processes` with the
+/// sessions tracker's listing) and each reading carries the last count.
 pub struct Reader {
     root: PathBuf,
     files: Vec<(&'static str, std::fs::File)>,
     buf: String,
     psi: Option<bool>,
+    processes: Option<u64>,
 }
 
 impl Reader {
@@ -66,7 +75,18 @@ impl Reader {
             files: Vec::new(),
             buf: String::new(),
             psi: None,
+            processes: None,
         }
+    }
+
+    /// Lists /proc and keeps the count for the readings that follow.
+    pub fn count_processes(&mut self, issues: &mut Vec<Issue>) {
+        self.processes = count_processes(&self.root, issues);
+    }
+
+    /// A count made by another listing of /proc (the sessions tracker's).
+    pub fn set_processes(&mut self, n: Option<u64>) {
+        self.processes = n;
     }
 
     fn text(&mut self, rel: &'static str) -> std::io::Result<&str> {
@@ -141,7 +161,7 @@ impl Reader {
                 .and_then(|t| uptime::parse(t, issues))
         };
         r.pressure = self.pressure(issues);
-        r.processes = count_processes(&self.root, issues);
+        r.processes = self.processes;
         r
     }
 

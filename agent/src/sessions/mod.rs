@@ -90,14 +90,38 @@ impl Passwd {
     }
 }
 
-/// Reads the process table: `stat` of every process, then uids and titles
-/// of the session candidates and their children only.
-pub fn read_table(root: &Path, issues: &mut Vec<Issue>) -> Table {
-    let mut list = Vec::new();
-    let Ok(dir) = std::fs::read_dir(root.join("proc")) else {
+/// `stat` of the processes a scan has seen before, by pid: the fields a
+/// session is found by (parent, name, terminal, start).
+pub type StatCache = HashMap<u32, Proc>;
+
+/// Reads the process table, then uids and titles of the session candidates
+/// and their children only.
+///
+/// `stat` is read for processes new since the last scan (`cache`), for the
+/// parents and grandparents of new ones, and for the candidates and their
+/// children and grandchildren; the rest keep what the last scan read. Every
+/// kind of session `procs::find` knows becomes one only when a process gets
+/// a child (sshd's monitor forks the user's process, `login`, `su` and
+/// `sudo` fork the shell or command, dropbear forks per connection), so a
+/// process that exec'd into a candidate without a child yet is read again
+/// when that child appears. A pid reused within one scan interval keeps its
+/// old entry until it is a parent or a candidate: only `stat` fields are
+/// cached, uids and titles are read afresh.
+pub fn read_table(root: &Path, cache: &mut StatCache, issues: &mut Vec<Issue>) -> Table {
+    let proc_dir = root.join("proc");
+    let Ok(dir) = std::fs::read_dir(&proc_dir) else {
         issues.push(Issue::new("/proc", "not readable: no process sessions"));
+        cache.clear();
         return Table::default();
     };
+    let read_stat = |pid: u32| {
+        // A process that exits between the listing and the read is gone:
+        // not an issue.
+        let stat = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")).ok()?;
+        parse_stat(pid, &stat)
+    };
+    let mut list = Vec::new();
+    let mut new_parents = Vec::new();
     for e in dir.filter_map(Result::ok) {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -110,32 +134,40 @@ pub fn read_table(root: &Path, issues: &mut Vec<Issue>) -> Table {
             ));
             break;
         }
-        // A process that exits between the listing and the read is gone:
-        // not an issue.
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        if let Some(p) = parse_stat(pid, &stat) {
-            list.push(p);
+        match cache.get(&pid) {
+            Some(p) => list.push(p.clone()),
+            None => {
+                if let Some(p) = read_stat(pid) {
+                    new_parents.push(p.ppid);
+                    list.push(p);
+                }
+            }
         }
     }
-    let wanted: std::collections::HashSet<u32> = {
-        let cand: std::collections::HashSet<u32> = list
-            .iter()
-            .filter(|p| procs::is_candidate(&p.comm))
-            .map(|p| p.pid)
-            .collect();
-        // Candidates, their children and grandchildren (sudo's monitor).
-        let parents: HashMap<u32, u32> = list.iter().map(|p| (p.pid, p.ppid)).collect();
-        list.iter()
-            .filter(|p| {
-                cand.contains(&p.pid)
-                    || cand.contains(&p.ppid)
-                    || parents.get(&p.ppid).is_some_and(|g| cand.contains(g))
-            })
-            .map(|p| p.pid)
-            .collect()
-    };
+    let parents: HashMap<u32, u32> = list.iter().map(|p| (p.pid, p.ppid)).collect();
+    let grand: Vec<u32> = new_parents
+        .iter()
+        .filter_map(|pp| parents.get(pp).copied())
+        .collect();
+    let mut again: std::collections::HashSet<u32> = new_parents.into_iter().chain(grand).collect();
+    again.extend(interesting(&list, &parents));
+    let mut gone = Vec::new();
+    for (i, p) in list.iter_mut().enumerate() {
+        if again.contains(&p.pid) && cache.contains_key(&p.pid) {
+            match read_stat(p.pid) {
+                Some(fresh) => *p = fresh,
+                None => gone.push(i),
+            }
+        }
+    }
+    for i in gone.into_iter().rev() {
+        list.swap_remove(i);
+    }
+    cache.clear();
+    cache.extend(list.iter().map(|p| (p.pid, p.clone())));
+    // Parents may have changed in the second reads: recomputed.
+    let parents: HashMap<u32, u32> = list.iter().map(|p| (p.pid, p.ppid)).collect();
+    let wanted = interesting(&list, &parents);
     for p in list.iter_mut().filter(|p| wanted.contains(&p.pid)) {
         let dir = root.join("proc").join(p.pid.to_string());
         if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
@@ -153,6 +185,23 @@ pub fn read_table(root: &Path, issues: &mut Vec<Issue>) -> Table {
         }
     }
     Table::new(list)
+}
+
+/// Candidates, their children and grandchildren (sudo's monitor).
+fn interesting(list: &[Proc], parents: &HashMap<u32, u32>) -> std::collections::HashSet<u32> {
+    let cand: std::collections::HashSet<u32> = list
+        .iter()
+        .filter(|p| procs::is_candidate(&p.comm))
+        .map(|p| p.pid)
+        .collect();
+    list.iter()
+        .filter(|p| {
+            cand.contains(&p.pid)
+                || cand.contains(&p.ppid)
+                || parents.get(&p.ppid).is_some_and(|g| cand.contains(g))
+        })
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// `pid (comm) S ppid pgrp session tty_nr ... starttime(22)`.
@@ -240,6 +289,10 @@ pub struct Tracker {
     /// Remote peers already resolved, by session key.
     peers: HashMap<u64, Endpoint>,
     passwd: Passwd,
+    /// The last scan's `stat` of every process (see `read_table`).
+    stats: StatCache,
+    /// Processes the last scan listed.
+    processes: Option<u64>,
     clk_tck: u64,
     /// The kernel's boot time, Unix milliseconds (see `boot_time_ms`).
     boot_time_ms: Option<u64>,
@@ -276,6 +329,8 @@ impl Tracker {
             dead: HashMap::new(),
             peers: HashMap::new(),
             passwd: Passwd::default(),
+            stats: StatCache::new(),
+            processes: None,
             // USER_HZ: 100 on every architecture Linux runs on today.
             clk_tck: 100,
             boot_time_ms: None,
@@ -327,6 +382,11 @@ impl Tracker {
         Some(p)
     }
 
+    /// How many processes the last `poll` found (the sample's count).
+    pub fn processes(&self) -> Option<u64> {
+        self.processes
+    }
+
     fn alive(&self, pid: u32) -> bool {
         self.root.join("proc").join(pid.to_string()).exists()
     }
@@ -368,7 +428,8 @@ impl Tracker {
         }
 
         self.passwd.refresh(&self.root);
-        let table = read_table(&self.root, issues);
+        let table = read_table(&self.root, &mut self.stats, issues);
+        self.processes = (!table.procs.is_empty()).then(|| table.procs.len() as u64);
         // The boot time does not change while the agent runs: read once.
         let boot_ms = *self
             .boot_time_ms
