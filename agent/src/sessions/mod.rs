@@ -429,7 +429,7 @@ impl Tracker {
 
         self.passwd.refresh(&self.root);
         let table = read_table(&self.root, &mut self.stats, issues);
-        self.processes = (!table.procs.is_empty()).then(|| table.procs.len() as u64);
+        self.processes = (!table.procs.is_empty()).then_some(table.procs.len() as u64);
         // The boot time does not change while the agent runs: read once.
         let boot_ms = *self
             .boot_time_ms
