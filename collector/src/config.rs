@@ -36,6 +36,9 @@ pub struct Config {
     pub retention_days: u32,
     /// How often the roll-up runs (also once at start).
     pub rollup_every_s: u64,
+    /// How often a signed checkpoint of the archive's hash chain goes to
+    /// the sinks (also at stop); 60..=86400.
+    pub checkpoint_every_s: u64,
     /// An approved device silent for longer than this raises an alert.
     pub silence_s: u64,
     /// A sequence hole neither filled nor explained by a `Gap` for this
@@ -529,6 +532,7 @@ impl Default for Config {
             limits: Limits::default(),
             retention_days: 30,
             rollup_every_s: 3600,
+            checkpoint_every_s: 300,
             silence_s: 300,
             loss_grace_s: 120,
             sinks: Vec::new(),
@@ -626,6 +630,12 @@ impl Config {
         }
         if self.rollup_every_s == 0 {
             return bad("rollup_every_s", "must be at least 1");
+        }
+        if !(60..=86_400).contains(&self.checkpoint_every_s) {
+            return bad(
+                "checkpoint_every_s",
+                "must be within 60..=86400 s (how often a signed checkpoint goes to the sinks)",
+            );
         }
         if self.silence_s == 0 {
             return bad("silence_s", "must be at least 1");

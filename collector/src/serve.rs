@@ -131,6 +131,8 @@ pub fn run(
             loss_grace_ms: cfg.loss_grace_s.saturating_mul(1000),
             retention_ms: u64::from(cfg.retention_days) * 86_400_000,
             rollup_every: Duration::from_secs(cfg.rollup_every_s),
+            checkpoint_every: Duration::from_secs(cfg.checkpoint_every_s),
+            checkpoint_key: crate::store::chain::key(&db)?,
             max_pending: cfg.limits.max_pending,
             policy: cfg.detect.policy()?,
             tuning: crate::detect::score::Tuning::default(),
@@ -226,8 +228,14 @@ pub fn run(
                 }
             })
         };
+        // The handlers are in place before anyone is told the collector
+        // is up: a SIGTERM right after start is a clean stop.
+        let handlers = signals.then(|| {
+            use tokio::signal::unix::{signal, SignalKind};
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        });
         on_start(started);
-        wait_for_stop(signals, stop).await;
+        wait_for_stop(handlers, stop).await;
         log::info!("stopping: no new connections; finishing what is in flight");
         let _ = conn_stop_tx.send(true);
         serial_stop.store(true, Relaxed);
@@ -275,22 +283,20 @@ fn checkpoints(db: &std::path::Path, stop: &AtomicBool) {
     }
 }
 
-async fn wait_for_stop(signals: bool, mut stop: watch::Receiver<bool>) {
-    if signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            let _ = stop.wait_for(|s| *s).await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => log::info!("SIGTERM"),
-            _ = int.recv() => log::info!("SIGINT"),
-            _ = stop.wait_for(|s| *s) => {}
-        }
-    } else {
+async fn wait_for_stop(
+    handlers: Option<(
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    )>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some((Ok(mut term), Ok(mut int))) = handlers else {
         let _ = stop.wait_for(|s| *s).await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM"),
+        _ = int.recv() => log::info!("SIGINT"),
+        _ = stop.wait_for(|s| *s) => {}
     }
 }

@@ -120,8 +120,21 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
         format: ExportFormat,
     },
-    /// Re-verify every stored frame and the rows decoded from it.
-    Audit,
+    /// Re-verify every stored frame and the rows decoded from it, walk the
+    /// hash chain, and name every sequence hole nothing explains.
+    Audit {
+        /// Also check the archive against signed checkpoints exported
+        /// earlier: the JSON sink's file, or `checkpoints` output.
+        #[arg(long, value_name = "FILE")]
+        against: Option<std::path::PathBuf>,
+        /// The collector's checkpoint key (64 hex digits, as `checkpoints`
+        /// prints it) the checkpoints must be signed with.
+        #[arg(long, value_name = "HEX", requires = "against")]
+        collector_key: Option<String>,
+    },
+    /// The signed checkpoints of the archive's hash chain, one JSON line
+    /// each (what the sinks received), for `audit --against`.
+    Checkpoints,
     /// Who changed what, and when.
     AdminLog,
     /// A device's baseline: review, close, approve, reset, export, import.

@@ -193,20 +193,57 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             views::export(&d, &rows, format);
             Ok(())
         }
-        Command::Audit => {
-            let report = store(g)?.audit()?;
+        Command::Audit {
+            against,
+            collector_key,
+        } => {
+            let pinned = match collector_key.as_deref() {
+                None => None,
+                Some(h) => Some(crate::store::chain::parse_key(h).ok_or_else(|| {
+                    usage("--collector-key: give the 64 hex digits `checkpoints` prints as collector_key")
+                })?),
+            };
+            let against = match &against {
+                None => None,
+                Some(p) => Some((
+                    p,
+                    std::fs::read_to_string(p)
+                        .map_err(|e| anyhow!("--against {}: {e}", p.display()))?,
+                )),
+            };
+            let store = store(g)?;
+            let mut report = store.audit()?;
+            let mut checked = 0;
+            if let Some((path, text)) = &against {
+                let (n, problems) = store
+                    .audit_against(text, pinned.as_ref())
+                    .map_err(|e| anyhow!("--against {}: {e}", path.display()))?;
+                checked = n;
+                report.problems.extend(problems);
+            }
             if g.json {
                 out!(
                     "{}",
-                    json!({"frames": report.frames, "problems": report.problems})
+                    json!({"frames": report.frames, "links": report.links,
+                           "checkpoints": checked,
+                           "problems": report.problems, "notes": report.notes})
                 );
             } else {
                 for p in &report.problems {
                     out!("{p}");
                 }
+                for n in &report.notes {
+                    out!("note: {n}");
+                }
+                let against = if against.is_some() {
+                    format!(", checked against {checked} checkpoints")
+                } else {
+                    String::new()
+                };
                 out!(
-                    "audit: {} stored frames re-verified, {} problems",
+                    "audit: {} stored frames re-verified, {} chain links walked{against}, {} problems",
                     report.frames,
+                    report.links,
                     report.problems.len()
                 );
             }
@@ -215,6 +252,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Err(anyhow!(Exit::Findings))
             }
+        }
+        Command::Checkpoints => {
+            for c in store(g)?.checkpoints()? {
+                out!("{c}");
+            }
+            Ok(())
         }
         Command::AdminLog => {
             let log = store(g)?.admin_log()?;

@@ -60,6 +60,9 @@ pub struct Settings {
     pub loss_grace_ms: u64,
     pub retention_ms: u64,
     pub rollup_every: Duration,
+    /// Signed checkpoints of the hash chain to the sinks this often.
+    pub checkpoint_every: Duration,
+    pub checkpoint_key: vigil_protocol::SigningKey,
     pub max_pending: u32,
     pub policy: Policy,
     pub tuning: Tuning,
@@ -230,6 +233,8 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         // The first tick rolls up what aged while the collector was down.
         let mut last_rollup: Option<Instant> = None;
+        let mut last_seal = Instant::now();
+        let mut last_checkpoint = Instant::now();
         while let Some(first) = rx.blocking_recv() {
             let mut frames = job_frames(&first);
             let mut jobs = vec![first];
@@ -256,7 +261,22 @@ impl Writer {
                 if let Err(e) = self.housekeeping(rollup) {
                     log::error!("housekeeping: {e}");
                 }
+                let checkpoint = last_checkpoint.elapsed() >= self.settings.checkpoint_every;
+                if checkpoint || last_seal.elapsed() >= store::chain::SEAL_EVERY {
+                    match self.seal(checkpoint) {
+                        Ok(()) => {
+                            last_seal = Instant::now();
+                            if checkpoint {
+                                last_checkpoint = Instant::now();
+                            }
+                        }
+                        Err(e) => log::error!("sealing the archive's hash chain: {e}"),
+                    }
+                }
             }
+        }
+        if let Err(e) = self.seal(true) {
+            log::error!("the last checkpoint of the archive's hash chain: {e}");
         }
         let saved = self.store.transaction().and_then(|tx| {
             save_baselines(&mut self.baselines, &tx, true)?;
@@ -266,6 +286,20 @@ impl Writer {
             log::error!("saving the detectors' state: {e}");
         }
         log::info!("archive writer stopped; everything received is committed");
+    }
+
+    /// Seals what was stored since the last seal into the hash chain; with
+    /// `checkpoint`, also signs its head and queues that to the sinks.
+    fn seal(&mut self, checkpoint: bool) -> Result<(), store::StoreError> {
+        let now = now_ms();
+        let tx = self.store.transaction()?;
+        if checkpoint {
+            store::chain::checkpoint(&tx, &self.settings.checkpoint_key, now)?;
+        } else {
+            store::chain::seal(&tx, now)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn commit(&mut self, jobs: Vec<Job>) {

@@ -205,6 +205,12 @@ impl Store {
                 rx_bytes = rx_bytes + excluded.rx_bytes, tx_bytes = tx_bytes + excluded.tx_bytes",
             [i(cutoff_ms)],
         )?;
+        // Sealed, then named in the chain as retired: `audit` can tell a
+        // roll-up from a deletion, and a replay of one is not stored again.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        super::chain::retire(&tx, "kind = 'samples' AND time_ms < ?1", i(cutoff_ms), now)?;
         for table in ["samples", "sample_net", "sample_disk"] {
             tx.execute(
                 &format!(
@@ -246,7 +252,8 @@ pub(super) fn sample_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<((i64, i64)
 }
 
 /// Stores a verified frame once; `false` when (device, boot, seq) is
-/// already archived (a resend), in which case nothing else is written.
+/// already archived or was and has been rolled up (a resend), in which
+/// case nothing else is written.
 pub fn store_frame(
     tx: &Connection,
     num: i64,
@@ -256,6 +263,10 @@ pub fn store_frame(
     received_ms: u64,
 ) -> Result<bool> {
     let h = v.header();
+    // Stored once and rolled up since: a replay, not a new frame (SPEC §4).
+    if super::chain::was_retired(tx, num, h.boot, h.seq)? {
+        return Ok(false);
+    }
     let kind = v.kind().map_or("unknown", |k| k.name());
     let inserted = tx
         .prepare_cached(

@@ -6,7 +6,8 @@
 //! connection and its checkpoints; by table: `devices`, `frames` (frames,
 //! decoded rows, export, roll-up), `baselines`, `alerts` (alerts, the
 //! outbox, the admin log), `audit`, `access` (the access record), and
-//! `registry`, the device keys in memory. Within it, `devices` uses
+//! `registry`, the device keys in memory, and `chain`, the hash chain
+//! and signed checkpoints. Within it, `devices` uses
 //! `baselines` and `alerts`, `baselines` uses `alerts`, `audit` uses
 //! `frames`. Depends only on `alert` (the alert record) and the protocol.
 
@@ -14,6 +15,7 @@ pub mod access;
 mod alerts;
 mod audit;
 mod baselines;
+pub mod chain;
 mod devices;
 mod frames;
 pub mod registry;
@@ -351,6 +353,8 @@ impl Store {
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(access::SCHEMA).map_err(open_err)?;
+        conn.execute_batch(chain::SCHEMA).map_err(open_err)?;
+        chain::adopt(&conn)?;
         // Every statement of the ingest path stays prepared (the default
         // cache of 16 thrashes and re-prepares per frame).
         conn.set_prepared_statement_cache_capacity(64);
@@ -493,6 +497,15 @@ mod tests {
         let report = store.audit().unwrap();
         assert_eq!(report.frames, 1);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // A replay of the rolled-up frame (SPEC §4): recognized, neither
+        // stored nor counted again in its minute.
+        assert!(!put(&mut store, &key, &old), "a replay after roll-up");
+        assert_eq!(store.roll_up(86_400_000).unwrap(), 0);
+        let n: i64 = store
+            .conn
+            .query_row("SELECT samples FROM samples_minute WHERE device = ?1 AND minute_ms = 60000", [&id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
 
         // A minute rolled up in two passes: counts add, the mean is of all.
         assert!(put(&mut store, &key, &frame_with(&key, 2, 120_000, 500)));
