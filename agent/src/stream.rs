@@ -13,7 +13,9 @@ use std::collections::BTreeSet;
 
 use vigil_protocol::body::{Body, Sessions, Sockets, MAX_SESSION_EVENTS, MAX_SOCKET_CHANGES};
 use vigil_protocol::cobs::FrameDecoder;
-use vigil_protocol::{to_wire, Ack, DeviceId, Frame, Header, Sample, Samples, SigningKey, VERSION};
+use vigil_protocol::{
+    to_wire, DeviceId, Downlink, Frame, Header, Sample, Samples, SigningKey, Standing, VERSION,
+};
 
 use crate::config::Config;
 use crate::inventory;
@@ -672,6 +674,12 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))
 }
 
+/// Why the collector refused this device, as its status said.
+const REFUSED_PENDING: &str =
+    "the collector holds this device as pending: waiting for a person to approve it (its frames are kept)";
+const REFUSED_REVOKED: &str =
+    "the collector has revoked this device's key: nothing it sends is stored";
+
 fn link_loop(shared: &Shared) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
@@ -728,14 +736,26 @@ fn link_loop(shared: &Shared) {
                     continue;
                 }
                 let wait = jitter(refused);
-                // Said once when the sessions start ending like this, not
-                // per attempt, nor when only the socket error differs.
-                if last_reason.is_none() {
-                    log::warn!(
-                        "the collector ended the session before acknowledging anything ({e}): \
-                         retrying with backoff up to {} s (a pending device waits for approval)",
-                        NO_PROGRESS_MAX.as_secs()
-                    );
+                // Said once when the sessions start ending like this, and
+                // when the collector's stated reason changes; not per
+                // attempt, nor when only the socket error differs.
+                let stated = [REFUSED_PENDING, REFUSED_REVOKED].contains(&e.as_str());
+                let changed = last_reason.as_ref().is_some_and(|l| {
+                    l != &e && (stated || [REFUSED_PENDING, REFUSED_REVOKED].contains(&l.as_str()))
+                });
+                if last_reason.is_none() || changed {
+                    if stated {
+                        log::warn!(
+                            "{e}: retrying with backoff up to {} s",
+                            NO_PROGRESS_MAX.as_secs()
+                        );
+                    } else {
+                        log::warn!(
+                            "the collector ended the session before acknowledging anything ({e}): \
+                             retrying with backoff up to {} s",
+                            NO_PROGRESS_MAX.as_secs()
+                        );
+                    }
                     last_reason = Some(e);
                 } else {
                     log::debug!("session ended without progress again: retrying in {wait:?}");
@@ -794,8 +814,19 @@ fn session(
         let n = link.poll_read(&mut rbuf)?;
         let mut input = rbuf.get(..n).unwrap_or(&[]);
         while let Some(r) = acks.feed(&mut input) {
-            match r.ok().map(Ack::decode) {
-                Some(Ok(a)) if a.device == device && a.boot == boot => {
+            match r.ok().map(Downlink::decode) {
+                Some(Ok(Downlink::Status(st))) if st.device == device => {
+                    // Advisory only (the collector commands nothing): why
+                    // the session ends, so the agent waits politely.
+                    return Err(std::io::Error::other(match st.standing {
+                        Standing::Pending => REFUSED_PENDING,
+                        Standing::Revoked => REFUSED_REVOKED,
+                    }));
+                }
+                Some(Ok(Downlink::Status(st))) => {
+                    log::warn!("ignored a status for device {}", st.device);
+                }
+                Some(Ok(Downlink::Ack(a))) if a.device == device && a.boot == boot => {
                     let released = shared.lock().queue.ack(a.seq);
                     log::debug!("ack {}: {released} frames released", a.seq);
                     if released > 0 {
@@ -804,7 +835,9 @@ fn session(
                         *progressed = true;
                     }
                 }
-                Some(Ok(a)) => log::warn!("ignored an ack for device {} boot {}", a.device, a.boot),
+                Some(Ok(Downlink::Ack(a))) => {
+                    log::warn!("ignored an ack for device {} boot {}", a.device, a.boot);
+                }
                 Some(Err(vigil_protocol::DecodeError::Checksum)) => {
                     log::warn!("ignored a damaged ack (its CRC does not match)");
                 }

@@ -378,10 +378,68 @@ pub struct Ack {
     pub seq: u64,
 }
 
-/// Everything the collector can ever say to a device: an ack, nothing else.
+/// Everything the collector can ever say to a device: an ack, or why it
+/// will not take the device's frames. Nothing in it is a command: a status
+/// only tells a refused agent to wait politely (SPEC.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Downlink {
     Ack(Ack),
+    Status(Status),
+}
+
+/// Sent before the collector closes a session it will not take frames on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub device: DeviceId,
+    pub standing: Standing,
+}
+
+/// Where a device the collector refuses stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Standing {
+    /// Known, waiting for a person to approve it: frames are kept on the
+    /// device and sent after approval.
+    Pending,
+    /// Revoked: nothing from this key will be stored.
+    Revoked,
+}
+
+impl Downlink {
+    /// `DOWNLINK_VERSION || postcard(self) || crc32 (LE)`, the CRC over
+    /// everything before it; COBS framing comes on top.
+    pub fn encode(&self) -> Vec<u8, MAX_DOWNLINK_LEN> {
+        let mut buf = [0u8; MAX_DOWNLINK_LEN];
+        let mut out = Vec::new();
+        // Version byte, at most 1 + 8 + 5 + 10 bytes, 4 of CRC: always fits.
+        let _ = out.push(DOWNLINK_VERSION);
+        if let Ok(b) = postcard::to_slice(self, &mut buf) {
+            let _ = out.extend_from_slice(b);
+        }
+        let crc = crc32(&out).to_le_bytes();
+        let _ = out.extend_from_slice(&crc);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Downlink, DecodeError> {
+        if bytes.len() > MAX_DOWNLINK_LEN {
+            return Err(DecodeError::Oversize);
+        }
+        let (&version, _) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+        if version != DOWNLINK_VERSION {
+            return Err(DecodeError::Version);
+        }
+        let Some(at) = bytes.len().checked_sub(4).filter(|&at| at > 1) else {
+            return Err(DecodeError::Truncated);
+        };
+        let (message, crc) = bytes.split_at(at);
+        if crc32(message).to_le_bytes() != crc {
+            return Err(DecodeError::Checksum);
+        }
+        match postcard::take_from_bytes::<Downlink>(message.get(1..).unwrap_or(&[])) {
+            Ok((d, [])) => Ok(d),
+            _ => Err(DecodeError::Malformed),
+        }
+    }
 }
 
 /// Largest encoded downlink message.
@@ -405,39 +463,16 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 }
 
 impl Ack {
-    /// `DOWNLINK_VERSION || postcard(Downlink::Ack(self)) || crc32 (LE)`,
-    /// the CRC over everything before it; COBS framing comes on top.
+    /// `Downlink::Ack(self)` encoded.
     pub fn encode(&self) -> Vec<u8, MAX_DOWNLINK_LEN> {
-        let mut buf = [0u8; MAX_DOWNLINK_LEN];
-        let mut out = Vec::new();
-        // Version byte, at most 1 + 8 + 5 + 10 bytes, 4 of CRC: always fits.
-        let _ = out.push(DOWNLINK_VERSION);
-        if let Ok(b) = postcard::to_slice(&Downlink::Ack(*self), &mut buf) {
-            let _ = out.extend_from_slice(b);
-        }
-        let crc = crc32(&out).to_le_bytes();
-        let _ = out.extend_from_slice(&crc);
-        out
+        Downlink::Ack(*self).encode()
     }
 
+    /// An ack, and only an ack (a status is `Malformed` here).
     pub fn decode(bytes: &[u8]) -> Result<Ack, DecodeError> {
-        if bytes.len() > MAX_DOWNLINK_LEN {
-            return Err(DecodeError::Oversize);
-        }
-        let (&version, _) = bytes.split_first().ok_or(DecodeError::Truncated)?;
-        if version != DOWNLINK_VERSION {
-            return Err(DecodeError::Version);
-        }
-        let Some(at) = bytes.len().checked_sub(4).filter(|&at| at > 1) else {
-            return Err(DecodeError::Truncated);
-        };
-        let (message, crc) = bytes.split_at(at);
-        if crc32(message).to_le_bytes() != crc {
-            return Err(DecodeError::Checksum);
-        }
-        match postcard::take_from_bytes::<Downlink>(message.get(1..).unwrap_or(&[])) {
-            Ok((Downlink::Ack(ack), [])) => Ok(ack),
-            _ => Err(DecodeError::Malformed),
+        match Downlink::decode(bytes)? {
+            Downlink::Ack(a) => Ok(a),
+            Downlink::Status(_) => Err(DecodeError::Malformed),
         }
     }
 }

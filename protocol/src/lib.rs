@@ -29,8 +29,9 @@ pub use body::{Body, BodyKind};
 #[cfg(feature = "alloc")]
 pub use frame::VerifiedBuf;
 pub use frame::{
-    to_wire, Ack, DecodeError, DeviceId, EncodeError, Frame, Header, SignedFrame, VerifiedFrame,
-    VerifyError, DOWNLINK_VERSION, MAX_FRAME_LEN, MAX_WIRE_LEN, VERSION,
+    to_wire, Ack, DecodeError, DeviceId, Downlink, EncodeError, Frame, Header, SignedFrame,
+    Standing, Status, VerifiedFrame, VerifyError, DOWNLINK_VERSION, MAX_FRAME_LEN, MAX_WIRE_LEN,
+    VERSION,
 };
 pub use sample::{Sample, Samples};
 

@@ -7,7 +7,9 @@
 mod common;
 
 use common::*;
-use vigil_protocol::{to_wire, Ack, DeviceId, SignedFrame};
+use vigil_protocol::{
+    to_wire, Ack, DecodeError, DeviceId, Downlink, SignedFrame, Standing, Status,
+};
 
 fn check(name: &str, bytes: &[u8]) {
     let path = testdata("golden").join(name);
@@ -52,6 +54,25 @@ fn wire_form_and_ack_match_golden() {
     assert_eq!(
         Ack::decode(&std::fs::read(testdata("golden/ack.bin")).unwrap()),
         Ok(ack)
+    );
+    // The status a refused device gets before the close, and no status
+    // ever reads as an ack.
+    for (name, standing) in [
+        ("status-pending.bin", Standing::Pending),
+        ("status-revoked.bin", Standing::Revoked),
+    ] {
+        let st = Downlink::Status(Status {
+            device: DeviceId::of(&k.verifying_key()),
+            standing,
+        });
+        check(name, &st.encode());
+        let bytes = std::fs::read(testdata("golden").join(name)).unwrap();
+        assert_eq!(Downlink::decode(&bytes), Ok(st));
+        assert_eq!(Ack::decode(&bytes), Err(DecodeError::Malformed));
+    }
+    assert_eq!(
+        Downlink::decode(&std::fs::read(testdata("golden/ack.bin")).unwrap()),
+        Ok(Downlink::Ack(ack))
     );
 }
 

@@ -781,11 +781,27 @@ fn refused_agents_back_off_and_an_approved_one_still_connects_at_once() {
     let log = |d: &Path| std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
     let (pending_log, revoked_log) = (log(&pending_dir), log(&revoked_dir));
     assert_eq!(code, Some(0), "{}", log(&approved_dir));
+    // The reason, as the collector's status states it before each close
+    // (or, without one, that the session ended unacknowledged).
     let said = |log: &str| {
         log.lines()
-            .filter(|l| l.contains("ended the session before acknowledging anything"))
+            .filter(|l| {
+                l.contains("ended the session before acknowledging anything")
+                    || l.contains("the collector holds this device as pending")
+                    || l.contains("the collector has revoked this device's key")
+            })
             .count()
     };
+    assert!(
+        pending_log.contains(
+            "the collector holds this device as pending: waiting for a person to approve it"
+        ),
+        "{pending_log}"
+    );
+    assert!(
+        revoked_log.contains("the collector has revoked this device's key"),
+        "{revoked_log}"
+    );
     let revoked_alerts: Vec<Value> = c
         .alerts()
         .into_iter()

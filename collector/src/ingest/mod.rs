@@ -21,7 +21,8 @@ use vigil_protocol::body::Hello;
 use vigil_protocol::cobs::{FrameDecoder, FrameError};
 use vigil_protocol::replay::ConnectionOrder;
 use vigil_protocol::{
-    to_wire, Ack, BodyKind, DeviceId, SignedFrame, VerifiedBuf, VerifyingKey, MAX_FRAME_LEN,
+    to_wire, Ack, BodyKind, DeviceId, Downlink, SignedFrame, Standing, VerifiedBuf, VerifyingKey,
+    MAX_FRAME_LEN,
 };
 
 use crate::alert::{self, Raise};
@@ -109,6 +110,8 @@ pub struct Fed {
     pub device: Option<DeviceId>,
     pub frames: Vec<VerifiedBuf>,
     pub pending: Option<(VerifyingKey, Box<Hello>)>,
+    /// Told to the device before the close: it is pending or revoked.
+    pub status: Option<vigil_protocol::Status>,
     pub raises: Vec<Raise>,
     /// The peer must be disconnected after this.
     pub close: bool,
@@ -261,6 +264,7 @@ impl Session {
                 },
                 Some((_, DeviceState::Revoked)) => {
                     reject(m, &self.peer, "revoked_device", Some(&h));
+                    fed.status = Some(status(h.device, Standing::Revoked));
                     if ctx.refusal_alerted(h.device) {
                         let ev = json!({"peer": &*self.peer, "expected": "no frames from a revoked key", "seen": "a connection from it"});
                         self.raise(
@@ -276,6 +280,7 @@ impl Session {
                     // person approves; the agent keeps its frames and
                     // resends them after approval.
                     reject(m, &self.peer, "pending_device", Some(&h));
+                    fed.status = Some(status(h.device, Standing::Pending));
                     fed.close = true;
                     break;
                 }
@@ -287,7 +292,10 @@ impl Session {
                     }
                     let is_hello = sf.kind() == Some(BodyKind::Hello);
                     match is_hello.then(|| sf.verify_hello()) {
-                        Some(Ok((_, key, hello))) => fed.pending = Some((key, Box::new(hello))),
+                        Some(Ok((_, key, hello))) => {
+                            fed.pending = Some((key, Box::new(hello)));
+                            fed.status = Some(status(h.device, Standing::Pending));
+                        }
                         _ => {
                             let ev = json!({"peer": &*self.peer, "claimed": h.device.to_string(),
                                             "expected": "an enrolled device or a self-signed Hello",
@@ -358,6 +366,16 @@ async fn submit(ctx: &Ctx, fed: &mut Fed, peer: &Arc<str>, received_ms: u64) -> 
 
 fn ack_wire(a: &Ack) -> Option<Vec<u8>> {
     to_wire(&a.encode()).map(|w| w.to_vec())
+}
+
+fn status(device: DeviceId, standing: Standing) -> vigil_protocol::Status {
+    vigil_protocol::Status { device, standing }
+}
+
+/// A refused device's status on the wire (SPEC.md §3): it then waits
+/// politely instead of taking the close for a fault.
+fn status_wire(st: vigil_protocol::Status) -> Option<Vec<u8>> {
+    to_wire(&Downlink::Status(st).encode()).map(|w| w.to_vec())
 }
 
 /// Paces a connection to `limit` frames per second by sleeping.
@@ -447,6 +465,10 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 ctx.metrics.observe_ack(arrived.elapsed());
             }
+        }
+        if let Some(wire) = fed.status.take().and_then(status_wire) {
+            let _ = s.write_all(&wire).await;
+            let _ = s.flush().await;
         }
         if close {
             break;
@@ -596,6 +618,10 @@ pub fn serial(path: std::path::PathBuf, baud: u32, ctx: Arc<Ctx>, stop: Arc<Atom
                         break 'port;
                     }
                     ctx.metrics.observe_ack(arrived.elapsed());
+                }
+                if let Some(wire) = fed.status.take().and_then(status_wire) {
+                    use std::io::Write;
+                    let _ = port.write_all(&wire).and_then(|()| port.flush());
                 }
             }
         }

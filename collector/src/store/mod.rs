@@ -503,7 +503,11 @@ mod tests {
         assert_eq!(store.roll_up(86_400_000).unwrap(), 0);
         let n: i64 = store
             .conn
-            .query_row("SELECT samples FROM samples_minute WHERE device = ?1 AND minute_ms = 60000", [&id], |r| r.get(0))
+            .query_row(
+                "SELECT samples FROM samples_minute WHERE device = ?1 AND minute_ms = 60000",
+                [&id],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 1);
 
