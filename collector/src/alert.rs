@@ -107,6 +107,7 @@ rules! {
     ACCESS_ROOT = "access.root-session", Info, "a root session on the device (root login, su or sudo)";
     ACCESS_OVERSTAY = "access.overstay", Medium, "a session still open after its access window ended";
     ACCESS_LOG_TAMPERED = "access.log-tampered", High, "login records on the device vanished or changed";
+    ARCHIVE_WRITE_FAILED = "collector.archive-write-failed", High, "the collector cannot write its archive (disk full?): nothing is acknowledged until it can";
 }
 
 /// One occurrence of a rule, before it is merged into an alert.

@@ -52,6 +52,10 @@ pub struct Metrics {
     commit_us: AtomicU64,
     pub events_emitted: AtomicU64,
     pub sink_errors: AtomicU64,
+    /// Events that cannot wait for the archive's outbox because the
+    /// archive cannot be written (`collector.archive-write-failed`): the
+    /// sinks take them from here, once, best effort.
+    pub urgent: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 impl Metrics {

@@ -183,7 +183,28 @@ pub fn run(db: PathBuf, sinks: Vec<Sink>, metrics: Arc<Metrics>, stop: Arc<Atomi
         .unwrap_or_default();
     loop {
         let stopping = stop.load(Relaxed);
+        let urgent = std::mem::take(
+            &mut *metrics
+                .urgent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for t in &mut targets {
+            if !urgent.is_empty() {
+                let now = crate::clock::now_ms();
+                let lines: Vec<String> = urgent.iter().map(|ev| t.render(ev, &host, now)).collect();
+                match t.send(&lines) {
+                    Ok(()) => {
+                        metrics
+                            .events_emitted
+                            .fetch_add(u64::try_from(lines.len()).unwrap_or(0), Relaxed);
+                    }
+                    Err(e) => {
+                        metrics.sink_errors.fetch_add(1, Relaxed);
+                        log::warn!("sink {}: {e}: an urgent alert not delivered", t.name);
+                    }
+                }
+            }
             deliver(&store, t, &host, &metrics);
         }
         if stopping {

@@ -908,12 +908,29 @@ fn a_full_disk_pauses_acks_without_closing_connections_and_loses_nothing() {
         state.join("vigil.sqlite"),
     )
     .unwrap();
+    // The SOC's sink is elsewhere (not on the full filesystem).
+    let sink = state_outside.parent().unwrap().join("soc.jsonl");
     let c = Collector::start(
         &state,
-        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--sink-json",
+            sink.to_str().unwrap(),
+        ],
     );
     let metrics = c.metrics.clone().unwrap();
     let metric = |name: &str| vigil_tests::collector::metric(&metrics, name);
+    let write_alerts = |state: &str| {
+        std::fs::read_to_string(&sink)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["rule"] == "collector.archive-write-failed" && v["state"] == state)
+            .count()
+    };
     let agent = fast_agent(
         &agent_dir,
         c.tls.as_deref().unwrap(),
@@ -951,6 +968,12 @@ fn a_full_disk_pauses_acks_without_closing_connections_and_loses_nothing() {
         connections,
         "a failed commit closed the agent's connection"
     );
+    // The SOC was told, once, though the outbox is in the full archive.
+    assert!(
+        c.wait_for(Duration::from_secs(10), |_| write_alerts("open") >= 1),
+        "no archive-write alert reached the sink"
+    );
+    assert_eq!(write_alerts("open"), 1, "told more than once");
 
     // Space returns: writes resume, and the acks move past the hole once
     // the agent's Gap (made at its next resend) is stored: within one
@@ -967,6 +990,12 @@ fn a_full_disk_pauses_acks_without_closing_connections_and_loses_nothing() {
         stored(&c)
     );
     let resumed_in = t.elapsed();
+    // And once writes resumed, the record of it, resolved, from the archive.
+    assert!(
+        c.wait_for(Duration::from_secs(10), |_| write_alerts("resolved") >= 1),
+        "the archive-write alert was not recorded when writes resumed"
+    );
+    assert_eq!(write_alerts("open"), 2, "the direct one and the stored one");
     let (code, _) = agent.stop();
     let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
     assert_eq!(code, Some(0), "{log}");

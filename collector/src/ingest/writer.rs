@@ -169,6 +169,8 @@ pub struct Writer {
     /// logged.
     failed_commits: u64,
     failure_said: Option<Instant>,
+    /// When the current run of failed transactions began.
+    failing_since_ms: u64,
 }
 
 /// Most frames taken into one transaction.
@@ -193,6 +195,7 @@ impl Writer {
             baselines_saved: Instant::now(),
             failed_commits: 0,
             failure_said: None,
+            failing_since_ms: 0,
         };
         w.refresh_registry()?;
         Ok(w)
@@ -262,7 +265,10 @@ impl Writer {
                     log::error!("housekeeping: {e}");
                 }
                 let checkpoint = last_checkpoint.elapsed() >= self.settings.checkpoint_every;
-                if checkpoint || last_seal.elapsed() >= store::chain::SEAL_EVERY {
+                // Not while transactions fail (said once, above): the seal
+                // follows when writes resume.
+                let due = checkpoint || last_seal.elapsed() >= store::chain::SEAL_EVERY;
+                if due && self.failed_commits == 0 {
                     match self.seal(checkpoint) {
                         Ok(()) => {
                             last_seal = Instant::now();
@@ -286,6 +292,26 @@ impl Writer {
             log::error!("saving the detectors' state: {e}");
         }
         log::info!("archive writer stopped; everything received is committed");
+    }
+
+    /// Writes resumed: the failure the sinks were told of goes into the
+    /// archive's record, resolved (the sinks get that too).
+    fn record_write_failure(&mut self) -> Result<(), store::StoreError> {
+        let now = now_ms();
+        let tx = self.store.transaction()?;
+        let ev = json!({
+            "expected": "archive transactions commit",
+            "seen": format!("{} transactions failed from {} to {}: nothing was acknowledged meanwhile",
+                            self.failed_commits, alert::rfc3339(self.failing_since_ms), alert::rfc3339(now)),
+        });
+        raise(
+            &tx,
+            &self.metrics,
+            Raise::new(alert::ARCHIVE_WRITE_FAILED, "", "", ev, now),
+        )?;
+        store::resolve_rule_emitted(&tx, "", alert::ARCHIVE_WRITE_FAILED.id, now)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Seals what was stored since the last seal into the hash chain; with
@@ -415,6 +441,9 @@ impl Writer {
                         "archive writes resumed after {} failed transactions",
                         self.failed_commits
                     );
+                    if let Err(e) = self.record_write_failure() {
+                        log::warn!("recording the archive write failure: {e}");
+                    }
                     self.failed_commits = 0;
                 }
                 for (reply, r) in replies {
@@ -434,6 +463,34 @@ impl Writer {
                 self.metrics
                     .commit_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if self.failed_commits == 1 {
+                    // The outbox is in the archive: this alert goes to the
+                    // sinks directly, once; it is stored when writes resume.
+                    self.failing_since_ms = now_ms();
+                    let now = self.failing_since_ms;
+                    let a = crate::alert::Alert {
+                        id: 0,
+                        device: String::new(),
+                        device_name: None,
+                        rule: alert::ARCHIVE_WRITE_FAILED.id.into(),
+                        severity: alert::ARCHIVE_WRITE_FAILED.severity.name().into(),
+                        first_seen_ms: now,
+                        last_seen_ms: now,
+                        count: 1,
+                        evidence: json!({
+                            "expected": "archive transactions commit",
+                            "seen": e.to_string(),
+                            "effect": "nothing is acknowledged; the agents keep their frames and resend",
+                            "stored": "not yet: sent to the sinks directly, stored when writes resume",
+                        }),
+                        state: "open".into(),
+                    };
+                    self.metrics
+                        .urgent
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(a.to_json());
+                }
                 // Said at the first failure, then at most once a minute.
                 if self.failed_commits == 1
                     || self

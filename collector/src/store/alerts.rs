@@ -27,14 +27,7 @@ impl Store {
     }
 
     pub fn alert(&self, id: i64) -> Result<Alert> {
-        self.conn
-            .query_row(
-                "SELECT a.id, a.device, d.name, a.rule, a.severity, a.first_seen_ms, a.last_seen_ms,
-                        a.count, a.evidence, a.state
-                 FROM alerts a LEFT JOIN devices d ON d.id = a.device WHERE a.id = ?1",
-                [id],
-                alert_row,
-            )
+        alert_by_id(&self.conn, id)
             .optional()?
             .ok_or(StoreError::NoAlert(id))
     }
@@ -129,6 +122,16 @@ impl Store {
     // ---- audit ------------------------------------------------------------
 }
 
+/// One alert by id, as emitted.
+fn alert_by_id(tx: &Connection, id: i64) -> rusqlite::Result<Alert> {
+    tx.prepare_cached(
+        "SELECT a.id, a.device, d.name, a.rule, a.severity, a.first_seen_ms, a.last_seen_ms,
+                a.count, a.evidence, a.state
+         FROM alerts a LEFT JOIN devices d ON d.id = a.device WHERE a.id = ?1",
+    )?
+    .query_row([id], alert_row)
+}
+
 pub(super) fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
     Ok(Alert {
         id: r.get(0)?,
@@ -212,19 +215,33 @@ pub fn raise(tx: &Connection, r: &Raise) -> Result<(i64, bool)> {
         }
     };
     if emit {
-        let a = tx
-            .prepare_cached(
-                "SELECT a.id, a.device, d.name, a.rule, a.severity, a.first_seen_ms, a.last_seen_ms,
-                        a.count, a.evidence, a.state
-                 FROM alerts a LEFT JOIN devices d ON d.id = a.device WHERE a.id = ?1",
-            )?
-            .query_row([id], alert_row)?;
+        let a = alert_by_id(tx, id)?;
         push_event(tx, &a.to_json(), r.time_ms)?;
     }
     Ok((id, new))
 }
 
 /// Resolves an open `rule` alert for a device (e.g. silence ended).
+/// `resolve_rule`, and each alert it resolved goes to the sinks as
+/// resolved (for a condition that ended by itself, said to the SOC).
+pub fn resolve_rule_emitted(
+    tx: &Connection,
+    device: &str,
+    rule: &str,
+    now_ms: u64,
+) -> Result<usize> {
+    let ids: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM alerts WHERE device = ?1 AND rule = ?2 AND state = 'open'")?
+        .query_map(params![device, rule], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let n = resolve_rule(tx, device, rule)?;
+    for id in ids {
+        let a = alert_by_id(tx, id)?;
+        push_event(tx, &a.to_json(), now_ms)?;
+    }
+    Ok(n)
+}
+
 pub fn resolve_rule(tx: &Connection, device: &str, rule: &str) -> Result<usize> {
     Ok(tx
         .prepare_cached("UPDATE alerts SET state = 'resolved' WHERE device = ?1 AND rule = ?2 AND state = 'open'")?

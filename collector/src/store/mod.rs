@@ -20,7 +20,7 @@ mod devices;
 mod frames;
 pub mod registry;
 
-pub use alerts::{admin, raise, resolve_rule};
+pub use alerts::{admin, raise, resolve_rule, resolve_rule_emitted};
 pub use baselines::{baseline_row, ensure_baseline, save_baseline, BaselineRow};
 pub use devices::{device_num, device_state, insert_pending, silent_devices, update_device};
 pub use frames::{store_frame, Layout};
