@@ -271,10 +271,17 @@ fn checkpoints(db: &std::path::Path, stop: &AtomicBool) {
             return;
         }
     };
+    // A failing checkpoint (a full disk) is said once, then once a minute.
+    let mut said: Option<std::time::Instant> = None;
     loop {
         let stopping = stop.load(Relaxed);
-        if let Err(e) = store.checkpoint() {
-            log::warn!("WAL checkpoint: {e}");
+        match store.checkpoint() {
+            Err(e) if said.map_or(true, |t| t.elapsed() >= Duration::from_secs(60)) => {
+                log::warn!("WAL checkpoint: {e}");
+                said = Some(std::time::Instant::now());
+            }
+            Err(_) => {}
+            Ok(()) => said = None,
         }
         if stopping {
             return;

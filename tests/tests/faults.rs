@@ -910,17 +910,15 @@ fn a_full_disk_pauses_acks_without_closing_connections_and_loses_nothing() {
     .unwrap();
     // The SOC's sink is elsewhere (not on the full filesystem).
     let sink = state_outside.parent().unwrap().join("soc.jsonl");
-    let c = Collector::start(
-        &state,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--sink-json",
-            sink.to_str().unwrap(),
-        ],
-    );
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--sink-json",
+        sink.to_str().unwrap(),
+    ];
+    let c = Collector::start(&state, &args);
     let metrics = c.metrics.clone().unwrap();
     let metric = |name: &str| vigil_tests::collector::metric(&metrics, name);
     let write_alerts = |state: &str| {
@@ -975,6 +973,40 @@ fn a_full_disk_pauses_acks_without_closing_connections_and_loses_nothing() {
     );
     assert_eq!(write_alerts("open"), 1, "told more than once");
 
+    // A restart while still full: serve comes up on the full archive (its
+    // last checkpoint and saves fail, said) and goes on acking nothing.
+    let addr = c.tls.clone().unwrap();
+    assert_eq!(c.stop(), Some(0), "stopping on a full disk");
+    let mut again = args;
+    again[1] = &addr; // where the agent connects
+    let c = Collector::start(&state, &again);
+    let metrics = c.metrics.clone().unwrap();
+    let metric = |name: &str| vigil_tests::collector::metric(&metrics, name);
+    assert!(
+        c.wait_for(Duration::from_secs(60), |_| metric(
+            "vigil_collector_commit_failures_total"
+        ) >= 5.0),
+        "the restarted collector wrote nothing and failed nothing:\n{}\nagent:\n{}",
+        c.log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        std::fs::read_to_string(agent_dir.join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(metric("vigil_collector_frames_stored_total"), 0.0);
+    assert!(
+        c.wait_for(Duration::from_secs(10), |_| write_alerts("open") >= 2),
+        "the restarted collector did not tell the sinks"
+    );
+
     // Space returns: writes resume, and the acks move past the hole once
     // the agent's Gap (made at its next resend) is stored: within one
     // resend interval, at most 60 s.
@@ -995,7 +1027,11 @@ fn a_full_disk_pauses_acks_without_closing_connections_and_loses_nothing() {
         c.wait_for(Duration::from_secs(10), |_| write_alerts("resolved") >= 1),
         "the archive-write alert was not recorded when writes resumed"
     );
-    assert_eq!(write_alerts("open"), 2, "the direct one and the stored one");
+    assert_eq!(
+        write_alerts("open"),
+        3,
+        "one direct alert per process, and the stored one"
+    );
     let (code, _) = agent.stop();
     let log = std::fs::read_to_string(agent_dir.join("agent.log")).unwrap_or_default();
     assert_eq!(code, Some(0), "{log}");
