@@ -277,7 +277,13 @@ fn deleted_frames_devices_and_re_signed_history_are_found() {
         )),
         "{text}"
     );
-    assert!(text.contains("another head"), "{text}");
+    // The rebuilt chain contradicts the checkpoint whether it has as many
+    // links (another head) or fewer (the writer sealed more often while
+    // the devices streamed on a slow machine).
+    assert!(
+        text.contains("another head") || text.contains("the archive's chain has no such link"),
+        "{text}"
+    );
     // The same key swapped in without re-signing: named by the file alone.
     let s5 = copy(&state, "tamper-key");
     db(&s5)

@@ -46,11 +46,7 @@ impl Store {
             report.frames += 1;
             let at = format!("frame {device}/{boot}/{seq}");
             // Whatever was written into the column, audit it as bytes.
-            let bytes: Vec<u8> = match r.get_ref(3)? {
-                rusqlite::types::ValueRef::Blob(b) => b.to_vec(),
-                rusqlite::types::ValueRef::Text(t) => t.to_vec(),
-                _ => Vec::new(),
-            };
+            let bytes = super::chain::blob(r.get_ref(3)?);
             let Some(Some(key)) = keys.get(&device) else {
                 report
                     .problems

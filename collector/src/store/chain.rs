@@ -72,6 +72,22 @@ struct Link {
     head: Vec<u8>,
 }
 
+impl Link {
+    /// A link to append (`append` gives it its id and head).
+    fn new(kind: &str, now_ms: u64, (first, last): (i64, i64), n: usize, digest: Vec<u8>) -> Link {
+        Link {
+            id: 0,
+            time_ms: i(now_ms),
+            kind: kind.into(),
+            first,
+            last,
+            frames: i64::try_from(n).unwrap_or(i64::MAX),
+            digest,
+            head: Vec::new(),
+        }
+    }
+}
+
 fn head_of(prev: &[u8], l: &Link) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(DOMAIN);
@@ -176,21 +192,18 @@ pub fn seal(tx: &Connection, now_ms: u64) -> Result<Option<i64>> {
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Ok(None);
     };
-    let link = Link {
-        id: 0,
-        time_ms: i(now_ms),
-        kind: "frames".into(),
-        first: first.0,
-        last: last.0,
-        frames: i64::try_from(rows.len()).unwrap_or(i64::MAX),
-        digest: frames_digest(&rows),
-        head: Vec::new(),
-    };
+    let link = Link::new(
+        "frames",
+        now_ms,
+        (first.0, last.0),
+        rows.len(),
+        frames_digest(&rows),
+    );
     Ok(Some(append(tx, link)?))
 }
 
 /// Whatever was written into a bytes column, as bytes.
-fn blob(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
+pub(super) fn blob(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
     match v {
         rusqlite::types::ValueRef::Blob(b) => b.to_vec(),
         rusqlite::types::ValueRef::Text(t) => t.to_vec(),
@@ -214,16 +227,13 @@ pub(super) fn retire(tx: &Connection, condition: &str, arg: i64, now_ms: u64) ->
     };
     let link = append(
         tx,
-        Link {
-            id: 0,
-            time_ms: i(now_ms),
-            kind: "retired".into(),
-            first: first.0,
-            last: last.0,
-            frames: i64::try_from(rows.len()).unwrap_or(i64::MAX),
-            digest: retired_digest(&rows),
-            head: Vec::new(),
-        },
+        Link::new(
+            "retired",
+            now_ms,
+            (first.0, last.0),
+            rows.len(),
+            retired_digest(&rows),
+        ),
     )?;
     let mut ins = tx.prepare_cached(
         "INSERT OR IGNORE INTO retired(frame, link, device, boot, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
