@@ -20,7 +20,18 @@ use crate::config::{self, Collector, Config};
 /// frame waits before it is sent (far inside the 10 s latency budget), and
 /// what keeps an idle link thread to one wake-up a second.
 pub const POLL: Duration = Duration::from_millis(1000);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting and the TLS handshake each wait at most this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write that cannot hand a byte to the kernel for this long means the
+/// peer stopped reading (a hung collector host: its kernel acked until the
+/// socket buffers filled): the link is dropped and opened again. Inside the
+/// 5 s flush budget a SIGTERM has.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
+/// The socket's send buffer, fixed (the kernel doubles it for its own
+/// bookkeeping) instead of autotuned up to megabytes: what a hung collector
+/// can swallow before the agent's writes stall, and still far above what a
+/// device sends in a round trip (a backlog resend included).
+const SEND_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -44,8 +55,9 @@ pub enum Link {
 }
 
 impl Link {
-    /// Opens the link the configuration names.
-    pub fn open(cfg: &Config) -> Result<Link, LinkError> {
+    /// Opens the link the configuration names, connecting for at most
+    /// `connect` (`CONNECT_TIMEOUT`, less while stopping).
+    pub fn open(cfg: &Config, connect_within: Duration) -> Result<Link, LinkError> {
         if let Some(s) = &cfg.serial {
             let device = s.device.display().to_string();
             let port = serialport::new(device.clone(), s.baud)
@@ -58,9 +70,18 @@ impl Link {
             .collector
             .as_ref()
             .ok_or_else(|| LinkError::Tls("no [collector] configured".into()))?;
-        let tcp = connect(&c.address)?;
+        let tcp = connect(&c.address, connect_within)?;
         tcp.set_nodelay(true).ok();
         tcp.set_read_timeout(Some(POLL)).ok();
+        tcp.set_write_timeout(Some(WRITE_TIMEOUT)).ok();
+        {
+            use std::os::fd::AsRawFd;
+            let _ = nix::sys::socket::setsockopt(
+                tcp.as_raw_fd(),
+                nix::sys::socket::sockopt::SndBuf,
+                &SEND_BUFFER,
+            );
+        }
         if c.insecure_plaintext {
             log::warn!(
                 "{}: sending over plain TCP without TLS (insecure_plaintext = true)",
@@ -103,10 +124,25 @@ impl Link {
         }
     }
 
-    /// Finishes the TLS handshake (so a bad pin fails here, not later).
-    pub fn handshake(&mut self) -> io::Result<()> {
+    /// How long a write may wait for the peer: `WRITE_TIMEOUT`, or less
+    /// while stopping (what is left of the flush budget). Serial ports keep
+    /// their own timeout.
+    pub fn set_write_timeout(&mut self, d: Duration) {
+        let d = d.max(Duration::from_millis(10));
+        match self {
+            Link::Tls(s) => s.sock.set_write_timeout(Some(d)).ok(),
+            Link::Plain(s) => s.set_write_timeout(Some(d)).ok(),
+            Link::Serial(_) => None,
+        };
+    }
+
+    /// Finishes the TLS handshake (so a bad pin fails here, not later),
+    /// waiting at most `within` for the collector's answers.
+    pub fn handshake(&mut self, within: Duration) -> io::Result<()> {
         if let Link::Tls(s) = self {
-            s.sock.set_read_timeout(Some(CONNECT_TIMEOUT)).ok();
+            s.sock
+                .set_read_timeout(Some(within.max(Duration::from_millis(10))))
+                .ok();
             while s.conn.is_handshaking() {
                 s.conn.complete_io(&mut s.sock)?;
             }
@@ -116,7 +152,8 @@ impl Link {
     }
 }
 
-fn connect(address: &str) -> Result<TcpStream, LinkError> {
+fn connect(address: &str, within: Duration) -> Result<TcpStream, LinkError> {
+    let within = within.clamp(Duration::from_millis(10), CONNECT_TIMEOUT);
     let addrs = address
         .to_socket_addrs()
         .map_err(|source| LinkError::Connect {
@@ -125,7 +162,7 @@ fn connect(address: &str) -> Result<TcpStream, LinkError> {
         })?;
     let mut last = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+        match TcpStream::connect_timeout(&a, within) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }

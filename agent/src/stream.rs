@@ -102,10 +102,31 @@ struct Shared {
     config: Mutex<Config>,
     wake: Condvar,
     stop: AtomicBool,
+    /// When `stop` was set: the flush budget runs from there.
+    stopped_at: Mutex<Option<Instant>>,
     reconnect: AtomicBool,
 }
 
 impl Shared {
+    /// Asks every thread to stop; the link flushes for `FLUSH_TIMEOUT`.
+    fn request_stop(&self) {
+        *self
+            .stopped_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    /// The end of the flush budget, counted from the stop request.
+    fn flush_deadline(&self) -> Instant {
+        self.stopped_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(Instant::now)
+            + FLUSH_TIMEOUT
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -295,6 +316,7 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
         config: Mutex::new(cfg),
         wake: Condvar::new(),
         stop: AtomicBool::new(false),
+        stopped_at: Mutex::new(None),
         reconnect: AtomicBool::new(false),
     });
     let reload_path = config_path.map(Path::to_path_buf);
@@ -307,8 +329,7 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
                     Ok(nix::sys::signal::Signal::SIGHUP) => reload(&shared, reload_path.as_deref()),
                     Ok(_) => {
                         log::info!("stopping: flushing queued frames");
-                        shared.stop.store(true, Ordering::SeqCst);
-                        shared.wake.notify_all();
+                        shared.request_stop();
                         return;
                     }
                     Err(e) => log::warn!("waiting for signals: {e}"),
@@ -343,7 +364,18 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
             })?;
     }
     sample_loop(&shared, &manifests);
-    let _ = link.join();
+    // The link thread ends by itself within the flush budget unless a
+    // write is stuck in a peer that takes nothing (TLS can need two such
+    // writes for one frame): then the process ends without it, on time.
+    let deadline = shared.flush_deadline() + Duration::from_millis(250);
+    while !link.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if link.is_finished() {
+        let _ = link.join();
+    } else {
+        log::warn!("the collector took nothing before the flush deadline: not waiting for it");
+    }
     let st = shared.lock().queue.stats();
     log::info!("stopped; {} frames left unacknowledged", st.frames);
     Ok(())
@@ -696,15 +728,21 @@ fn link_loop(shared: &Shared) {
             shared.sleep(crate::link::POLL);
         }
         if shared.stop.load(Ordering::SeqCst) {
-            let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_TIMEOUT);
+            let deadline = *flush_deadline.get_or_insert_with(|| shared.flush_deadline());
             if shared.lock().queue.is_empty() || Instant::now() >= deadline {
                 return;
             }
         }
         let cfg = shared.config();
         shared.reconnect.store(false, Ordering::SeqCst);
-        let opened = Link::open(&cfg).and_then(|mut l| {
-            l.handshake()
+        // While stopping, connecting and the handshake get only what is
+        // left of the flush budget.
+        let within = match flush_deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => crate::link::CONNECT_TIMEOUT,
+        };
+        let opened = Link::open(&cfg, within).and_then(|mut l| {
+            l.handshake(within)
                 .map_err(|e| crate::link::LinkError::Tls(e.to_string()))?;
             Ok(l)
         });
@@ -804,11 +842,36 @@ fn session(
     let mut progress = Instant::now();
     let mut resend_after = RESEND_AFTER;
     loop {
+        // The flush budget runs from the stop request, whatever this
+        // session is doing when it comes.
+        if shared.stop.load(Ordering::SeqCst) {
+            let deadline = *flush_deadline.get_or_insert_with(|| shared.flush_deadline());
+            if shared.lock().queue.is_empty() || Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
         loop {
+            if flush_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
             let seq = shared.lock().queue.next_to_send(&mut out);
             let Some(seq) = seq else { break };
             let wire = to_wire(&out).ok_or_else(|| std::io::Error::other("frame too large"))?;
-            link.write_all(&wire)?;
+            if let Some(d) = *flush_deadline {
+                link.set_write_timeout(
+                    d.saturating_duration_since(Instant::now())
+                        .min(crate::link::WRITE_TIMEOUT),
+                );
+            }
+            link.write_all(&wire).map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    std::io::Error::other(format!(
+                        "the collector took nothing for {} s (hung or overloaded): reconnecting",
+                        crate::link::WRITE_TIMEOUT.as_secs()
+                    ))
+                }
+                _ => e,
+            })?;
             log::trace!("sent frame {seq}");
         }
         let n = link.poll_read(&mut rbuf)?;
@@ -867,7 +930,7 @@ fn session(
             return Err(std::io::Error::other("configuration changed"));
         }
         if shared.stop.load(Ordering::SeqCst) {
-            let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_TIMEOUT);
+            let deadline = *flush_deadline.get_or_insert_with(|| shared.flush_deadline());
             if shared.lock().queue.is_empty() || Instant::now() >= deadline {
                 return Ok(());
             }
@@ -897,6 +960,7 @@ mod tests {
             config: Mutex::new(Config::default()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            stopped_at: Mutex::new(None),
             reconnect: AtomicBool::new(false),
         }
     }

@@ -28,6 +28,10 @@ pub struct Log {
     pub frames: Mutex<Vec<Received>>,
     pub rejected: AtomicUsize,
     pub connections: AtomicUsize,
+    /// Connections that stopped reading (`Policy::hang_after`).
+    pub hung: AtomicUsize,
+    /// Set when the server is dropped: hung connections close.
+    pub released: AtomicBool,
 }
 
 impl Log {
@@ -62,6 +66,12 @@ pub struct Policy {
     /// On the first connection, answer like a malicious collector instead
     /// of acking.
     pub hostile_first: Option<Hostile>,
+    /// A hung collector host: after this many frames on the first
+    /// connection (`hang_all`: on every connection), stop reading and keep
+    /// the socket open until the server is dropped (the listener's receive
+    /// buffer is small, so the agent's writes soon block).
+    pub hang_after: Option<usize>,
+    pub hang_all: bool,
 }
 
 /// What a malicious collector sends back.
@@ -167,6 +177,13 @@ pub fn serve<S: Read + Write>(
             if first && policy.cut_first_after.is_some_and(|n| on_this >= n) {
                 return;
             }
+            if (first || policy.hang_all) && policy.hang_after.is_some_and(|n| on_this >= n) {
+                log.hung.fetch_add(1, Ordering::SeqCst);
+                while !log.released.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return;
+            }
         }
         if !policy.no_acks {
             let ack = |a: &Ack| to_wire(&a.encode()).expect("ack fits").to_vec();
@@ -223,6 +240,7 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.log.released.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(&self.address);
     }
@@ -231,6 +249,16 @@ impl Drop for Server {
 /// A TLS 1.3 receiver on a loopback port (`tls = false`: plain TCP).
 pub fn listen(key: VerifyingKey, policy: Policy, tls: bool) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    if policy.hang_after.is_some() {
+        // Accepted sockets inherit it: a hung reader's window closes fast.
+        use std::os::fd::AsRawFd;
+        nix::sys::socket::setsockopt(
+            listener.as_raw_fd(),
+            nix::sys::socket::sockopt::RcvBuf,
+            &4096,
+        )
+        .expect("SO_RCVBUF");
+    }
     let address = listener.local_addr().expect("addr").to_string();
     let (cert, pkey, pin) = certificate();
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -140,6 +140,118 @@ fn resends_everything_unacked_after_the_connection_is_cut() {
     assert_contiguous(&server.log.frames());
 }
 
+/// A hung collector host (its kernel acks until the socket buffers are full,
+/// the process reads nothing): the agent's writes stall, it drops the link
+/// after `WRITE_TIMEOUT` and delivers everything on a new one.
+#[test]
+fn a_hung_collector_is_left_and_everything_arrives_on_a_new_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempdir("hung");
+    let key = keygen(&dir);
+    let server = listen(
+        key,
+        Policy {
+            hang_after: Some(5),
+            ..Policy::default()
+        },
+        true,
+    );
+    let agent = start_tls(&dir, &server, &["--interval-ms", "20", "--batch", "1"]);
+    assert!(
+        server
+            .log
+            .wait_for(Duration::from_secs(30), |_| server.log.hung.load(SeqCst)
+                == 1),
+        "the receiver never hung"
+    );
+    let hung_at = Instant::now();
+    let reconnected = server.log.wait_for(Duration::from_secs(120), |_| {
+        server.log.connections.load(SeqCst) >= 2
+    });
+    let left_after = hung_at.elapsed();
+    // Then the backlog arrives on the second connection.
+    let n = server.log.frames().len();
+    let caught_up = server
+        .log
+        .wait_for(Duration::from_secs(60), |f| f.len() >= n + 50);
+    let (code, stderr) = agent.stop();
+    assert!(
+        reconnected,
+        "the agent stayed on the hung connection: {stderr}"
+    );
+    assert!(caught_up, "nothing arrived after the reconnect: {stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the collector took nothing for 4 s (hung or overloaded): reconnecting"),
+        "{stderr}"
+    );
+    // Every sequence number arrived, or the queue overflowed while the
+    // writes stalled and a Gap names it.
+    let frames = server.log.frames();
+    let mut covered: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    let mut gapped = 0;
+    for f in &frames {
+        if let Body::Gap(g) = &f.body {
+            for r in &g.ranges {
+                covered.extend(r.first..r.first + r.count);
+                gapped += r.count;
+            }
+        }
+    }
+    covered.sort_unstable();
+    covered.dedup();
+    let high = covered.last().copied().unwrap_or(0);
+    assert_eq!(
+        covered,
+        (0..=high).collect::<Vec<_>>(),
+        "every sequence number arrived or is named by a Gap"
+    );
+    eprintln!(
+        "hung collector left after {left_after:.1?} (writes stall once the socket buffers fill, \
+         then 4 s); {} frames arrived, {gapped} named by Gaps (the queue's budget ran out while \
+         the writes stalled)",
+        frames.len()
+    );
+}
+
+/// SIGTERM while every connection hangs: the agent stops within its 5 s
+/// flush budget (plus its own start-up of the stop), not when the peer
+/// lets it.
+#[test]
+fn sigterm_is_honoured_while_the_collector_hangs() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempdir("hung-stop");
+    let key = keygen(&dir);
+    let server = listen(
+        key,
+        Policy {
+            hang_after: Some(5),
+            hang_all: true,
+            ..Policy::default()
+        },
+        true,
+    );
+    let agent = start_tls(&dir, &server, &["--interval-ms", "20", "--batch", "1"]);
+    assert!(
+        server
+            .log
+            .wait_for(Duration::from_secs(30), |_| server.log.hung.load(SeqCst)
+                == 1),
+        "the receiver never hung"
+    );
+    // Let the writes stall for real before asking it to stop.
+    std::thread::sleep(Duration::from_secs(6));
+    let t = Instant::now();
+    let (code, stderr) = agent.stop();
+    let took = t.elapsed();
+    eprintln!("SIGTERM to exit with a hung collector: {took:.1?}");
+    assert_eq!(code, Some(0), "{stderr}");
+    // The agent's own bound is 5 s; a loaded machine adds scheduling, not
+    // waiting on the peer (which would be for ever).
+    assert!(took < Duration::from_secs(30), "took {took:?}: {stderr}");
+    assert!(stderr.contains("frames left unacknowledged"), "{stderr}");
+}
+
 /// A malicious collector on the first connection (acks for frames never
 /// sent, acks going backwards, garbage, 1 MiB without a delimiter), a
 /// well-behaved one after it cuts: the agent neither crashes nor loses a
