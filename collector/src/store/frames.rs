@@ -190,7 +190,7 @@ impl Store {
                 coalesce(sum((SELECT sum(rx_bytes) FROM sample_net n WHERE n.frame = s.frame AND n.idx = s.idx)), 0),
                 coalesce(sum((SELECT sum(tx_bytes) FROM sample_net n WHERE n.frame = s.frame AND n.idx = s.idx)), 0)
              FROM frames f JOIN samples s ON s.frame = f.id
-             WHERE f.kind = 'samples' AND f.time_ms < ?1
+             WHERE f.kind = 'samples' AND f.time_ms < ?1 AND f.id < (SELECT max(id) FROM frames)
              GROUP BY f.device, s.time_ms / 60000
              ON CONFLICT(device, minute_ms) DO UPDATE SET
                 samples = samples + excluded.samples, cpu_busy = cpu_busy + excluded.cpu_busy,
@@ -207,22 +207,30 @@ impl Store {
         )?;
         // Sealed, then named in the chain as retired: `audit` can tell a
         // roll-up from a deletion, and a replay of one is not stored again.
+        // The newest frame is never rolled up (a device clock in the past
+        // can make it old): SQLite would give its id to the next frame,
+        // and frame ids must only grow for the chain and `retired`.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        super::chain::retire(&tx, "kind = 'samples' AND time_ms < ?1", i(cutoff_ms), now)?;
+        super::chain::retire(
+            &tx,
+            "kind = 'samples' AND time_ms < ?1 AND id < (SELECT max(id) FROM frames)",
+            i(cutoff_ms),
+            now,
+        )?;
         for table in ["samples", "sample_net", "sample_disk"] {
             tx.execute(
                 &format!(
                     "DELETE FROM {table} WHERE frame IN
-                     (SELECT id FROM frames WHERE kind = 'samples' AND time_ms < ?1)"
+                     (SELECT id FROM frames WHERE kind = 'samples' AND time_ms < ?1 AND id < (SELECT max(id) FROM frames))"
                 ),
                 [i(cutoff_ms)],
             )?;
         }
         // Security frames and their rows are kept.
         let frames = tx.execute(
-            "DELETE FROM frames WHERE kind = 'samples' AND time_ms < ?1",
+            "DELETE FROM frames WHERE kind = 'samples' AND time_ms < ?1 AND id < (SELECT max(id) FROM frames)",
             [i(cutoff_ms)],
         )?;
         tx.commit()?;

@@ -514,6 +514,12 @@ mod tests {
         // A minute rolled up in two passes: counts add, the mean is of all.
         assert!(put(&mut store, &key, &frame_with(&key, 2, 120_000, 500)));
         assert!(put(&mut store, &key, &frame_with(&key, 3, 130_000, 800)));
+        // A newer frame: the newest is never rolled up (ids must only grow).
+        assert!(put(
+            &mut store,
+            &key,
+            &frame_with(&key, 4, 20 * 86_400_000, 100)
+        ));
         assert_eq!(store.roll_up(125_000).unwrap(), 1);
         assert_eq!(store.roll_up(200_000).unwrap(), 1);
         let (n, min, avg): (i64, i64, i64) = store
@@ -523,6 +529,28 @@ mod tests {
             })
             .unwrap();
         assert_eq!((n, min, avg), (2, 500, 650));
+        let report = store.audit().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+        // The newest frame stays even when it is old (a device clock in the
+        // past), so the next frame cannot take its id.
+        let max_before: i64 = store
+            .conn
+            .query_row("SELECT max(id) FROM frames", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            store.roll_up(u64::MAX / 4).unwrap(),
+            1,
+            "all but the newest"
+        );
+        assert_eq!(store.roll_up(u64::MAX / 4).unwrap(), 0, "the newest stays");
+        assert!(put(&mut store, &key, &frame_with(&key, 5, 1000, 100)));
+        let max_after: i64 = store
+            .conn
+            .query_row("SELECT max(id) FROM frames", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max_after, max_before + 1);
+        assert_eq!(store.roll_up(u64::MAX / 4).unwrap(), 1);
         let report = store.audit().unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
