@@ -140,18 +140,18 @@ fn resends_everything_unacked_after_the_connection_is_cut() {
     assert_contiguous(&server.log.frames());
 }
 
-/// A hung collector host (its kernel acks until the socket buffers are full,
-/// the process reads nothing): the agent's writes stall, it drops the link
-/// after `WRITE_TIMEOUT` and delivers everything on a new one.
-#[test]
-fn a_hung_collector_is_left_and_everything_arrives_on_a_new_connection() {
+/// A receiver that stops reading after 5 frames (on its first connection,
+/// or with `all` on every one), and a fast agent streaming to it; returns
+/// once the receiver has hung.
+fn hung_receiver(name: &str, all: bool) -> (vigil_tests::receiver::Server, Agent) {
     use std::sync::atomic::Ordering::SeqCst;
-    let dir = tempdir("hung");
+    let dir = tempdir(name);
     let key = keygen(&dir);
     let server = listen(
         key,
         Policy {
             hang_after: Some(5),
+            hang_all: all,
             ..Policy::default()
         },
         true,
@@ -164,6 +164,16 @@ fn a_hung_collector_is_left_and_everything_arrives_on_a_new_connection() {
                 == 1),
         "the receiver never hung"
     );
+    (server, agent)
+}
+
+/// A hung collector host (its kernel acks until the socket buffers are full,
+/// the process reads nothing): the agent's writes stall, it drops the link
+/// after `WRITE_TIMEOUT` and delivers everything on a new one.
+#[test]
+fn a_hung_collector_is_left_and_everything_arrives_on_a_new_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (server, agent) = hung_receiver("hung", false);
     let hung_at = Instant::now();
     let reconnected = server.log.wait_for(Duration::from_secs(120), |_| {
         server.log.connections.load(SeqCst) >= 2
@@ -219,26 +229,8 @@ fn a_hung_collector_is_left_and_everything_arrives_on_a_new_connection() {
 /// lets it.
 #[test]
 fn sigterm_is_honoured_while_the_collector_hangs() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let dir = tempdir("hung-stop");
-    let key = keygen(&dir);
-    let server = listen(
-        key,
-        Policy {
-            hang_after: Some(5),
-            hang_all: true,
-            ..Policy::default()
-        },
-        true,
-    );
-    let agent = start_tls(&dir, &server, &["--interval-ms", "20", "--batch", "1"]);
-    assert!(
-        server
-            .log
-            .wait_for(Duration::from_secs(30), |_| server.log.hung.load(SeqCst)
-                == 1),
-        "the receiver never hung"
-    );
+    // Kept alive: dropping the server would release the hung connections.
+    let (_server, agent) = hung_receiver("hung-stop", true);
     // Let the writes stall for real before asking it to stop.
     std::thread::sleep(Duration::from_secs(6));
     let t = Instant::now();

@@ -122,6 +122,7 @@ pub fn read_table(root: &Path, cache: &mut StatCache, issues: &mut Vec<Issue>) -
     };
     let mut list = Vec::new();
     let mut new_parents = Vec::new();
+    let mut cached = Vec::new();
     for e in dir.filter_map(Result::ok) {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -134,12 +135,18 @@ pub fn read_table(root: &Path, cache: &mut StatCache, issues: &mut Vec<Issue>) -
             ));
             break;
         }
-        match cache.get(&pid) {
-            Some(p) => list.push(p.clone()),
+        // Taken out of the cache (what is left there has exited), so each
+        // process is copied once per scan, back into it below.
+        match cache.remove(&pid) {
+            Some(p) => {
+                list.push(p);
+                cached.push(true);
+            }
             None => {
                 if let Some(p) = read_stat(pid) {
                     new_parents.push(p.ppid);
                     list.push(p);
+                    cached.push(false);
                 }
             }
         }
@@ -153,7 +160,7 @@ pub fn read_table(root: &Path, cache: &mut StatCache, issues: &mut Vec<Issue>) -
     again.extend(interesting(&list, &parents));
     let mut gone = Vec::new();
     for (i, p) in list.iter_mut().enumerate() {
-        if again.contains(&p.pid) && cache.contains_key(&p.pid) {
+        if again.contains(&p.pid) && cached.get(i).copied().unwrap_or(false) {
             match read_stat(p.pid) {
                 Some(fresh) => *p = fresh,
                 None => gone.push(i),
