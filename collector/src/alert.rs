@@ -93,6 +93,7 @@ rules! {
     POSTURE = "posture.fail", Medium, "a hardening check failed";
     METRIC_DEVIATION = "baseline.metric-deviation", Medium, "a metric far outside the approved baseline";
     METRIC_SHIFT = "baseline.metric-shift", Medium, "a metric's level moved outside the approved baseline and stays there";
+    METRIC_CHANGE = "baseline.metric-change", Medium, "a metric changed sharply against its own recent behaviour (a new extreme, level or daily pattern), though the approved baseline allows it";
     EGRESS_VOLUME = "network.egress-volume", High, "data sent far above the approved baseline (possible exfiltration)";
     NEW_LISTENER = "network.new-listener", Medium, "a listening socket that is not in the approved baseline";
     NEW_OUTBOUND = "network.new-outbound", Medium, "an outbound endpoint that is not in the approved baseline or allow-list";

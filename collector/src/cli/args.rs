@@ -383,6 +383,30 @@ pub struct Detect {
     /// An open alarm closes after this many values back in range [default: 288].
     #[arg(long, value_name = "N")]
     pub resolve_after: Option<usize>,
+    /// Values the change detector measures the metric's spread on.
+    #[arg(long, value_name = "N")]
+    pub change_history: Option<usize>,
+    /// The change detector's short window (whose mean is judged), in values.
+    #[arg(long, value_name = "N")]
+    pub change_short: Option<usize>,
+    /// Values per block of the change detector's long memory.
+    #[arg(long, value_name = "N")]
+    pub change_block: Option<usize>,
+    /// Blocks in the change detector's long memory.
+    #[arg(long, value_name = "N")]
+    pub change_blocks: Option<usize>,
+    /// Off the daily pattern: a residual this far beyond the remembered ones.
+    #[arg(long, value_name = "X")]
+    pub change_season: Option<f64>,
+    /// A new extreme: this far beyond the recent past (in its spreads).
+    #[arg(long, value_name = "X")]
+    pub change_spike: Option<f64>,
+    /// A change of level: the short mean this far beyond every recent block's.
+    #[arg(long, value_name = "X")]
+    pub change_level: Option<f64>,
+    /// Values after an alert before the change detector raises again.
+    #[arg(long, value_name = "N")]
+    pub change_quiet: Option<usize>,
 }
 
 #[cfg(test)]

@@ -354,6 +354,21 @@ fn detect(a: &args::Detect) -> anyhow::Result<()> {
         shift_window: a.shift_window.unwrap_or(d.shift_window),
         shift: a.shift.unwrap_or(d.shift),
         resolve_after: a.resolve_after.unwrap_or(d.resolve_after),
+        change: detect::recent::ChangeTuning {
+            history: a.change_history.unwrap_or(d.change.history),
+            short: a.change_short.unwrap_or(d.change.short),
+            block: a.change_block.unwrap_or(d.change.block),
+            spike: a.change_spike.unwrap_or(d.change.spike),
+            level: a.change_level.unwrap_or(d.change.level),
+            blocks: a.change_blocks.unwrap_or(d.change.blocks),
+            season: a.change_season.unwrap_or(d.change.season),
+            quiet: a.change_quiet.unwrap_or(d.change.quiet),
+            arm_after: d
+                .change
+                .arm_after
+                .min(a.change_history.unwrap_or(d.change.history)),
+            ..d.change
+        },
     };
     tuning.validate().map_err(usage)?;
     let opts = detect::replay::Options {

@@ -20,6 +20,7 @@ use vigil_protocol::sample::Sample;
 use crate::alert::{self, rfc3339, Raise, Rule};
 use crate::config::Policy;
 use crate::detect::metric::{self, Kind};
+use crate::detect::recent::Change as Found;
 use crate::detect::score::{Band, Learner, Profile, Sides, Tuning, Watch};
 use crate::store::Layout;
 
@@ -159,7 +160,7 @@ impl MetricLearning {
         for r in metric::readings(s, layout) {
             self.learners
                 .entry(r.key)
-                .or_insert_with(|| (r.kind, Learner::new(t.shift_window)))
+                .or_insert_with(|| (r.kind, Learner::new(t)))
                 .1
                 .learn_at(r.value, Some(s.time_ms));
         }
@@ -346,8 +347,8 @@ impl Baseline {
                     "sample_time": rfc3339(s.time_ms), "sample_time_ms": s.time_ms,
                     "baseline": {"samples": p.samples, "min": p.min, "median": p.median, "max": p.max,
                                  "spread_p01_p99": p.scale},
-                    "excess_in_spreads": (v.excess * 1000.0).round() / 1000.0,
                 });
+                let round = |x: f64| (x * 1000.0).round() / 1000.0;
                 // The hour's ranges where the baseline had a daily cycle.
                 let band = p.band(Some(s.time_ms));
                 let hourly = if p.seasons.is_some() {
@@ -358,6 +359,8 @@ impl Baseline {
                     ""
                 };
                 let rule = if v.deviation {
+                    ev["detector"] = json!("baseline: one value far outside the approved range");
+                    ev["excess_in_spreads"] = json!(round(v.excess));
                     ev["expected"] = match limits(&band, cx.tuning, r.kind.sides()) {
                         (None, hi) => json!(format!(
                             "at most {} {unit}{hourly} (baseline max {})",
@@ -378,7 +381,10 @@ impl Baseline {
                     } else {
                         alert::METRIC_DEVIATION
                     }
-                } else {
+                } else if v.shift {
+                    ev["detector"] =
+                        json!("baseline: the rolling mean outside the approved rolling means");
+                    ev["excess_in_spreads"] = json!(round(v.shift_excess));
                     ev["expected"] = json!(format!(
                         "a {}-sample mean between {} and {} {unit}{hourly}",
                         p.shift_window,
@@ -396,6 +402,36 @@ impl Baseline {
                     } else {
                         alert::METRIC_SHIFT
                     }
+                } else if let Some(c) = v.change {
+                    let t = &cx.tuning.change;
+                    ev["detector"] = json!(format!(
+                        "change: {} against the device's own last {} samples (inside what the approved baseline allows)",
+                        c.what.name(),
+                        c.history
+                    ));
+                    ev["excess_in_spreads"] = json!(round(c.excess));
+                    let (lo, hi) = (num(c.expected.0), num(c.expected.1));
+                    let (expected, seen) = match c.what {
+                        Found::Extreme => (
+                            format!("between {lo} and {hi} {unit}, as in the last {} samples", c.history),
+                            format!("{} = {} {unit}", r.key, num(c.seen)),
+                        ),
+                        Found::Level => (
+                            format!("a {}-sample mean between {lo} and {hi} {unit}, as in the last {} samples", t.short, c.history),
+                            format!("{} averaged {} {unit} over the last {} samples", r.key, num(c.seen), t.short),
+                        ),
+                        Found::Daily | Found::Weekly => (
+                            format!("between {lo} and {hi} {unit} at this time of {}, from the {} before",
+                                if c.what == Found::Daily { "day" } else { "week" },
+                                if c.what == Found::Daily { "days" } else { "weeks" }),
+                            format!("{} = {} {unit}", r.key, num(c.seen)),
+                        ),
+                    };
+                    ev["expected"] = json!(expected);
+                    ev["seen"] = json!(seen);
+                    alert::METRIC_CHANGE
+                } else {
+                    continue;
                 };
                 if egress {
                     let since = s.time_ms.saturating_sub(RECENT_MS);

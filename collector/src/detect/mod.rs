@@ -11,5 +11,6 @@
 
 pub mod baseline;
 pub mod metric;
+pub mod recent;
 pub mod replay;
 pub mod score;

@@ -287,7 +287,7 @@ pub fn run(path: &str, opts: &Options, out: &mut impl Write) -> Result<Summary, 
             ),
         });
     }
-    let mut learner = Learner::new(t.shift_window);
+    let mut learner = Learner::new(t);
     let mut watch = None;
     let mut profile = None;
     let mut anomalies = 0;

@@ -15,6 +15,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::recent::{ChangeSeen, ChangeTuning, Recent};
+
 /// Values kept for the quantiles while learning; beyond it a deterministic
 /// reservoir sample. 8 KiB per metric while a device is baselining.
 pub const RESERVOIR: usize = 1024;
@@ -37,6 +39,9 @@ pub struct Tuning {
     pub shift: f64,
     /// An open alarm closes after this many values back in range.
     pub resolve_after: usize,
+    /// The change detector (`recent`): the metric against its own past.
+    #[serde(default)]
+    pub change: ChangeTuning,
 }
 
 impl Default for Tuning {
@@ -49,6 +54,7 @@ impl Default for Tuning {
             shift_window: 24,
             shift: 0.4,
             resolve_after: 288,
+            change: ChangeTuning::default(),
         }
     }
 }
@@ -71,7 +77,7 @@ impl Tuning {
         if self.shift_window == 0 || self.resolve_after == 0 {
             return Err("shift_window and resolve_after must be at least 1".into());
         }
-        Ok(())
+        self.change.validate()
     }
 }
 
@@ -91,6 +97,9 @@ pub struct Profile {
     pub mean_min: f64,
     pub mean_max: f64,
     pub shift_window: usize,
+    /// The metric's smallest spread that counts (its kind's floor).
+    #[serde(default)]
+    pub floor: f64,
     /// Hour-of-day (and weekday/weekend) ranges, where the baseline showed
     /// such a cycle; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,10 +239,16 @@ pub struct Learner {
     rng: u64,
     /// Per hour bucket, for values learned with a time.
     buckets: Vec<Bucket>,
+    /// The change detector's recent past, so monitoring starts with one.
+    #[serde(default)]
+    change: Recent,
+    #[serde(default)]
+    change_tuning: ChangeTuning,
 }
 
 impl Learner {
-    pub fn new(shift_window: usize) -> Learner {
+    pub fn new(t: &Tuning) -> Learner {
+        let shift_window = t.shift_window;
         Learner {
             values: Vec::new(),
             seen: 0,
@@ -245,6 +260,8 @@ impl Learner {
             window: shift_window.max(1),
             rng: 0x9e37_79b9_7f4a_7c15,
             buckets: Vec::new(),
+            change: Recent::default(),
+            change_tuning: t.change,
         }
     }
 
@@ -275,6 +292,7 @@ impl Learner {
         self.seen += 1;
         self.min = self.min.min(x);
         self.max = self.max.max(x);
+        self.change.push(&self.change_tuning, x, time_ms);
         reservoir(&mut self.values, RESERVOIR, self.seen, x, &mut self.rng);
         self.recent.push_back(x);
         if self.recent.len() > self.window {
@@ -408,6 +426,7 @@ impl Learner {
             mean_min: self.mean_min,
             mean_max: self.mean_max,
             shift_window: self.window,
+            floor,
             seasons: self.seasons(scale, floor),
         })
     }
@@ -486,6 +505,9 @@ pub struct Watch {
     recent: VecDeque<f64>,
     pub deviation: Alarm,
     pub shift: Alarm,
+    /// The change detector's state (the metric's recent past).
+    #[serde(default)]
+    pub change: Recent,
 }
 
 /// The verdict on one value.
@@ -495,16 +517,22 @@ pub struct Verdict {
     pub score: f64,
     /// How far beyond the learned range, in learned spreads (0 inside).
     pub excess: f64,
+    /// How far the rolling mean is beyond the learned rolling means, in
+    /// learned spreads (what a sustained shift is judged on).
+    pub shift_excess: f64,
     pub rolling_mean: f64,
     /// A deviation alarm opened on this value.
     pub deviation: bool,
     /// A sustained-shift alarm opened on this value.
     pub shift: bool,
+    /// The change detector raised on this value (never while one of the
+    /// baseline's alarms opens on it).
+    pub change: Option<ChangeSeen>,
 }
 
 impl Verdict {
     pub fn anomaly(&self) -> bool {
-        self.deviation || self.shift
+        self.deviation || self.shift || self.change.is_some()
     }
 }
 
@@ -513,6 +541,7 @@ impl Watch {
     pub fn after(learner: Option<&Learner>) -> Watch {
         Watch {
             recent: learner.map(|l| l.recent().collect()).unwrap_or_default(),
+            change: learner.map(|l| l.change.clone()).unwrap_or_default(),
             ..Watch::default()
         }
     }
@@ -562,12 +591,23 @@ impl Watch {
         // episode: its alarm opens, silently.
         let shift =
             self.shift.step(shift_hit, shift_excess, t.resolve_after) && !self.deviation.open;
+        // The change detector only adds: judged after the baseline's
+        // detectors, silent on a value that opened one of their alarms.
+        let change = if deviation || shift {
+            self.change.hush();
+            self.change.push(&t.change, x, time_ms);
+            None
+        } else {
+            self.change.judge(&t.change, sides, p.floor, x, time_ms)
+        };
         Verdict {
             score: r / (1.0 + r),
             excess,
+            shift_excess,
             rolling_mean: m,
             deviation,
             shift,
+            change,
         }
     }
 }
@@ -577,7 +617,7 @@ mod tests {
     use super::*;
 
     fn learned(values: impl IntoIterator<Item = f64>, t: &Tuning) -> (Learner, Profile) {
-        let mut l = Learner::new(t.shift_window);
+        let mut l = Learner::new(&t);
         for v in values {
             l.learn(v);
         }
@@ -688,8 +728,8 @@ mod tests {
     fn a_daily_cycle_is_learned_per_hour_and_weekends_apart() {
         let t = Tuning::default();
         let week = clinic_week(true);
-        let mut timed = Learner::new(t.shift_window);
-        let mut untimed = Learner::new(t.shift_window);
+        let mut timed = Learner::new(&t);
+        let mut untimed = Learner::new(&t);
         for &(at, v) in &week {
             timed.learn_at(v, Some(at));
             untimed.learn(v);
@@ -721,7 +761,7 @@ mod tests {
     #[test]
     fn quiet_weekends_get_their_own_hours() {
         let t = Tuning::default();
-        let mut l = Learner::new(t.shift_window);
+        let mut l = Learner::new(&t);
         // Two weeks, so weekend hours are seen on enough days.
         let mut weeks = clinic_week(false);
         weeks.extend(
@@ -761,7 +801,7 @@ mod tests {
     #[test]
     fn no_profile_before_a_full_window_and_floors_apply() {
         let t = Tuning::default();
-        let mut l = Learner::new(t.shift_window);
+        let mut l = Learner::new(&t);
         for _ in 0..t.shift_window - 1 {
             l.learn(5.0);
         }
