@@ -223,6 +223,7 @@ fn set(t: &mut Tuning, k: &str, v: &str) {
         "change.quiet" => t.change.quiet = u(),
         "change.arm_after" => t.change.arm_after = u(),
         "change.slots" => t.change.slots = u(),
+        "change.enabled" => t.change.enabled = v == "true",
         "change.week_slots" => t.change.week_slots = u(),
         "change.day_weight" => t.change.day_weight = f(),
         "change.blocks" => t.change.blocks = u(),
@@ -345,8 +346,9 @@ fn main() {
         }
         let fp: usize = row.iter().map(|r| r.fp).sum();
         let det: usize = row.iter().map(|r| r.detected).sum();
+        let windows: usize = row.iter().map(|r| r.windows).sum();
         println!(
-            "all: standard {:.2} low FP {:.2} low FN {:.2}, {det}/96 windows, {fp} FP rows",
+            "all: standard {:.2} low FP {:.2} low FN {:.2}, {det}/{windows} windows, {fp} FP rows",
             pooled(&row, &all, 0),
             pooled(&row, &all, 1),
             pooled(&row, &all, 2)

@@ -206,20 +206,22 @@ fn one_approved_baseline_is_shared_by_every_device_of_a_model() {
         .all(|r| r.ends_with(",0") || r.ends_with(",1")));
 }
 
-/// The NAB DEV data and the team's scorer, where this machine has them.
-fn nab_dev() -> Option<(PathBuf, PathBuf)> {
+/// NAB data (`../shared/data/{set}`, or `env`) and the team's scorer,
+/// where this machine has them.
+fn nab_data(set: &str, env: &str) -> Option<(PathBuf, PathBuf)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let data = std::env::var_os("NAB_DEV")
-        .map_or_else(|| root.join("../shared/data/nab-dev"), PathBuf::from);
+    let data =
+        std::env::var_os(env).map_or_else(|| root.join("../shared/data").join(set), PathBuf::from);
     let scorer = std::env::var_os("NAB_SCORE")
         .map_or_else(|| root.join("../shared/tools/nab_score.py"), PathBuf::from);
     (data.join("combined_windows.json").is_file() && scorer.is_file()).then_some((data, scorer))
 }
 
-#[test]
-fn the_nab_dev_table_is_reproduced_by_its_command() {
-    let Some((data, scorer)) = nab_dev() else {
-        eprintln!("skipped: no NAB DEV data at ../shared/data/nab-dev (set NAB_DEV and NAB_SCORE)");
+/// Runs `tests/bench/nab-dev.sh` on a NAB set and checks that it prints
+/// the committed table, whose pooled standard score is `standard`.
+fn nab_table_is_reproduced(set: &str, env: &str, table: &str, standard: &str) {
+    let Some((data, scorer)) = nab_data(set, env) else {
+        eprintln!("skipped: no NAB data at ../shared/data/{set} (set {env} and NAB_SCORE)");
         return;
     };
     if Command::new("python3").arg("--version").output().is_err() {
@@ -239,18 +241,27 @@ fn the_nab_dev_table_is_reproduced_by_its_command() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let table = String::from_utf8(out.stdout).unwrap();
-    let expected =
-        std::fs::read_to_string(root.join("collector/testdata/nab-dev-table.txt")).unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let expected = std::fs::read_to_string(root.join("collector/testdata").join(table)).unwrap();
     assert_eq!(
-        table.trim_end(),
+        printed.trim_end(),
         expected.trim_end(),
-        "the committed DEV table is what the command prints"
+        "the committed {table} is what the command prints"
     );
     assert!(
-        table.contains("NAB standard            score    75.22"),
-        "{table}"
+        printed.contains(&format!("NAB standard            score    {standard}")),
+        "{printed}"
     );
+}
+
+#[test]
+fn the_nab_dev_table_is_reproduced_by_its_command() {
+    nab_table_is_reproduced("nab-dev", "NAB_DEV", "nab-dev-table.txt", "67.71");
+}
+
+#[test]
+fn the_nab_dev48_table_is_reproduced_by_its_command() {
+    nab_table_is_reproduced("nab-dev48", "NAB_DEV48", "nab-dev48-table.txt", "66.72");
 }
 
 /// A sample whose CPU is `busy` ticks of 200 busy, the rest as the

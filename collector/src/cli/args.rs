@@ -364,7 +364,7 @@ pub struct Detect {
     /// deviation (in learned spreads, the 1st-to-99th percentile range) [default: 0.5].
     #[arg(long, value_name = "X")]
     pub spike: Option<f64>,
-    /// A value this far beyond counts towards persistence [default: 0.25].
+    /// A value this far beyond counts towards persistence [default: 0.5].
     #[arg(long, value_name = "X")]
     pub hold: Option<f64>,
     /// Persistence: this many such values ... [default: 3].
@@ -377,34 +377,39 @@ pub struct Detect {
     #[arg(long, value_name = "N")]
     pub shift_window: Option<usize>,
     /// The rolling mean this far beyond the learned rolling means opens a
-    /// shift [default: 0.4].
+    /// shift [default: 0.8].
     #[arg(long, value_name = "X")]
     pub shift: Option<f64>,
     /// An open alarm closes after this many values back in range [default: 288].
     #[arg(long, value_name = "N")]
     pub resolve_after: Option<usize>,
-    /// Values the change detector measures the metric's spread on.
+    /// Only the frozen baseline's detectors: no change detector.
+    #[arg(long)]
+    pub no_change: bool,
+    /// Values the change detector measures the metric's spread on [default: 256].
     #[arg(long, value_name = "N")]
     pub change_history: Option<usize>,
-    /// The change detector's short window (whose mean is judged), in values.
+    /// The change detector's short window (whose mean is judged), in values [default: 12].
     #[arg(long, value_name = "N")]
     pub change_short: Option<usize>,
-    /// Values per block of the change detector's long memory.
+    /// Values per block of the change detector's long memory [default: 192].
     #[arg(long, value_name = "N")]
     pub change_block: Option<usize>,
-    /// Blocks in the change detector's long memory.
+    /// Blocks in the change detector's long memory [default: 96].
     #[arg(long, value_name = "N")]
     pub change_blocks: Option<usize>,
-    /// Off the daily pattern: a residual this far beyond the remembered ones.
+    /// Off the daily or weekly pattern: a residual this far beyond the
+    /// remembered ones (in spreads) [default: 0.1].
     #[arg(long, value_name = "X")]
     pub change_season: Option<f64>,
-    /// A new extreme: this far beyond the recent past (in its spreads).
+    /// A new extreme: this far beyond the recent past (in its spreads) [default: 0.5].
     #[arg(long, value_name = "X")]
     pub change_spike: Option<f64>,
-    /// A change of level: the short mean this far beyond every recent block's.
+    /// A change of level: the short mean this far beyond every remembered
+    /// short mean (in spreads) [default: 0.25].
     #[arg(long, value_name = "X")]
     pub change_level: Option<f64>,
-    /// Values after an alert before the change detector raises again.
+    /// Values after an alert before the change detector raises again [default: 144].
     #[arg(long, value_name = "N")]
     pub change_quiet: Option<usize>,
 }

@@ -367,6 +367,7 @@ fn detect(a: &args::Detect) -> anyhow::Result<()> {
                 .change
                 .arm_after
                 .min(a.change_history.unwrap_or(d.change.history)),
+            enabled: !a.no_change,
             ..d.change
         },
     };

@@ -26,6 +26,8 @@ use crate::detect::score::Sides;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ChangeTuning {
+    /// Off: the frozen baseline's detectors alone (`detect --no-change`).
+    pub enabled: bool,
     /// Values kept as the recent past.
     pub history: usize,
     /// Values in the short window whose mean is judged.
@@ -60,12 +62,13 @@ pub struct ChangeTuning {
 impl Default for ChangeTuning {
     fn default() -> Self {
         ChangeTuning {
+            enabled: true,
             history: 256,
             short: 12,
             block: 192,
             spike: 0.5,
             level: 0.25,
-            quiet: 288,
+            quiet: 144,
             arm_after: 144,
             slots: 24,
             day_weight: 0.25,
@@ -175,13 +178,49 @@ pub struct Recent {
     week: Vec<Slot>,
 }
 
+/// Serde for f32 that may be NaN or infinite (JSON has neither): written
+/// as null, read back as NaN, which every use here takes as "none".
+mod nan {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_some(v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    }
+
+    /// The same for a (low, high) range.
+    pub mod pair {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &(f32, f32), s: S) -> Result<S::Ok, S::Error> {
+            let f = |x: f32| x.is_finite().then_some(x);
+            (f(v.0), f(v.1)).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(f32, f32), D::Error> {
+            let (a, b) = <(Option<f32>, Option<f32>)>::deserialize(d)?;
+            Ok((a.unwrap_or(f32::NAN), b.unwrap_or(f32::NAN)))
+        }
+    }
+}
+
 /// A value in the short window: with its residuals against the daily and
 /// weekly patterns (NaN: none yet) and the short mean when it came.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Fresh {
     value: f32,
+    #[serde(with = "nan")]
     daily: f32,
+    #[serde(with = "nan")]
     weekly: f32,
+    #[serde(with = "nan")]
     mean: f32,
 }
 
@@ -196,9 +235,13 @@ struct Residuals {
 /// means and of the residuals (`lo > hi`: none yet).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Summary {
+    #[serde(with = "nan::pair")]
     values: (f32, f32),
+    #[serde(with = "nan::pair")]
     means: (f32, f32),
+    #[serde(with = "nan::pair")]
     daily: (f32, f32),
+    #[serde(with = "nan::pair")]
     weekly: (f32, f32),
 }
 
@@ -274,6 +317,7 @@ fn against(
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Slot {
     /// NaN until a whole period is behind the slot.
+    #[serde(with = "nan")]
     expected: f32,
     /// The current period's values so far: sum and count.
     sum: f32,
@@ -626,6 +670,30 @@ mod tests {
         assert!(r.blocks.len() <= t.blocks);
         assert!(r.short.len() <= t.short);
         assert!(r.heap_bytes() <= 8 * 1024, "{} bytes", r.heap_bytes());
+        // The state survives the store's JSON, empty ranges included, and
+        // judges the next values exactly as before.
+        let mut back: Recent =
+            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
+        for i in 0..5000u64 {
+            let (at, v) = (
+                Some((200_000 + i) * 60_000),
+                40.0 + noise(i as usize) * (i % 3) as f64,
+            );
+            assert_eq!(
+                back.judge(&t, Sides::Both, 0.0, v, at),
+                r.judge(&t, Sides::Both, 0.0, v, at)
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&Recent::default()).ok(),
+            serde_json::to_string(
+                &serde_json::from_str::<Recent>(
+                    &serde_json::to_string(&Recent::default()).expect("json")
+                )
+                .expect("parse")
+            )
+            .ok()
+        );
         // High-side metrics ignore drops.
         let mut r = primed(&t);
         assert_eq!(r.judge(&t, Sides::High, 0.0, -100.0, None), None);

@@ -3,8 +3,8 @@
 //! rows exactly as during a baseline, then score every later row with the
 //! same `detect::Watch` the collector runs. Reads `timestamp,value` files
 //! (the NAB layout) and the collector's own `export --format csv`. Rows are
-//! taken in file order; timestamps are echoed, never parsed, so repeated
-//! or unordered ones are fine.
+//! taken in file order, so repeated or unordered timestamps are fine, but
+//! every timestamp must parse (the daily and weekly patterns use them).
 
 use std::io::Write;
 
@@ -57,9 +57,11 @@ pub struct Summary {
     pub metric: String,
 }
 
-/// A series as read: (timestamp as written, value) rows, the metric's
-/// name and kind.
-type Series = (Vec<(String, f64)>, String, Kind);
+/// One row: the timestamp as written, as UTC milliseconds, the value.
+type Row = (String, u64, f64);
+
+/// A series as read: its rows, the metric's name and kind.
+type Series = (Vec<Row>, String, Kind);
 
 /// Splits one CSV line, honouring double quotes.
 fn fields(line: &str) -> Vec<String> {
@@ -116,14 +118,26 @@ fn series(path: &str, text: &str, metric: Option<&str>) -> Result<Series, Replay
             let ts = f
                 .get(t)
                 .ok_or_else(|| row_err("no timestamp column".into()))?;
+            let at = time_ms(ts).ok_or_else(|| {
+                row_err(format!(
+                    "timestamp `{}` is not a date and time (YYYY-MM-DD HH:MM:SS, RFC 3339 or Unix seconds)",
+                    ts.trim()
+                ))
+            })?;
             let raw = f.get(v).ok_or_else(|| row_err("no value column".into()))?;
             let x: f64 = raw
                 .trim()
                 .parse()
                 .ok()
                 .filter(|x: &f64| x.is_finite())
-                .ok_or_else(|| row_err(format!("value `{raw}` is not a number")))?;
-            out.push((ts.trim().to_string(), x));
+                .ok_or_else(|| row_err(format!("value `{raw}` is not a finite number")))?;
+            out.push((ts.trim().to_string(), at, x));
+        }
+        if out.is_empty() {
+            return Err(ReplayError::Format {
+                path: path.into(),
+                message: "no rows after the header: an empty series".into(),
+            });
         }
         return Ok((out, kind.name().to_string(), kind));
     }
@@ -153,7 +167,7 @@ fn export_series<'a>(
     key: &str,
 ) -> Result<Series, ReplayError> {
     let col = |name: &str| head.iter().position(|h| h == name);
-    let mut samples: Vec<(String, Sample, Layout)> = Vec::new();
+    let mut samples: Vec<(String, u64, Sample, Layout)> = Vec::new();
     for (i, line) in lines {
         let f = fields(line.trim_end_matches('\r'));
         let row_err = |message: String| ReplayError::Row {
@@ -172,12 +186,14 @@ fn export_series<'a>(
         };
         let time = col("time")
             .and_then(|c| f.get(c))
-            .cloned()
+            .map(|t| t.trim().to_string())
             .unwrap_or_default();
+        let at = time_ms(&time)
+            .ok_or_else(|| row_err(format!("time `{time}` is not an RFC 3339 date and time")))?;
         let uptime = num("uptime_s")?;
         let same = samples
             .last()
-            .is_some_and(|(t, s, _)| *t == time && s.uptime_s == uptime);
+            .is_some_and(|(t, _, s, _)| *t == time && s.uptime_s == uptime);
         if !same {
             let s = Sample {
                 interval_ms: num("interval_ms")?,
@@ -201,11 +217,11 @@ fn export_series<'a>(
                 processes: num("processes")?,
                 ..Sample::default()
             };
-            samples.push((time, s, Layout::default()));
+            samples.push((time, at, s, Layout::default()));
         }
         let iface = col("iface").and_then(|c| f.get(c)).map_or("", |s| s.trim());
         if !iface.is_empty() {
-            if let Some((_, s, layout)) = samples.last_mut() {
+            if let Some((_, _, s, layout)) = samples.last_mut() {
                 let index = u8::try_from(layout.interfaces.len()).unwrap_or(u8::MAX);
                 layout.interfaces.push(iface.to_string());
                 let n = NetCounters {
@@ -229,13 +245,13 @@ fn export_series<'a>(
     }
     let mut kind = None;
     let mut out = Vec::new();
-    for (time, s, layout) in &samples {
+    for (time, at, s, layout) in &samples {
         if let Some(r) = metric::readings(s, layout)
             .into_iter()
             .find(|r| r.key == key)
         {
             kind = Some(r.kind);
-            out.push((time.clone(), r.value));
+            out.push((time.clone(), *at, r.value));
         }
     }
     let kind = kind.ok_or_else(|| ReplayError::Format {
@@ -247,12 +263,20 @@ fn export_series<'a>(
     Ok((out, key.to_string(), kind))
 }
 
-/// A row's time for the hour-of-day profiles: `YYYY-MM-DD HH:MM:SS`
-/// (NAB), RFC 3339 with or without milliseconds (`export`), taken as UTC;
-/// `None` for anything else (the replay then uses the whole-baseline
-/// ranges only).
+/// A row's time: `YYYY-MM-DD HH:MM:SS` (NAB), RFC 3339 with or without
+/// a fraction (`export`), taken as UTC, or Unix seconds; `None` for
+/// anything else.
 fn time_ms(ts: &str) -> Option<u64> {
-    let t = ts.trim().replacen(' ', "T", 1);
+    let ts = ts.trim();
+    if !ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = ts.parse().ok()?;
+        return (secs.is_finite() && secs < 1e13).then(|| (secs * 1000.0) as u64);
+    }
+    let t = if ts.len() == 10 {
+        format!("{ts}T00:00:00")
+    } else {
+        ts.replacen(' ', "T", 1)
+    };
     let t = t.strip_suffix('Z').unwrap_or(&t);
     let (secs, frac) = match t.split_once('.') {
         Some((a, f)) => (a, f),
@@ -292,8 +316,8 @@ pub fn run(path: &str, opts: &Options, out: &mut impl Write) -> Result<Summary, 
     let mut profile = None;
     let mut anomalies = 0;
     writeln!(out, "timestamp,score,anomaly")?;
-    for (i, (ts, x)) in rows.iter().enumerate() {
-        let at = time_ms(ts);
+    for (i, (ts, at, x)) in rows.iter().enumerate() {
+        let at = Some(*at);
         if i < learn {
             learner.learn_at(*x, at);
             writeln!(out, "{ts},0.0000,0")?;
@@ -387,6 +411,56 @@ mod tests {
         let e =
             run(f.path().to_str().expect("path"), &opts(), &mut Vec::new()).expect_err("too short");
         assert!(e.to_string().contains("cannot learn"), "{e}");
+    }
+
+    #[test]
+    fn every_bad_input_is_an_error_naming_the_file_and_line() {
+        let cases: &[(&str, &str)] = &[
+            ("", "empty file"),
+            ("value,timestamp\n", "no rows after the header"),
+            ("timestamp,value\n", "no rows after the header"),
+            ("when,what\n1,2\n", "header must name"),
+            (
+                "timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:05:00,abc\n",
+                "line 3: value `abc`",
+            ),
+            (
+                "timestamp,value\n2024-01-01 00:00:00,NaN\n",
+                "line 2: value `NaN` is not a finite number",
+            ),
+            (
+                "timestamp,value\n2024-01-01 00:00:00,inf\n",
+                "line 2: value `inf`",
+            ),
+            (
+                "timestamp,value\n2024-01-01 00:00:00,-infinity\n",
+                "line 2: value `-infinity`",
+            ),
+            (
+                "timestamp,value\n2024-01-01 00:00:00,1\nyesterday,2\n",
+                "line 3: timestamp `yesterday`",
+            ),
+            (
+                "timestamp,value\n2024-13-01 00:00:00,1\n",
+                "line 2: timestamp `2024-13-01 00:00:00`",
+            ),
+            (
+                "timestamp,value\n2024-01-01 00:00:00\n",
+                "line 2: no value column",
+            ),
+        ];
+        for (text, want) in cases {
+            let f = write(text);
+            let path = f.path().to_str().expect("path");
+            let e = run(path, &opts(), &mut Vec::new()).expect_err(text);
+            let e = e.to_string();
+            assert!(e.starts_with(path), "{e}");
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // Unix seconds and RFC 3339 parse; repeated times are fine.
+        assert_eq!(time_ms("1700000000"), Some(1_700_000_000_000));
+        assert_eq!(time_ms("2024-01-01T00:00:00.250Z"), Some(1_704_067_200_250));
+        assert_eq!(time_ms("2024-01-01 00:00:00"), Some(1_704_067_200_000));
     }
 
     #[test]

@@ -48,11 +48,11 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             spike: 0.5,
-            hold: 0.25,
+            hold: 0.5,
             hold_count: 3,
             hold_of: 6,
             shift_window: 24,
-            shift: 0.4,
+            shift: 0.8,
             resolve_after: 288,
             change: ChangeTuning::default(),
         }
@@ -593,7 +593,7 @@ impl Watch {
             self.shift.step(shift_hit, shift_excess, t.resolve_after) && !self.deviation.open;
         // The change detector only adds: judged after the baseline's
         // detectors, silent on a value that opened one of their alarms.
-        let change = if deviation || shift {
+        let change = if deviation || shift || !t.change.enabled {
             self.change.hush();
             self.change.push(&t.change, x, time_ms);
             None
