@@ -96,6 +96,9 @@ pub fn run(g: &Global, command: BaselineCommand, now: u64) -> anyhow::Result<()>
                 d.id,
                 d.name
             );
+            for note in views::review_notes(&b.summary(&policy, &tuning)) {
+                out!("note: {note}");
+            }
             Ok(())
         }
         "reset" => {

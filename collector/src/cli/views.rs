@@ -344,6 +344,10 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
                 n(m.get("max")),
                 alerted(m, "alert_below"),
                 alerted(m, "alert_above"),
+                m.get("confidence")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_string(),
                 m.get("daily_cycle")
                     .and_then(Value::as_str)
                     .unwrap_or("-")
@@ -366,11 +370,16 @@ pub fn baseline(d: &Device, b: &Value, as_json: bool) {
                     "MEDIAN",
                     "MAX",
                     "ALERT BELOW",
-                    "ALERT ABOVE"
+                    "ALERT ABOVE",
+                    "CONFIDENCE",
+                    "DAILY CYCLE"
                 ],
                 &rows
             )
         );
+        for note in review_notes(b) {
+            out!("note: {note}");
+        }
     }
     for (key, title) in [
         ("listeners", "listening"),
@@ -668,4 +677,16 @@ mod tests {
         assert_eq!(cpu_busy(&s), Some(40.0));
         assert_eq!(cpu_busy(&json!({"cpu": {}})), None);
     }
+}
+
+/// The review notes of every metric in a baseline summary.
+pub fn review_notes(b: &Value) -> Vec<String> {
+    b.get("metrics")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("notes").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect()
 }

@@ -21,7 +21,10 @@ use crate::alert::{self, rfc3339, Raise, Rule};
 use crate::config::Policy;
 use crate::detect::metric::{self, Kind};
 use crate::detect::recent::Change as Found;
-use crate::detect::score::{Band, Learner, Profile, Sides, Tuning, Watch};
+use crate::detect::score::{
+    Band, Confidence, Learner, Profile, Sides, Tuning, Watch, CONFIDENT_SAMPLES,
+    LOW_CONFIDENCE_WIDEN,
+};
 use crate::store::Layout;
 
 /// Ports whose use towards another internal host is lateral movement:
@@ -742,9 +745,11 @@ impl Baseline {
                         "hourly"
                     }
                 });
+                let notes = review_notes(k, p, lo, hi, kind);
                 json!({"metric": k, "unit": kind.unit(), "samples": p.samples,
                        "min": p.min, "p01": p.p01, "median": p.median, "p99": p.p99, "max": p.max,
                        "alert_below": lo, "alert_above": hi,
+                       "confidence": p.confidence.name(), "notes": notes,
                        "mean_min": p.mean_min, "mean_max": p.mean_max, "mean_window": p.shift_window,
                        "daily_cycle": cycle, "seasons": p.seasons,
                        "alerted": policy.watched(k)})
@@ -779,6 +784,35 @@ impl Baseline {
                 .map(|(k, _)| k.clone()).collect::<Vec<_>>(),
         })
     }
+}
+
+/// What a reviewer must know about one learned metric before approving:
+/// a profile learned from too few samples, a limit the metric can never
+/// reach.
+pub fn review_notes(key: &str, p: &Profile, lo: Option<f64>, hi: f64, kind: Kind) -> Vec<String> {
+    let mut out = Vec::new();
+    if p.confidence == Confidence::Low {
+        out.push(format!(
+            "{key}: low confidence: learned from {} samples (fewer than {CONFIDENT_SAMPLES}), so its limits are held {LOW_CONFIDENCE_WIDEN} times as wide; learn longer for tighter ones",
+            p.samples
+        ));
+    }
+    if let Some(top) = kind.ceiling() {
+        if hi > top {
+            out.push(format!(
+                "{key}: the upper limit {} {} is above the most the metric can reach ({}): a rise cannot alert (learned under load? learn again under normal use)",
+                num(hi),
+                kind.unit(),
+                num(top)
+            ));
+        }
+        if lo.is_none() && hi > top && kind.sides() == Sides::Both {
+            out.push(format!(
+                "{key}: with no reachable lower limit either, only a sustained shift or a change against its own recent past can alert on it"
+            ));
+        }
+    }
+    out
 }
 
 fn join(items: &[&String]) -> String {

@@ -124,6 +124,22 @@ impl Kind {
         }
     }
 
+    /// The largest value the metric can take, where one is known (a
+    /// share of time or of all CPUs).
+    pub fn ceiling(self) -> Option<f64> {
+        match self {
+            Kind::CpuBusy
+            | Kind::CpuUser
+            | Kind::CpuSystem
+            | Kind::CpuIowait
+            | Kind::CpuSteal
+            | Kind::PsiCpu
+            | Kind::PsiMemory
+            | Kind::PsiIo => Some(100.0),
+            _ => None,
+        }
+    }
+
     /// Transmitted bytes matter only when they rise (exfiltration); every
     /// other metric both ways (a crashed service is as telling as a miner).
     pub fn sides(self) -> Sides {
