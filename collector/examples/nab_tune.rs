@@ -109,9 +109,18 @@ fn flags(s: &Series, t: &Tuning) -> Vec<usize> {
     let mut w = Watch::after(Some(&l));
     let mut out = Vec::new();
     for i in learn..s.values.len() {
-        if w.score(&p, t, Sides::Both, s.values[i], s.times[i])
-            .anomaly()
-        {
+        let v = w.score(&p, t, Sides::Both, s.values[i], s.times[i]);
+        if v.anomaly() {
+            if std::env::var_os("NAB_WHY").is_some() {
+                let why = if v.deviation {
+                    "D".to_string()
+                } else if v.shift {
+                    "S".to_string()
+                } else {
+                    format!("{:?}", v.change.map(|c| c.what))
+                };
+                eprint!("{i}:{why} ");
+            }
             out.push(i);
         }
     }
@@ -230,6 +239,7 @@ fn set(t: &mut Tuning, k: &str, v: &str) {
         "change.day_weight" => t.change.day_weight = f(),
         "change.blocks" => t.change.blocks = u(),
         "change.season" => t.change.season = f(),
+        "change.season_after" => t.change.season_after = u(),
         _ => panic!("unknown key {k}"),
     }
 }
@@ -246,8 +256,8 @@ fn parse(cfg: &str) -> Tuning {
 fn describe(t: &Tuning) -> String {
     let c = &t.change;
     format!(
-        "spike={},hold={},shift_window={},shift={},resolve_after={},change.history={},change.block={},change.spike={},change.level={},change.short={},change.quiet={},change.slots={},change.week_slots={},change.day_weight={},change.blocks={},change.season={}",
-        t.spike, t.hold, t.shift_window, t.shift, t.resolve_after, c.history, c.block, c.spike, c.level, c.short, c.quiet, c.slots, c.week_slots, c.day_weight, c.blocks, c.season
+        "spike={},hold={},shift_window={},shift={},resolve_after={},change.history={},change.block={},change.spike={},change.level={},change.short={},change.quiet={},change.slots={},change.week_slots={},change.day_weight={},change.blocks={},change.season={},change.season_after={}",
+        t.spike, t.hold, t.shift_window, t.shift, t.resolve_after, c.history, c.block, c.spike, c.level, c.short, c.quiet, c.slots, c.week_slots, c.day_weight, c.blocks, c.season, c.season_after
     )
 }
 

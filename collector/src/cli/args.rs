@@ -389,7 +389,7 @@ pub struct Detect {
     /// Values the change detector measures the metric's spread on [default: 256].
     #[arg(long, value_name = "N")]
     pub change_history: Option<usize>,
-    /// The change detector's short window (whose mean is judged), in values [default: 12].
+    /// The change detector's short window (whose mean is judged), in values [default: 6].
     #[arg(long, value_name = "N")]
     pub change_short: Option<usize>,
     /// Values per block of the change detector's long memory [default: 192].

@@ -22,7 +22,7 @@ use crate::config::Policy;
 use crate::detect::metric::{self, Kind};
 use crate::detect::recent::Change as Found;
 use crate::detect::score::{
-    Band, Confidence, Learner, Profile, Sides, Tuning, Watch, CONFIDENT_SAMPLES,
+    Band, Confidence, Learner, Ongoing, Profile, Sides, Tuning, Watch, CONFIDENT_SAMPLES,
     LOW_CONFIDENCE_WIDEN,
 };
 use crate::store::Layout;
@@ -53,7 +53,24 @@ pub const INSECURE_PORTS: &[(Proto, u16, &str)] = &[
 /// Outbound endpoints remembered for an egress alert's evidence.
 const RECENT_OUTBOUND: usize = 16;
 /// How far back they count as "recent", ms.
-const RECENT_MS: u64 = 600_000;
+/// Destinations named in an egress alert: seen this close to its bytes.
+const EPISODE_MS: u64 = 120_000;
+/// At most this many destinations in an egress alert.
+const MAX_DESTINATIONS: usize = 10;
+const DESTINATION_ORDER: &str = "each destination once: those the approved baseline never used first, then the most recently seen; within 2 minutes of the bytes";
+
+/// `list` (newest first, each once) with the destinations the baseline
+/// never used first, at most `MAX_DESTINATIONS`.
+fn rank(learned: &BTreeMap<String, BTreeSet<String>>, list: Vec<String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut list: Vec<String> = list
+        .into_iter()
+        .filter(|d| seen.insert(d.clone()))
+        .collect();
+    list.sort_by_key(|d| learned.contains_key(d));
+    list.truncate(MAX_DESTINATIONS);
+    list
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,7 +140,21 @@ pub struct Baseline {
     /// shows up in the socket table after the bytes is added to them.
     #[serde(default)]
     egress_open: BTreeMap<String, Value>,
+    /// Lateral connections by port: the hosts of the current sweep.
+    #[serde(default)]
+    sweeps: BTreeMap<u16, Sweep>,
 }
+
+/// The internal hosts one port was tried on, while the tries continue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sweep {
+    last_ms: u64,
+    targets: Vec<String>,
+}
+
+/// Lateral tries this close together are one sweep.
+const SWEEP_MS: u64 = 600_000;
+const MAX_SWEEP_TARGETS: usize = 256;
 
 /// The document `baseline export` writes and `baseline import` reads.
 #[derive(Debug, Serialize, Deserialize)]
@@ -251,6 +282,7 @@ impl Baseline {
             last_boot_time_s: None,
             recent_outbound: VecDeque::new(),
             egress_open: BTreeMap::new(),
+            sweeps: BTreeMap::new(),
         }
     }
 
@@ -339,8 +371,12 @@ impl Baseline {
                 };
                 let was = (w.deviation.open, w.shift.open);
                 let v = w.score(p, cx.tuning, r.kind.sides(), r.value, Some(s.time_ms));
-                opened |= was != (w.deviation.open, w.shift.open);
-                if !v.anomaly() {
+                opened |= was != (w.deviation.open, w.shift.open) || v.ongoing.is_some();
+                let w_state = (
+                    (w.deviation.hits, w.deviation.peak),
+                    (w.shift.hits, w.shift.peak),
+                );
+                if !v.anomaly() && v.ongoing.is_none() {
                     continue;
                 }
                 let egress = r.kind.sides() == Sides::High;
@@ -361,7 +397,16 @@ impl Baseline {
                 } else {
                     ""
                 };
-                let rule = if v.deviation {
+                let (dev, shift) = (
+                    v.deviation || v.ongoing == Some(Ongoing::Deviation),
+                    v.shift || v.ongoing == Some(Ongoing::Shift),
+                );
+                if v.ongoing.is_some() {
+                    let a = if dev { &w_state.0 } else { &w_state.1 };
+                    ev["episode"] =
+                        json!({"values_out_of_range": a.0, "peak_excess_in_spreads": round(a.1)});
+                }
+                let rule = if dev {
                     ev["detector"] = json!("baseline: one value far outside the approved range");
                     ev["excess_in_spreads"] = json!(round(v.excess));
                     ev["expected"] = match limits(&band, cx.tuning, r.kind.sides()) {
@@ -384,7 +429,7 @@ impl Baseline {
                     } else {
                         alert::METRIC_DEVIATION
                     }
-                } else if v.shift {
+                } else if shift {
                     ev["detector"] =
                         json!("baseline: the rolling mean outside the approved rolling means");
                     ev["excess_in_spreads"] = json!(round(v.shift_excess));
@@ -437,14 +482,13 @@ impl Baseline {
                     continue;
                 };
                 if egress {
-                    let since = s.time_ms.saturating_sub(RECENT_MS);
-                    let dest: Vec<&str> = self
-                        .recent_outbound
-                        .iter()
-                        .filter(|(t, _)| *t >= since)
-                        .map(|(_, e)| e.as_str())
-                        .collect();
-                    ev["recent_outbound"] = json!(dest);
+                    // An update keeps the destinations its episode named.
+                    let dest = match (v.ongoing, self.egress_open.get(&r.key)) {
+                        (Some(_), Some(open)) => open["recent_outbound"].clone(),
+                        _ => json!(self.destinations(s.time_ms)),
+                    };
+                    ev["recent_outbound"] = dest;
+                    ev["recent_outbound_order"] = json!(DESTINATION_ORDER);
                 }
                 if egress {
                     self.egress_open.insert(r.key.clone(), ev.clone());
@@ -459,6 +503,19 @@ impl Baseline {
                 .is_some_and(|w| w.deviation.open || w.shift.open)
         });
         (out, opened)
+    }
+
+    /// The destinations seen within `EPISODE_MS` before `t`, ranked.
+    fn destinations(&self, t: u64) -> Vec<String> {
+        let since = t.saturating_sub(EPISODE_MS);
+        let newest_first: Vec<String> = self
+            .recent_outbound
+            .iter()
+            .rev()
+            .filter(|(at, _)| *at >= since && *at <= t.saturating_add(EPISODE_MS))
+            .map(|(_, e)| e.clone())
+            .collect();
+        rank(&self.learned.outbound, newest_first)
     }
 
     /// Socket-table changes. Returns the alerts and whether the learned
@@ -549,15 +606,21 @@ impl Baseline {
                         let listed = ev["recent_outbound"]
                             .as_array()
                             .is_some_and(|a| a.iter().any(|e| *e == key));
-                        if frame_time_ms.saturating_add(RECENT_MS) < t
-                            || frame_time_ms > t.saturating_add(RECENT_MS)
+                        if frame_time_ms.saturating_add(EPISODE_MS) < t
+                            || frame_time_ms > t.saturating_add(EPISODE_MS)
                             || listed
                         {
                             continue;
                         }
-                        if let Some(a) = ev["recent_outbound"].as_array_mut() {
-                            a.push(json!(key));
-                        }
+                        let mut list: Vec<String> = ev["recent_outbound"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|e| e.as_str().map(str::to_string))
+                            .collect();
+                        // The newest first among its kind, then ranked.
+                        list.insert(0, key.clone());
+                        ev["recent_outbound"] = json!(rank(&self.learned.outbound, list));
                         named.push(Raise::new(
                             alert::EGRESS_VOLUME,
                             cx.device,
@@ -566,6 +629,7 @@ impl Baseline {
                             cx.now_ms,
                         ));
                     }
+                    let mut lateral = false;
                     if cx.policy.is_internal(peer) {
                         if let Some((_, service)) = LATERAL_PORTS.iter().find(|(p, _)| *p == r.port)
                         {
@@ -575,12 +639,41 @@ impl Baseline {
                                 .iter()
                                 .any(|a| a.allows(peer, r.port))
                             {
+                                lateral = true;
+                                // A sweep (many hosts, one port) is one alert
+                                // listing its targets.
+                                let sweep = self.sweeps.entry(r.port).or_default();
+                                if sweep.last_ms.saturating_add(SWEEP_MS) < frame_time_ms {
+                                    sweep.targets.clear();
+                                }
+                                sweep.last_ms = sweep.last_ms.max(frame_time_ms);
+                                let target = peer.to_string();
+                                if !sweep.targets.contains(&target)
+                                    && sweep.targets.len() < MAX_SWEEP_TARGETS
+                                {
+                                    sweep.targets.push(target);
+                                }
+                                let n = sweep.targets.len();
+                                let seen = if n > 1 {
+                                    format!(
+                                        "{who} connected to {n} internal hosts on {service} (port {}) within {} minutes: {}",
+                                        r.port,
+                                        SWEEP_MS / 60_000,
+                                        sweep.targets.join(", ")
+                                    )
+                                } else {
+                                    format!(
+                                        "{who} connected to {} ({service})",
+                                        endpoint(peer, r.port)
+                                    )
+                                };
                                 raise(
                                     alert::LATERAL_MOVEMENT,
-                                    endpoint(peer, r.port),
+                                    format!("{} port {}", proto(c.proto), r.port),
                                     json!({"remote": endpoint(peer, r.port), "service": service,
+                                           "targets": sweep.targets, "hosts": n,
                                            "expected": format!("no {service} from the device to other internal hosts (detect.allow_lateral lists exceptions)"),
-                                           "seen": format!("{who} connected to {} ({service})", endpoint(peer, r.port))}),
+                                           "seen": seen}),
                                 );
                             }
                         }
@@ -593,6 +686,7 @@ impl Baseline {
                             .or_default()
                             .insert(process.clone());
                     } else if monitoring
+                        && !lateral
                         && !self.learned.outbound.contains_key(&key)
                         && !cx
                             .policy
@@ -1034,6 +1128,158 @@ mod tests {
         let back: Baseline = serde_json::from_str(&b.to_json()).expect("round trip");
         assert_eq!(back.learned, b.learned);
         assert!(back.watches["cpu.busy"].deviation.open);
+    }
+
+    #[test]
+    fn a_sweep_is_one_alert_listing_its_targets() {
+        let (p, t) = (policy(), Tuning::default());
+        let cx = context(&p, &t);
+        let dev = [10, 0, 0, 2];
+        let mut b = Baseline::new(0);
+        b.close(MetricLearning::default(), 1000);
+        b.approve(2000);
+        let mut raised = Vec::new();
+        for host in 1..=20u8 {
+            let s = sockets(vec![change(
+                SocketKind::Outbound,
+                (dev, 40000 + u16::from(host)),
+                Some(([10, 0, 9, host], 445)),
+            )]);
+            let (r, _) = b.sockets(&cx, &s, 3000 + u64::from(host) * 1000);
+            raised.extend(r);
+        }
+        // One alert (one dedup key) updated by every try, no new-outbound
+        // alert beside it; the last evidence names all twenty hosts.
+        assert!(
+            raised.iter().all(|r| r.rule == alert::LATERAL_MOVEMENT),
+            "{:?}",
+            rules(&raised)
+        );
+        let keys: BTreeSet<&str> = raised.iter().map(|r| r.dedup.as_str()).collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let last = &raised.last().expect("raised").evidence;
+        assert_eq!(last["hosts"], 20);
+        assert_eq!(last["targets"].as_array().map(Vec::len), Some(20));
+        assert!(
+            last["seen"]
+                .as_str()
+                .is_some_and(|s| s.contains("20 internal hosts")),
+            "{last}"
+        );
+        // A try much later is a new sweep.
+        let s = sockets(vec![change(
+            SocketKind::Outbound,
+            (dev, 41000),
+            Some(([10, 0, 8, 1], 445)),
+        )]);
+        let (r, _) = b.sockets(&cx, &s, 3000 + 21_000 + SWEEP_MS + 1);
+        assert_eq!(r[0].evidence["hosts"], 1);
+    }
+
+    #[test]
+    fn egress_names_each_destination_once_the_new_ones_first() {
+        let (p, t) = (policy(), Tuning::default());
+        let cx = context(&p, &t);
+        let dev = [10, 0, 0, 2];
+        let layout = eth0();
+        let mut b = closed(&t, &layout, |i| 20_000 + i * 10);
+        // The baseline used 10.0.0.1:7443.
+        b.learned
+            .outbound
+            .insert("tcp 10.0.0.1:7443".into(), BTreeSet::new());
+        b.approve(100_000);
+        let usual = || {
+            change(
+                SocketKind::Outbound,
+                (dev, 40000),
+                Some(([10, 0, 0, 1], 7443)),
+            )
+        };
+        // The usual destination, seen again and again before the burst.
+        for i in 0..5u64 {
+            b.sockets(&cx, &sockets(vec![usual()]), 101_000 + i * 1000);
+        }
+        let (r, _) = b.samples(&cx, &[sample(107_000, 10, 50_000_000)], &layout);
+        let ev = &r
+            .iter()
+            .find(|r| r.rule == alert::EGRESS_VOLUME)
+            .expect("egress")
+            .evidence;
+        assert_eq!(
+            ev["recent_outbound"],
+            json!(["tcp 10.0.0.1:7443"]),
+            "once, not five times"
+        );
+        // The socket table follows the bytes: the new destination goes first.
+        let new = change(
+            SocketKind::Outbound,
+            (dev, 40001),
+            Some(([203, 0, 113, 10], 8443)),
+        );
+        let (r, _) = b.sockets(&cx, &sockets(vec![new, usual()]), 108_000);
+        let ev = &r
+            .iter()
+            .find(|r| r.rule == alert::EGRESS_VOLUME)
+            .expect("named")
+            .evidence;
+        assert_eq!(
+            ev["recent_outbound"],
+            json!(["tcp 203.0.113.10:8443", "tcp 10.0.0.1:7443"])
+        );
+    }
+
+    #[test]
+    fn an_open_alarm_updates_its_alert_while_it_lasts() {
+        let (p, t) = (policy(), Tuning::default());
+        let cx = context(&p, &t);
+        let layout = eth0();
+        let mut b = closed(&t, &layout, |i| 20_000 + i * 10);
+        b.approve(100_000);
+        let mut raised = Vec::new();
+        for i in 0..=2 * crate::detect::score::REPORT_EVERY {
+            let (r, _) = b.samples(&cx, &[sample(101_000 + i * 1000, 200, 20_500)], &layout);
+            raised.extend(r.into_iter().filter(|r| r.dedup == "cpu.busy"));
+        }
+        // Opened once, then updated twice with the episode's figures.
+        assert_eq!(raised.len(), 3, "{:?}", rules(&raised));
+        assert!(raised.iter().all(|r| r.rule == alert::METRIC_DEVIATION));
+        assert!(raised[0].evidence.get("episode").is_none());
+        assert_eq!(raised[2].evidence["episode"]["values_out_of_range"], 121);
+    }
+
+    #[test]
+    fn review_notes_name_low_confidence_and_unreachable_limits() {
+        let (p, t) = (policy(), Tuning::default());
+        let layout = eth0();
+        let mut b = closed(&t, &layout, |i| 20_000 + i * 10);
+        // Learned under load: CPU near 100 %.
+        if let Some(m) = b.learned.metrics.get_mut("cpu.busy") {
+            m.max = 99.0;
+            m.min = 60.0;
+        }
+        let s = b.summary(&p, &t);
+        let cpu = s["metrics"]
+            .as_array()
+            .expect("metrics")
+            .iter()
+            .find(|m| m["metric"] == "cpu.busy")
+            .expect("cpu")
+            .clone();
+        assert_eq!(cpu["confidence"], "low", "100 samples");
+        let notes: Vec<&str> = cpu["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            notes.iter().any(|n| n.contains("low confidence")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("a rise cannot alert")),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct ChangeTuning {
     /// Blocks remembered: the long memory of extremes, levels, spreads
     /// and daily residuals.
     pub blocks: usize,
+    /// Values with residuals a pattern needs remembered before it judges.
+    pub season_after: usize,
     /// A residual this far beyond the recent residuals (in their spreads)
     /// is off the daily pattern.
     pub season: f64,
@@ -64,7 +66,7 @@ impl Default for ChangeTuning {
         ChangeTuning {
             enabled: true,
             history: 256,
-            short: 12,
+            short: 6,
             block: 192,
             spike: 0.5,
             level: 0.25,
@@ -75,6 +77,7 @@ impl Default for ChangeTuning {
             week_slots: 126,
             blocks: 96,
             season: 0.1,
+            season_after: 576,
         }
     }
 }
@@ -467,7 +470,7 @@ impl Recent {
 
     /// The ranges the long memory allows: values, short means, daily and
     /// weekly residuals (these once most blocks have them).
-    fn ranges(&self) -> [Option<(f64, f64)>; 4] {
+    fn ranges(&self, t: &ChangeTuning) -> [Option<(f64, f64)>; 4] {
         let mut out = [(f64::INFINITY, f64::NEG_INFINITY); 4];
         let (mut daily, mut weekly) = (0, 0);
         for b in self.blocks.iter().chain(std::iter::once(&self.acc)) {
@@ -479,11 +482,13 @@ impl Recent {
             weekly += usize::from(b.weekly.0 <= b.weekly.1);
         }
         let ok = |p: (f64, f64), n: usize| (p.0 <= p.1 && n * 2 > self.blocks.len()).then_some(p);
+        // A pattern's residuals count once enough of them are remembered.
+        let enough = |n: usize| n * t.block >= t.season_after;
         [
             ok(out[0], usize::MAX / 4),
             ok(out[1], usize::MAX / 4),
-            ok(out[2], daily),
-            ok(out[3], weekly),
+            ok(out[2], daily).filter(|_| enough(daily)),
+            ok(out[3], weekly).filter(|_| enough(weekly)),
         ]
     }
 
@@ -507,7 +512,7 @@ impl Recent {
         if !armed {
             return None;
         }
-        let [values, means, daily, weekly] = self.ranges();
+        let [values, means, daily, weekly] = self.ranges(t);
         // The weekly pattern where a week is behind it, else the daily.
         let (residual, residuals, what) = match (residual.weekly, weekly) {
             (Some(r), Some(range)) => (Some(r), Some(range), Change::Weekly),

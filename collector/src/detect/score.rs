@@ -521,7 +521,17 @@ pub struct Alarm {
     quiet: usize,
     /// Largest excess of the open episode.
     pub peak: f64,
+    /// Values out of range in the open episode, and how many of them were
+    /// last reported (`Watch::REPORT_EVERY`).
+    #[serde(default)]
+    pub hits: u64,
+    #[serde(default)]
+    reported: u64,
 }
+
+/// An open alarm's alert is updated (count, last seen, the latest figures)
+/// once per this many further values out of range.
+pub const REPORT_EVERY: u64 = 60;
 
 impl Alarm {
     /// True when this value opens the alarm.
@@ -529,9 +539,12 @@ impl Alarm {
         if hit {
             self.quiet = 0;
             self.peak = self.peak.max(excess);
+            self.hits += 1;
             if !self.open {
                 self.open = true;
                 self.peak = excess;
+                self.hits = 1;
+                self.reported = 1;
                 return true;
             }
         } else if self.open {
@@ -540,6 +553,16 @@ impl Alarm {
                 self.open = false;
                 self.peak = 0.0;
             }
+        }
+        false
+    }
+
+    /// True when the open episode has gone on long enough since it was
+    /// last reported: its alert should be updated.
+    fn due(&mut self) -> bool {
+        if self.open && self.hits >= self.reported + REPORT_EVERY {
+            self.reported = self.hits;
+            return true;
         }
         false
     }
@@ -575,6 +598,16 @@ pub struct Verdict {
     /// The change detector raised on this value (never while one of the
     /// baseline's alarms opens on it).
     pub change: Option<ChangeSeen>,
+    /// An open deviation or shift went on for `REPORT_EVERY` more values
+    /// out of range: its alert is updated (not a new one).
+    pub ongoing: Option<Ongoing>,
+}
+
+/// Which open alarm an update is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ongoing {
+    Deviation,
+    Shift,
 }
 
 impl Verdict {
@@ -657,6 +690,15 @@ impl Watch {
         } else {
             self.change.judge(&t.change, sides, p.floor, x, time_ms)
         };
+        let ongoing = if deviation || shift {
+            None
+        } else if dev_hit && self.deviation.due() {
+            Some(Ongoing::Deviation)
+        } else if shift_hit && !self.deviation.open && self.shift.due() {
+            Some(Ongoing::Shift)
+        } else {
+            None
+        };
         Verdict {
             score: r / (1.0 + r),
             excess,
@@ -665,6 +707,7 @@ impl Watch {
             deviation,
             shift,
             change,
+            ongoing,
         }
     }
 }
@@ -710,10 +753,18 @@ mod tests {
         }
         let v = w.score(&p, &t, Sides::Both, 40.0, None);
         assert!(v.deviation && v.score > 0.5, "{v:?}");
-        // Still out of range: the open alarm is not raised again.
-        assert!(!w.score(&p, &t, Sides::Both, 45.0, None).deviation);
-        // Back in range long enough: closed, and a new spike raises again.
-        for i in 0..t.resolve_after {
+        // Still out of range: the open alarm is not raised again, but its
+        // alert is updated once per REPORT_EVERY values out of range.
+        let updates = (1..=2 * REPORT_EVERY)
+            .map(|_| w.score(&p, &t, Sides::Both, 45.0, None))
+            .inspect(|v| assert!(!v.deviation))
+            .filter(|v| v.ongoing == Some(Ongoing::Deviation))
+            .count();
+        assert_eq!(updates, 2);
+        assert_eq!(w.deviation.hits, 2 * REPORT_EVERY + 1);
+        // Back in range long enough (the persistence window emptied, then
+        // `resolve_after` values): closed, and a new spike raises again.
+        for i in 0..t.hold_of + t.resolve_after {
             assert!(!w.score(&p, &t, Sides::Both, noise(i), None).anomaly());
         }
         assert!(!w.deviation.open);
