@@ -364,7 +364,7 @@ pub struct Detect {
     /// deviation (in learned spreads, the 1st-to-99th percentile range) [default: 0.5].
     #[arg(long, value_name = "X")]
     pub spike: Option<f64>,
-    /// A value this far beyond counts towards persistence [default: 0.5].
+    /// A value this far beyond counts towards persistence [default: 0.25].
     #[arg(long, value_name = "X")]
     pub hold: Option<f64>,
     /// Persistence: this many such values ... [default: 3].
@@ -389,7 +389,7 @@ pub struct Detect {
     /// Values the change detector measures the metric's spread on [default: 256].
     #[arg(long, value_name = "N")]
     pub change_history: Option<usize>,
-    /// The change detector's short window (whose mean is judged), in values [default: 6].
+    /// The change detector's short window (whose mean is judged), in values [default: 12].
     #[arg(long, value_name = "N")]
     pub change_short: Option<usize>,
     /// Values per block of the change detector's long memory [default: 192].
@@ -406,7 +406,7 @@ pub struct Detect {
     #[arg(long, value_name = "X")]
     pub change_spike: Option<f64>,
     /// A change of level: the short mean this far beyond every remembered
-    /// short mean (in spreads) [default: 0.25].
+    /// short mean (in spreads) [default: 0.5].
     #[arg(long, value_name = "X")]
     pub change_level: Option<f64>,
     /// Values after an alert before the change detector raises again [default: 144].

@@ -66,10 +66,10 @@ impl Default for ChangeTuning {
         ChangeTuning {
             enabled: true,
             history: 256,
-            short: 6,
+            short: 12,
             block: 192,
             spike: 0.5,
-            level: 0.25,
+            level: 0.5,
             quiet: 144,
             arm_after: 144,
             slots: 24,
@@ -77,7 +77,7 @@ impl Default for ChangeTuning {
             week_slots: 126,
             blocks: 96,
             season: 0.1,
-            season_after: 576,
+            season_after: 864,
         }
     }
 }
@@ -610,10 +610,14 @@ mod tests {
     #[test]
     fn a_level_inside_the_range_is_a_change() {
         let t = ChangeTuning::default();
-        let mut r = primed(&t);
-        // 19.8 is inside [10, 20] but no short window averaged that high.
+        let mut r = Recent::default();
+        // Between 10 and 20, with a rare single value at 40.
+        for i in 0..t.history.max(t.quiet) + t.short {
+            r.push(&t, if i % 150 == 0 { 40.0 } else { noise(i) }, None);
+        }
+        // 30 is inside [10, 40] but no short window averaged that high.
         let opened: Vec<Change> = (0..t.short)
-            .filter_map(|_| r.judge(&t, Sides::Both, 0.0, 19.8, None))
+            .filter_map(|_| r.judge(&t, Sides::Both, 0.0, 30.0, None))
             .map(|s| s.what)
             .collect();
         assert_eq!(opened, vec![Change::Level]);

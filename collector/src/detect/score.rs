@@ -48,7 +48,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             spike: 0.5,
-            hold: 0.5,
+            hold: 0.25,
             hold_count: 3,
             hold_of: 6,
             shift_window: 24,
@@ -773,12 +773,7 @@ mod tests {
 
     #[test]
     fn a_moderate_excess_needs_persistence() {
-        // The defaults hold at the spike threshold (the tuning found no
-        // gain in persistence); below it, persistence counts.
-        let t = Tuning {
-            hold: 0.25,
-            ..Tuning::default()
-        };
+        let t = Tuning::default();
         let (l, p) = learned((0..500).map(noise), &t);
         let mut w = Watch::after(Some(&l));
         let moderate = p.max + 0.3 * p.scale;
