@@ -360,12 +360,20 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
     }
 
     // An SMB connection attempt nobody answers (a scan): SYN-SENT only.
-    let (after, start) = (max_id(&c), now_ms());
+    // A second host on the same port is the same sweep: the SMB alert is
+    // updated (not a new one) and lists both hosts.
+    let start = now_ms();
     let w = attempt(&net.dev, &format!("{SILENT}:445"), Duration::from_secs(3));
-    let a = wait_alert(&c, after, "network.lateral-movement", |a| {
+    let a = wait_alert(&c, 0, "network.lateral-movement", |a| {
         a["evidence"]["remote"] == format!("{SILENT}:445")
     });
     check(&format!("unanswered attempt to {SILENT}:445"), &a, start);
+    assert_eq!(
+        a["evidence"]["targets"],
+        serde_json::json!([EHR, SILENT]),
+        "{a:#}"
+    );
+    assert_eq!(a["count"], 2, "{a:#}");
     w.join().unwrap();
 
     // An inbound connection from the Internet host.
