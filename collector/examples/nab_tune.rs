@@ -17,7 +17,15 @@
 //! `-- DATA SPANS --cost` measures the detectors' cost per sample and
 //! their state per metric with the default configuration.
 
-#![allow(clippy::print_stdout, clippy::print_stderr, dead_code)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    dead_code
+)]
 
 #[path = "../src/detect"]
 mod detect {
@@ -188,7 +196,7 @@ fn score(s: &Series, det: &[usize]) -> FileScore {
             }
         }
         for &i in &fp {
-            let before = s.spans.iter().filter(|&&(_, b)| b < i).last();
+            let before = s.spans.iter().rev().find(|&&(_, b)| b < i);
             match before {
                 Some(&(a, b)) if b - a + 1 >= 2 => {
                     let y = (i - b) as f64 / (b - a) as f64;
@@ -392,7 +400,7 @@ fn main() {
                 -(fp as i64),
                 c,
             );
-            if best.is_none_or(|b| (key.0, key.1, key.2) > (b.0, b.1, b.2)) {
+            if best.map_or(true, |b| (key.0, key.1, key.2) > (b.0, b.1, b.2)) {
                 best = Some(key);
             }
         }

@@ -658,6 +658,18 @@ pub fn access(rows: &[crate::store::access::Row], format: &str, now_ms: u64) {
     }
 }
 
+/// The review notes of every metric in a baseline summary.
+pub fn review_notes(b: &Value) -> Vec<String> {
+    b.get("metrics")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("notes").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,16 +689,4 @@ mod tests {
         assert_eq!(cpu_busy(&s), Some(40.0));
         assert_eq!(cpu_busy(&json!({"cpu": {}})), None);
     }
-}
-
-/// The review notes of every metric in a baseline summary.
-pub fn review_notes(b: &Value) -> Vec<String> {
-    b.get("metrics")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.get("notes").and_then(Value::as_array))
-        .flatten()
-        .filter_map(|n| n.as_str().map(str::to_string))
-        .collect()
 }

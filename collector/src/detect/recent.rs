@@ -518,9 +518,7 @@ impl Recent {
             (Some(r), Some(range)) => (Some(r), Some(range), Change::Weekly),
             _ => (residual.daily, daily, Change::Daily),
         };
-        let Some(values) = values else {
-            return None;
-        };
+        let values = values?;
         let scale = (quantile(&self.sorted, 0.99) - quantile(&self.sorted, 0.01))
             .max(floor)
             .max(1e-9 * values.0.abs().max(values.1.abs()))

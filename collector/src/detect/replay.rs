@@ -270,7 +270,7 @@ fn time_ms(ts: &str) -> Option<u64> {
     let ts = ts.trim();
     if !ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let secs: f64 = ts.parse().ok()?;
-        return (secs.is_finite() && secs < 1e13).then(|| (secs * 1000.0) as u64);
+        return (secs.is_finite() && secs < 1e13).then_some((secs * 1000.0) as u64);
     }
     let t = if ts.len() == 10 {
         format!("{ts}T00:00:00")

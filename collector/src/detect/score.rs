@@ -717,7 +717,7 @@ mod tests {
     use super::*;
 
     fn learned(values: impl IntoIterator<Item = f64>, t: &Tuning) -> (Learner, Profile) {
-        let mut l = Learner::new(&t);
+        let mut l = Learner::new(t);
         for v in values {
             l.learn(v);
         }
