@@ -1,24 +1,33 @@
 //! The change detector: a metric against its own recent past, not against
-//! the approved baseline. It keeps the last `history` values (and the
-//! mean and spread of each `block` of them) and flags a value, or the
-//! mean or spread of the last `block` values, that none of that history
-//! comes near: a new extreme, a change of level, a line gone flat or
-//! gone wild. Values reach the history only `block` values after they
-//! were scored, so a change is judged against what came before it, not
-//! against itself.
+//! the approved baseline. It keeps the last `history` values (for the
+//! metric's spread) and a long memory of `blocks` blocks of `block` values,
+//! each block keeping only its extremes: of the values, of the `short`
+//! window's mean, and of the residuals against a daily and a weekly
+//! pattern (what each slot of the day or week was in the periods before).
+//! It flags a value beyond every remembered value (a new extreme), a short
+//! mean beyond every remembered one (a new level), or a residual beyond
+//! every remembered residual (off the daily or weekly pattern). Values
+//! reach the memory only `short` values after they were scored, so a
+//! change is judged against what came before it, not against itself.
 //!
 //! It can only add alerts (DESIGN principle 7): the frozen baseline's
 //! detectors in `score` run first and unchanged, and this one stays
-//! silent while one of theirs has just opened (the same episode). What it
-//! has seen after approval widens nothing the baseline allows. Pure and
-//! bounded: `history` f32 values twice (ring and sorted) and
-//! `history / block` block summaries; no clocks, no I/O.
+//! silent on a value that opened one of theirs and for `quiet` values
+//! after any alert (the same episode). What it has seen after approval
+//! widens nothing the baseline allows. Pure and bounded (under 8 KiB per
+//! metric with the defaults, a test says so); no clocks, no I/O.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::score::Sides;
+/// Which way a metric is allowed to deviate before it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sides {
+    Both,
+    /// Only rises count (egress volume: a quiet network is not exfiltration).
+    High,
+}
 
 /// Thresholds of the change detector, in units of the history's spread
 /// (its 1st-to-99th percentile range) for values and means, and as a

@@ -3,18 +3,21 @@
 //! profile (DESIGN principle 7: nothing learned after approval). Two
 //! detectors share the profile: a *deviation* detector (one value far
 //! outside the learned range, or a moderate excess that persists) and a
-//! *sustained-shift* detector (the rolling mean outside the range of the
-//! rolling means learned, e.g. a cryptominer's flat 100 %). Each opens an
+//! *sustained-shift* detector (the rolling median outside the range of the
+//! rolling medians learned, e.g. a cryptominer's flat 100 %). Each opens an
 //! alarm once and holds it open until the metric has been back in range
 //! for `resolve_after` values, so an episode is one alert (a shift that
 //! begins inside an open deviation is part of it). Pure: values
-//! in, verdicts out; no clocks, no I/O. The live collector (`baseline`)
-//! and the offline replay (`vigil-collector detect`) run this same code.
+//! in, verdicts out; no clocks, no I/O. After them, `Watch::score` runs
+//! the change detector (`recent`), which can only add alerts. The live
+//! collector (`baseline`) and the offline replay (`vigil-collector
+//! detect`) run this same code.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::detect::recent::Sides;
 use crate::detect::recent::{ChangeSeen, ChangeTuning, Recent};
 
 /// Values kept for the quantiles while learning; beyond it a deterministic
@@ -503,14 +506,6 @@ fn quantile(s: &[f64], p: f64) -> f64 {
     let a = s.get(i).copied().unwrap_or(0.0);
     let b = s.get((i + 1).min(last)).copied().unwrap_or(a);
     a + (b - a) * (pos - lo)
-}
-
-/// Which way a metric is allowed to deviate before it matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Sides {
-    Both,
-    /// Only rises count (egress volume: a quiet network is not exfiltration).
-    High,
 }
 
 /// An alarm of one detector: opens once, stays open while the metric is
