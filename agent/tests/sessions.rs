@@ -343,6 +343,20 @@ fn tracker_over_a_fake_root() {
         ),
         Layout::Time32,
     ));
+    // The record sudo (use_pty) writes for the terminal it opens inside a
+    // session: not a login of its own.
+    root.proc(960, 483, "sudo", 1001, 0, "sudo -i sleep 30", 0);
+    u.extend(utmp::encode(
+        &rec(
+            utmp::USER_PROCESS,
+            960,
+            "pts/9",
+            "vendor",
+            1_800_000_311,
+            Some([10, 20, 0, 5]),
+        ),
+        Layout::Time32,
+    ));
     std::fs::write(root.0.join("var/run/utmp"), &u).unwrap();
     let r = t.poll(1_800_000_320, &mut issues);
     let o = opened(&r.events);

@@ -21,9 +21,9 @@ use vigil_tests::collector::Collector;
 use vigil_tests::netns::{self, in_ns, Net, Plan};
 use vigil_tests::{keygen, tempdir, Agent};
 
-const DEVICE: &str = "10.78.0.2";
-const HOSPITAL: &str = "10.78.0.1";
-const INTERNET: &str = "203.0.113.20";
+const DEVICE: &str = "10.79.0.2";
+const HOSPITAL: &str = "10.79.0.1";
+const INTERNET: &str = "203.0.113.30";
 const LEARN: Duration = Duration::from_secs(75);
 const BENIGN: Duration = Duration::from_secs(120);
 const HOLD: Duration = Duration::from_secs(90);

@@ -515,6 +515,20 @@ impl Tracker {
                 }
                 continue;
             }
+            let comm = table.get(r.pid).map(|p| p.comm.clone()).or_else(|| {
+                let stat = std::fs::read_to_string(under(
+                    &self.root,
+                    Path::new(&format!("/proc/{}/stat", r.pid)),
+                ))
+                .ok()?;
+                parse_stat(r.pid, &stat).map(|p| p.comm)
+            });
+            // sudo (with use_pty) and su write a record for the terminal
+            // they open inside a session: not a login. The escalation is
+            // the privileged session found from the processes.
+            if matches!(comm.as_deref(), Some("sudo" | "su")) {
+                continue;
+            }
             let key = fnv(&[
                 b"u",
                 &r.pid.to_le_bytes(),
@@ -524,7 +538,7 @@ impl Tracker {
             let remote = self
                 .peer(key, r.pid)
                 .or(r.addr.map(|addr| Endpoint { addr, port: 0 }));
-            let comm = table.get(r.pid).map(|p| p.comm.clone()).unwrap_or_default();
+            let comm = comm.unwrap_or_default();
             by_pid.insert(r.pid, key);
             current.insert(
                 key,
