@@ -213,6 +213,42 @@ pub enum ConfigError {
     },
 }
 
+/// A configuration file is at most this large (real ones are a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration file: a regular file (a FIFO or device in its
+/// place would block or never end) of at most `MAX_CONFIG_BYTES`.
+fn read_config(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Refuses nesting deeper than any configuration has before the
+/// (recursive) parser runs: 100,000 `[` would overflow its stack.
+fn check_nesting(text: &str) -> Result<(), String> {
+    use vigil_protocol::nesting::{too_deep, MAX_DEPTH};
+    match too_deep(text, MAX_DEPTH) {
+        Some(line) => Err(format!(
+            "line {line}: arrays or tables nested deeper than {MAX_DEPTH}"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -222,7 +258,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 
 impl Config {
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_config(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
@@ -234,6 +270,7 @@ impl Config {
 
     /// Parses the TOML text of a configuration (not yet validated).
     pub fn parse(text: &str) -> Result<Self, String> {
+        check_nesting(text)?;
         basic_toml::from_str(text).map_err(|e| e.to_string())
     }
 

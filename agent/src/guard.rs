@@ -100,6 +100,25 @@ impl Guard {
         let keys = match self.keys() {
             Ok(k) => k,
             Err(e) => {
+                // No manifest can be trusted: each is reported refused,
+                // naming the trust directory, so the collector sees it.
+                let dir = &self.cfg.integrity.trust_dir;
+                for p in &self.cfg.integrity.manifests {
+                    refused.push(Report {
+                        source: p.clone(),
+                        manifest: vigil_protocol::body::ManifestVersion {
+                            class: Class::Config,
+                            issuer: crate::sample::fit("unknown"),
+                            scope: crate::sample::fit(&p.display().to_string()),
+                            version: 0,
+                        },
+                        checked: 0,
+                        findings: vec![crate::manifest::Found {
+                            path: std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).to_vec(),
+                            kind: vigil_protocol::body::FindingKind::UntrustedKey,
+                        }],
+                    });
+                }
                 errors.push(e);
                 return (ok, refused, errors);
             }

@@ -775,12 +775,12 @@ fn link_loop(shared: &Shared) {
                 }
                 let wait = jitter(refused);
                 // Said once when the sessions start ending like this, and
-                // when the collector's stated reason changes; not per
-                // attempt, nor when only the socket error differs.
+                // when the collector states a new reason; not per attempt,
+                // nor when only the socket error differs, nor for a socket
+                // error after a stated reason (the collector states it and
+                // closes, and the close can reach a write of ours first).
                 let stated = [REFUSED_PENDING, REFUSED_REVOKED].contains(&e.as_str());
-                let changed = last_reason.as_ref().is_some_and(|l| {
-                    l != &e && (stated || [REFUSED_PENDING, REFUSED_REVOKED].contains(&l.as_str()))
-                });
+                let changed = stated && last_reason.as_ref().is_some_and(|l| l != &e);
                 if last_reason.is_none() || changed {
                     if stated {
                         log::warn!(

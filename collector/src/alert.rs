@@ -81,15 +81,20 @@ rules! {
     REPLAY = "transport.replay", High, "replayed or out-of-order frame rejected";
     SEQUENCE_LOSS = "transport.sequence-loss", Medium, "frames missing from the sequence and not explained";
     AGENT_GAP = "transport.agent-gap", Medium, "the agent dropped telemetry (queue overflow)";
+    OUT_OF_RANGE = "transport.out-of-range", Medium, "a verified frame numbered or dated beyond what the archive holds (refused, never acknowledged)";
     MALFORMED = "transport.malformed", Low, "verified frame with a body that does not decode";
     UNKNOWN_DEVICE = "enrollment.unknown-device", Medium, "frames from a device that is not enrolled";
     PENDING_DEVICE = "enrollment.pending", Low, "a new device asks to be enrolled";
     PENDING_LIMIT = "enrollment.pending-limit", Medium, "too many devices pending enrollment";
+    UNKNOWN_PRESSURE = "enrollment.unknown-pressure", Medium, "many Hellos from keys nobody enrolled: attempts beyond the per-address or shared budget are refused unverified";
     REVOKED_DEVICE = "enrollment.revoked-device", High, "frames from a revoked device";
     REBOOT = "device.reboot", Info, "the device rebooted";
     AGENT_RESTART = "device.agent-restart", Info, "the agent restarted without a reboot";
     SILENCE = "device.silence", Medium, "no telemetry from the device";
+    FLOOD = "device.flood", High, "the device sends more than its frame or byte budget: its connections are slowed (a compromised device, or a broken agent)";
     INTEGRITY = "integrity.finding", High, "files differ from the signed manifest";
+    MANIFEST_GONE = "integrity.manifest-missing", High, "a manifest the device checked before is no longer in force there";
+    MANIFEST_ROLLBACK = "integrity.manifest-rollback", High, "the device runs an older version of a manifest than it ran before";
     POSTURE = "posture.fail", Medium, "a hardening check failed";
     METRIC_DEVIATION = "baseline.metric-deviation", Medium, "a metric far outside the approved baseline";
     METRIC_SHIFT = "baseline.metric-shift", Medium, "a metric's level moved outside the approved baseline and stays there";
@@ -102,6 +107,7 @@ rules! {
     INSECURE_SERVICE = "service.insecure-listener", High, "a cleartext service (telnet, FTP, plain HTTP, r-services) is listening";
     KERNEL_CHANGED = "device.kernel-changed", Medium, "the device runs a kernel the approved baseline did not see";
     MANIFEST_CHANGED = "device.manifest-changed", Medium, "a signed manifest version differs from the approved baseline";
+    CLOCK_SKEW = "device.clock-skew", Medium, "the device's clock is far from the collector's (its times are kept as sent; retention goes by receive time)";
     UNEXPECTED_REBOOT = "device.unexpected-reboot", Medium, "the device rebooted more often than during the baseline";
     BASELINE_READY = "baseline.ready-for-review", Info, "the baseline period ended: review and approve the baseline";
     ACCESS_OUTSIDE_POLICY = "access.outside-policy", High, "a login or privileged session the access policy does not allow";
@@ -109,6 +115,7 @@ rules! {
     ACCESS_OVERSTAY = "access.overstay", Medium, "a session still open after its access window ended";
     ACCESS_LOG_TAMPERED = "access.log-tampered", High, "login records on the device vanished or changed";
     ARCHIVE_WRITE_FAILED = "collector.archive-write-failed", High, "the collector cannot write its archive (disk full?): nothing is acknowledged until it can";
+    ARCHIVE_LOSS = "collector.archive-loss", High, "frames the collector acknowledged are no longer in its archive (a damaged WAL cut off in recovery, or an older archive restored)";
 }
 
 /// One occurrence of a rule, before it is merged into an alert.

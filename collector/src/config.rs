@@ -44,6 +44,9 @@ pub struct Config {
     /// A sequence hole neither filled nor explained by a `Gap` for this
     /// long raises a loss alert.
     pub loss_grace_s: u64,
+    /// A device clock further than this from the collector's raises
+    /// `device.clock-skew`; 10..=86400.
+    pub clock_skew_s: u64,
     /// Where alerts and audit events go (several at once).
     pub sinks: Vec<Sink>,
     /// Baselines and the detectors.
@@ -135,6 +138,47 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    pub fn addr(&self) -> std::net::IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn bits(&self) -> u8 {
+        self.len
+    }
+
+    /// One address as a /32 or /128; an IPv4-mapped IPv6 address as IPv4.
+    pub fn host(ip: std::net::IpAddr) -> Prefix {
+        let addr = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Prefix { addr, len }
+    }
+
+    /// The same prefix with its host bits cleared (`10.1.2.3/24` is
+    /// `10.1.2.0/24`).
+    pub fn network(&self) -> Prefix {
+        use std::net::IpAddr::{V4, V6};
+        let keep = |bits: u32, len: u8| -> u128 {
+            let host = bits - u32::from(len);
+            if host >= 128 {
+                0
+            } else {
+                u128::MAX << host
+            }
+        };
+        let addr = match self.addr {
+            V4(a) => V4((u32::from(a) & (keep(32, self.len) as u32)).into()),
+            V6(a) => V6((u128::from(a) & keep(128, self.len)).into()),
+        };
+        Prefix {
+            addr,
+            len: self.len,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Prefix> {
         let (a, len) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
@@ -468,10 +512,24 @@ pub struct Limits {
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout_s: u64,
     /// Attempts by unknown devices (Hello checks) per minute, all
-    /// connections together; beyond it they are dropped unverified.
+    /// connections together; beyond it they are dropped unverified. An
+    /// address's first attempt of a minute is outside this budget (up to
+    /// ten times it), so a flood cannot keep a new device from appearing.
     pub unknown_per_minute: u32,
+    /// Attempts by unknown devices per minute from one address.
+    pub unknown_per_address_per_minute: u32,
     /// Devices allowed to wait in `pending` at once.
     pub max_pending: u32,
+    /// Pending devices from one address: a newer one replaces its oldest.
+    pub max_pending_per_address: u32,
+    /// Connections at once from one address.
+    pub max_connections_per_address: u32,
+    /// Frames per second one device may send over all its connections
+    /// together; beyond, its connections are slowed (not dropped) and
+    /// `device.flood` is raised.
+    pub device_frames_per_s: u32,
+    /// Bytes per second one device may send, likewise.
+    pub device_bytes_per_s: u64,
 }
 
 impl Default for Limits {
@@ -483,7 +541,12 @@ impl Default for Limits {
             handshake_timeout_s: 10,
             idle_timeout_s: 120,
             unknown_per_minute: 60,
+            unknown_per_address_per_minute: 4,
             max_pending: 256,
+            max_pending_per_address: 4,
+            max_connections_per_address: 64,
+            device_frames_per_s: 500,
+            device_bytes_per_s: 256 * 1024,
         }
     }
 }
@@ -535,6 +598,7 @@ impl Default for Config {
             checkpoint_every_s: 300,
             silence_s: 300,
             loss_grace_s: 120,
+            clock_skew_s: 300,
             sinks: Vec::new(),
             detect: Detect::default(),
             access: Access::default(),
@@ -558,9 +622,45 @@ pub enum ConfigError {
     },
 }
 
+/// A configuration file is at most this large (real ones are a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration file: a regular file (a FIFO or device in its
+/// place would block or never end) of at most `MAX_CONFIG_BYTES`.
+fn read_config(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Refuses nesting deeper than any configuration has before the
+/// (recursive) parser runs: 100,000 `[` would overflow its stack.
+fn check_nesting(text: &str) -> Result<(), String> {
+    use vigil_protocol::nesting::{too_deep, MAX_DEPTH};
+    match too_deep(text, MAX_DEPTH) {
+        Some(line) => Err(format!(
+            "line {line}: arrays or tables nested deeper than {MAX_DEPTH}"
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_config(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -571,6 +671,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
+        check_nesting(text)?;
         basic_toml::from_str(text).map_err(|e| e.to_string())
     }
 
@@ -604,6 +705,27 @@ impl Config {
         let l = &self.limits;
         if l.max_frame_bytes < 80 || l.max_frame_bytes > vigil_protocol::MAX_FRAME_LEN {
             return bad("limits.max_frame_bytes", "must be within 80..=4096");
+        }
+        if l.unknown_per_address_per_minute == 0 {
+            return bad(
+                "limits.unknown_per_address_per_minute",
+                "must be at least 1",
+            );
+        }
+        if l.max_connections_per_address == 0 {
+            return bad("limits.max_connections_per_address", "must be at least 1");
+        }
+        if l.device_frames_per_s == 0 {
+            return bad("limits.device_frames_per_s", "must be at least 1");
+        }
+        if l.device_bytes_per_s < 4096 {
+            return bad(
+                "limits.device_bytes_per_s",
+                "must be at least 4096 (one frame)",
+            );
+        }
+        if l.max_pending_per_address == 0 {
+            return bad("limits.max_pending_per_address", "must be at least 1");
         }
         if l.max_connections == 0 {
             return bad("limits.max_connections", "must be at least 1");
@@ -639,6 +761,12 @@ impl Config {
         }
         if self.silence_s == 0 {
             return bad("silence_s", "must be at least 1");
+        }
+        if !(10..=86_400).contains(&self.clock_skew_s) {
+            return bad(
+                "clock_skew_s",
+                "must be within 10..=86400 s (how far a device clock may be from the collector's)",
+            );
         }
         for s in &self.sinks {
             if let Sink::Cef { address, path, .. } = s {

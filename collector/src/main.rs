@@ -29,6 +29,8 @@ mod detect;
 mod ingest;
 mod logger;
 mod metrics;
+mod notify;
+mod policy;
 mod serve;
 mod sink;
 mod store;

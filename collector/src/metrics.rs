@@ -25,6 +25,8 @@ pub const REJECT_REASONS: &[&str] = &[
     "oversize",
     "wrong_device",
     "rate_limited",
+    "device_rate_limited",
+    "out_of_range",
 ];
 
 /// Ack latency buckets, seconds.
@@ -34,10 +36,12 @@ const BUCKETS: &[f64] = &[
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Ticks the archive writer has handled: the watchdog's sign of life.
+    pub writer_ticks: AtomicU64,
     pub frames_received: AtomicU64,
     frames_stored: AtomicU64,
     frames_duplicate: AtomicU64,
-    rejected: [AtomicU64; 10],
+    rejected: [AtomicU64; REJECT_REASONS.len()],
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -245,29 +249,143 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (anything else: 404) until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, registry: Registry) {
+/// Longest request head read; more is refused (431).
+const MAX_HEAD: usize = 8 * 1024;
+/// Scrapes served at once; connections beyond it are closed at once, so
+/// the metrics port cannot use up the collector's file descriptors.
+pub const MAX_SCRAPES: usize = 16;
+/// A request head must arrive within this, however it is split.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The response to one request head (`render` makes the exposition):
+/// `GET` and `HEAD` of `/metrics` (with or without a query), 405 for other
+/// methods there, 404 elsewhere, 400 for what is not an HTTP/1 request.
+pub fn respond(head: &[u8], render: impl FnOnce() -> String) -> String {
+    let text = String::from_utf8_lossy(head);
+    let line = text.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let plain = |status: &str, extra: &str| {
+        format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let (Some(method), Some(target), Some(version)) = (method, target, version) else {
+        return plain("400 Bad Request", "");
+    };
+    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
+        return plain("400 Bad Request", "");
+    }
+    if target.split('?').next() != Some("/metrics") {
+        return plain("404 Not Found", "");
+    }
+    match method {
+        "GET" | "HEAD" => {
+            let body = render();
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if method == "GET" {
+                r.push_str(&body);
+            }
+            r
+        }
+        _ => plain("405 Method Not Allowed", "Allow: GET, HEAD\r\n"),
+    }
+}
+
+/// Whether `head` holds a whole request head (up to its blank line).
+fn complete(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
+}
+
+/// Reads a request head however many segments it comes in: `None` when it
+/// does not come within `HEAD_TIMEOUT` or the peer goes, `Some(Err)` when
+/// it is longer than `MAX_HEAD`.
+async fn read_head(s: &mut tokio::net::TcpStream) -> Option<Result<Vec<u8>, ()>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
+        let n = match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        head.extend_from_slice(buf.get(..n).unwrap_or(&[]));
+        if complete(&head) {
+            return Some(Ok(head));
+        }
+        if head.len() > MAX_HEAD {
+            return Some(Err(()));
+        }
+    }
+}
+
+/// Serves `/metrics` (`respond`) until the runtime stops, at most
+/// `MAX_SCRAPES` connections at once.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, registry: Registry) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(s); // busy: closed at once, holding nothing
             continue;
         };
         let (metrics, registry) = (Arc::clone(&metrics), registry.clone());
+        let mut s = s;
         tokio::spawn(async move {
-            let mut req = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut req)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let head = String::from_utf8_lossy(req.get(..n).unwrap_or(&[])).into_owned();
-            let resp = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-                let body = metrics.render(&registry);
-                format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
+            let resp = match read_head(&mut s).await {
+                None => return,
+                Some(Err(())) => "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                Some(Ok(head)) => respond(&head, || metrics.render(&registry)),
             };
             let _ = s.write_all(resp.as_bytes()).await;
             let _ = s.shutdown().await;
+            drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn status(r: &str) -> &str {
+        r.split("\r\n").next().unwrap()
+    }
+
+    #[test]
+    fn get_and_head_of_metrics_and_nothing_else() {
+        let body = || "vigil_up 1\n".to_string();
+        let get = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", body);
+        assert_eq!(status(&get), "HTTP/1.1 200 OK");
+        assert!(get.ends_with("\r\n\r\nvigil_up 1\n"));
+        let head = respond(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n", body);
+        assert_eq!(status(&head), "HTTP/1.1 200 OK");
+        assert!(head.contains("Content-Length: 11\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+        let post = respond(b"POST /metrics HTTP/1.1\r\n\r\n", body);
+        assert_eq!(status(&post), "HTTP/1.1 405 Method Not Allowed");
+        assert!(post.contains("Allow: GET, HEAD\r\n"));
+        assert_eq!(
+            status(&respond(b"GET /metricsx HTTP/1.1\r\n\r\n", body)),
+            "HTTP/1.1 404 Not Found"
+        );
+        for bad in [
+            &b"\x16\x03\x01\x00"[..],
+            b"GET /metrics\r\n\r\n",
+            b"GET /metrics SPDY/3 x\r\n\r\n",
+        ] {
+            assert_eq!(status(&respond(bad, body)), "HTTP/1.1 400 Bad Request");
+        }
+    }
+
+    #[test]
+    fn a_head_is_complete_only_at_its_blank_line() {
+        assert!(!complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"));
+        assert!(complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(complete(b"GET /metrics HTTP/1.0\n\n"));
     }
 }

@@ -73,6 +73,53 @@ fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SQLite says the file is damaged or not a database.
+fn is_damage(e: &crate::store::StoreError) -> bool {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    let sql = match e {
+        crate::store::StoreError::Open { source, .. } => source,
+        crate::store::StoreError::Sql(source) => source,
+        _ => return false,
+    };
+    matches!(
+        sql.sqlite_error_code(),
+        Some(DatabaseCorrupt | NotADatabase)
+    )
+}
+
+/// Moves a refused archive (and its WAL and shared memory) aside, never
+/// deleting it (`--new`).
+fn move_aside(db: &std::path::Path, why: &str) -> anyhow::Result<()> {
+    let stamp = crate::clock::now_ms();
+    let named = |suffix: &str, tail: &str| {
+        let mut p = db.to_path_buf().into_os_string();
+        p.push(format!("{suffix}{tail}"));
+        std::path::PathBuf::from(p)
+    };
+    let aside = named("", &format!(".refused-{stamp}"));
+    for (from, to) in [
+        (db.to_path_buf(), aside.clone()),
+        (
+            named("-wal", ""),
+            named("-wal", &format!(".refused-{stamp}")),
+        ),
+        (
+            named("-shm", ""),
+            named("-shm", &format!(".refused-{stamp}")),
+        ),
+    ] {
+        if from.exists() {
+            std::fs::rename(&from, &to)
+                .map_err(|e| anyhow::anyhow!("moving {} aside: {e}", from.display()))?;
+        }
+    }
+    log::warn!(
+        "{why}: moved aside to {} (--new); starting a new archive",
+        aside.display()
+    );
+    Ok(())
+}
+
 /// Runs until `stop` turns true (or a signal, when `signals` is set).
 pub fn run(
     cfg: Config,
@@ -87,35 +134,47 @@ pub fn run(
         if !cfg.new_archive {
             anyhow::bail!("{e}; refusing to start on it (restore the archive from a backup, or pass --new to move it aside and start a new one)");
         }
-        let stamp = crate::clock::now_ms();
-        let named = |suffix: &str, tail: &str| {
-            let mut p = db.clone().into_os_string();
-            p.push(format!("{suffix}{tail}"));
-            std::path::PathBuf::from(p)
+        move_aside(&db, &e.to_string())?;
+    }
+    let store = {
+        // Every page readable and well formed before anything is acked
+        // on top of it (SQLite's own recovery of a damaged WAL is silent).
+        let started = std::time::Instant::now();
+        let checked = Store::open(&db).and_then(|s| {
+            let problems = s.quick_check()?;
+            Ok((s, problems))
+        });
+        log::debug!(
+            "archive {}: opened and quick_check in {:?}",
+            db.display(),
+            started.elapsed()
+        );
+        let refused = match checked {
+            Ok((s, problems)) if problems.is_empty() => Ok(s),
+            Ok((s, problems)) => {
+                drop(s);
+                Err(format!(
+                    "archive {}: SQLite's quick_check fails: {}",
+                    db.display(),
+                    problems.join("; ")
+                ))
+            }
+            // Damage is refused like a failed check; anything else (a
+            // lock, permissions) is no reason to move an archive aside.
+            Err(e) if is_damage(&e) => Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
-        let aside = named("", &format!(".refused-{stamp}"));
-        for (from, to) in [
-            (db.clone(), aside.clone()),
-            (
-                named("-wal", ""),
-                named("-wal", &format!(".refused-{stamp}")),
-            ),
-            (
-                named("-shm", ""),
-                named("-shm", &format!(".refused-{stamp}")),
-            ),
-        ] {
-            if from.exists() {
-                std::fs::rename(&from, &to)
-                    .map_err(|e| anyhow::anyhow!("moving {} aside: {e}", from.display()))?;
+        match refused {
+            Ok(s) => s,
+            Err(e) if !cfg.new_archive => {
+                anyhow::bail!("{e}; refusing to start on it (restore the archive from a backup, or pass --new to move it aside and start a new one)")
+            }
+            Err(e) => {
+                move_aside(&db, &e)?;
+                Store::open(&db)?
             }
         }
-        log::warn!(
-            "{e}: moved aside to {} (--new); starting a new archive",
-            aside.display()
-        );
-    }
-    let store = Store::open(&db)?;
+    };
     if let Err(e) = std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)) {
         log::warn!("archive {}: cannot make it 0600: {e}", db.display());
     }
@@ -129,14 +188,17 @@ pub fn run(
         Settings {
             silence_ms: cfg.silence_s.saturating_mul(1000),
             loss_grace_ms: cfg.loss_grace_s.saturating_mul(1000),
+            clock_skew_ms: cfg.clock_skew_s.saturating_mul(1000),
             retention_ms: u64::from(cfg.retention_days) * 86_400_000,
             rollup_every: Duration::from_secs(cfg.rollup_every_s),
             checkpoint_every: Duration::from_secs(cfg.checkpoint_every_s),
             checkpoint_key: crate::store::chain::key(&db)?,
             max_pending: cfg.limits.max_pending,
+            max_pending_per_address: cfg.limits.max_pending_per_address,
             policy: cfg.detect.policy()?,
             tuning: crate::detect::score::Tuning::default(),
             access: crate::access::Policy::new(&cfg.access)?,
+            ack_ledger: cfg.state_dir.join("vigil.acks"),
         },
     )?;
     let identity = match cfg.listen {
@@ -235,7 +297,29 @@ pub fn run(
             (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
         });
         on_start(started);
+        crate::notify::send("READY=1\nSTATUS=receiving");
+        let watchdog = crate::notify::watchdog().map(|every| {
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                // Twice per period, and only while the writer handles its
+                // ticks: a stuck archive writer gets the service restarted.
+                let mut t = tokio::time::interval((every / 2).max(Duration::from_millis(300)));
+                let mut seen = metrics.writer_ticks.load(Relaxed);
+                loop {
+                    t.tick().await;
+                    let now = metrics.writer_ticks.load(Relaxed);
+                    if now != seen {
+                        crate::notify::send("WATCHDOG=1");
+                        seen = now;
+                    }
+                }
+            })
+        });
         wait_for_stop(handlers, stop).await;
+        crate::notify::send("STOPPING=1");
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         log::info!("stopping: no new connections; finishing what is in flight");
         let _ = conn_stop_tx.send(true);
         serial_stop.store(true, Relaxed);

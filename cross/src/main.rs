@@ -756,6 +756,21 @@ fn files() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&docs);
     eprintln!("xtask: cross/install puts the collector's man pages and completions in place");
+    // The agent's account: systemd-sysusers on the staging root (which has
+    // no /etc/passwd yet) must create it. The collector's unit uses a
+    // DynamicUser, which a static account of that name would replace.
+    let out = run(Command::new("systemd-sysusers")
+        .arg("--dry-run")
+        .arg(format!("--root={}", stage.display())))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !said.contains("Creating user 'vigil' ") || said.contains("'vigil-collector'") {
+        bail!("systemd-sysusers --dry-run should create the user vigil and no other:\n{said}");
+    }
+    eprintln!("xtask: the sysusers.d entry creates the user vigil");
     std::fs::copy("/bin/kill", stage.join("bin/kill"))?;
     let units = stage.join("usr/lib/systemd/system");
     for entry in std::fs::read_dir("/usr/lib/systemd/system")? {

@@ -2,7 +2,8 @@
 //! collector, the collector's acks, compact sample batches, and the
 //! minisign-signed manifest format. `no_std`, sans-I/O: bytes, keys and times
 //! come in as arguments. The only crate that defines wire types. See
-//! `SPEC.md` for the bytes.
+//! `SPEC.md` for the bytes. It also holds the one check both binaries need
+//! before they parse a configuration file (`nesting`).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(clippy::indexing_slicing)]
@@ -21,6 +22,7 @@ mod hex;
 #[cfg(feature = "alloc")]
 pub mod manifest;
 pub mod minisign;
+pub mod nesting;
 pub mod replay;
 pub mod sample;
 mod varint;

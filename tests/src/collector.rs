@@ -270,6 +270,14 @@ impl Device {
         }
     }
 
+    pub fn from_key(key: SigningKey) -> Device {
+        Device {
+            key,
+            boot: 1,
+            seq: 0,
+        }
+    }
+
     pub fn id(&self) -> String {
         DeviceId::of(&self.key.verifying_key()).to_string()
     }
@@ -342,14 +350,24 @@ impl Device {
 
     /// Signs `body` as the next frame (by `signer`, normally our own key).
     pub fn frame_signed_by(&mut self, body: Body, signer: &SigningKey) -> Vec<u8> {
+        self.frame_by(body, signer, now_ms())
+    }
+
+    /// The next frame, dated `time_ms` by the device's clock.
+    pub fn frame_dated(&mut self, body: Body, time_ms: u64) -> Vec<u8> {
+        let k = self.key.clone();
+        self.frame_by(body, &k, time_ms)
+    }
+
+    fn frame_by(&mut self, body: Body, signer: &SigningKey, time_ms: u64) -> Vec<u8> {
         let h = Header {
             version: VERSION,
             device: DeviceId::of(&self.key.verifying_key()),
             boot: self.boot,
             seq: self.seq,
-            time_ms: now_ms(),
+            time_ms,
         };
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(1);
         Frame::new(h, body).sign(signer).unwrap().to_vec()
     }
 
@@ -368,6 +386,32 @@ pub struct Link {
 impl Link {
     pub fn connect(addr: &str) -> Link {
         let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Link {
+            s,
+            dec: FrameDecoder::new(),
+        }
+    }
+
+    /// Like `connect`, from `source` (another loopback address, e.g.
+    /// 127.0.0.7: the collector sees another peer).
+    pub fn connect_from(addr: &str, source: std::net::Ipv4Addr) -> Link {
+        // std cannot bind before it connects; tokio's TcpSocket can.
+        let to: std::net::SocketAddr = addr.parse().expect("an address:port");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let s = rt
+            .block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.bind(std::net::SocketAddr::new(source.into(), 0))?;
+                sock.connect(to).await?.into_std()
+            })
+            .unwrap();
+        drop(rt);
+        s.set_nonblocking(false).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         Link {
@@ -419,6 +463,41 @@ impl Link {
             }
         }
         last
+    }
+
+    /// How long until an ack of `seq` or above arrived (`None`: not
+    /// within `timeout`, or closed). Unlike `ack`, returns the moment it
+    /// comes: for latency.
+    pub fn ack_of(&mut self, seq: u64, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        while started.elapsed() < timeout {
+            match self.s.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    let mut input = &buf[..n];
+                    let mut got = false;
+                    while let Some(r) = self.dec.feed(&mut input) {
+                        if let Ok(a) = r
+                            .map_err(|_| ())
+                            .and_then(|r| Ack::decode(r).map_err(|_| ()))
+                        {
+                            got |= a.seq >= seq;
+                        }
+                    }
+                    if got {
+                        return Some(started.elapsed());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// Whether the collector closed the connection within `timeout`.

@@ -8,6 +8,7 @@ pub mod collector;
 pub mod netns;
 pub mod receiver;
 pub mod tls;
+pub mod yang;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -583,6 +583,17 @@ fn sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
             .wait_for(Duration::from_secs(20), |f| samples_in(f) >= before + 6),
         "stopped after a bad reload"
     );
+    // Nested 100,000 deep (the parser would overflow its stack): refused,
+    // and the agent streams on.
+    std::fs::write(&cfg, format!("batch = {}", "[".repeat(100_000))).unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let before = samples_in(&server.log.frames());
+    assert!(
+        server
+            .log
+            .wait_for(Duration::from_secs(20), |f| samples_in(f) >= before + 6),
+        "stopped after a deeply nested reload"
+    );
     // A good file with a larger batch takes effect.
     std::fs::write(&cfg, good(5)).unwrap();
     kill(pid, Signal::SIGHUP).unwrap();
@@ -599,5 +610,6 @@ fn sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
         "{stderr}"
     );
     assert!(stderr.contains("configuration reloaded"), "{stderr}");
+    assert!(stderr.contains("nested deeper than 32"), "{stderr}");
     assert!(five, "the reloaded batch size was not applied: {stderr}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_protocol::SigningKey;
-use vigil_tests::collector::{cli, Collector, Device, Link};
+use vigil_tests::collector::{cli, now_ms, Collector, Device, Link};
 use vigil_tests::{binary, keygen, tempdir, Agent};
 
 fn enroll(state: &std::path::Path, key: &str, name: &str) -> String {
@@ -477,6 +477,33 @@ fn bad_configuration_exits_78_naming_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
+    // Deep nesting (a recursive parser's stack), a FIFO (a read that never
+    // ends) and a file past 1 MiB: each refused with its reason, exit 78.
+    let fifo = dir.join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let big = dir.join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(1 << 20))).unwrap();
+    std::fs::write(&cfg, format!("listen = {}", "[".repeat(100_000))).unwrap();
+    for (file, why) in [
+        (&cfg, "nested deeper than 32"),
+        (&fifo, "not a regular file"),
+        (&big, "larger than 1048576 bytes"),
+    ] {
+        for bin in ["vigil-collector", "vigil-agent"] {
+            let cmd = if bin == "vigil-agent" {
+                "check"
+            } else {
+                "serve"
+            };
+            let out = Command::new(binary(bin))
+                .args([cmd, "--config", file.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{bin} {file:?}: {stderr}");
+            assert!(stderr.contains(why), "{bin} {file:?}: {stderr}");
+        }
+    }
     let out = Command::new(binary("vigil-collector"))
         .args([
             "serve",
@@ -570,6 +597,45 @@ fn holes_are_alerted_as_loss_gaps_explain_them_and_silence_is_noticed() {
     let g = c.alert("transport.agent-gap").expect("gap alert");
     assert_eq!(g["evidence"]["dropped_samples"], 2);
     assert_eq!(g["evidence"]["dropped_frames"], 2);
+    // A Gap that also names frames which did arrive (the agent's queue
+    // evicted them after writing them, before their ack came): only the
+    // rest are lost, and a Gap whose frames all arrived raises nothing.
+    let (f7, f8) = (dev.frame(dev.sample_body(1)), dev.frame(dev.sample_body(1)));
+    let _never_sent = dev.frame(dev.sample_body(1));
+    link.send(&[f7, f8]);
+    let gap = |first, count| {
+        Body::Gap(Gap {
+            reason: GapReason::QueueFull,
+            kind: BodyKind::Samples,
+            samples: count,
+            ranges: heapless::Vec::from_slice(&[SeqRange { first, count }]).unwrap(),
+        })
+    };
+    link.send(&[dev.frame(gap(7, 3))]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(10));
+    let gaps = |c: &Collector| -> Vec<Value> {
+        c.alerts()
+            .into_iter()
+            .filter(|a| a["rule"] == "transport.agent-gap")
+            .collect()
+    };
+    let partly = gaps(&c);
+    let partly = partly
+        .iter()
+        .find(|a| a["evidence"]["named_frames"] == 3)
+        .expect("the second Gap's alert");
+    assert_eq!(partly["evidence"]["dropped_frames"], 1, "{partly:#}");
+    assert_eq!(partly["evidence"]["named_but_stored"], 2);
+    assert_eq!(partly["evidence"]["dropped_samples"], 1);
+    let f11 = dev.frame(dev.sample_body(1));
+    link.send(&[f11]);
+    link.send(&[dev.frame(gap(11, 1))]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(12));
+    assert_eq!(
+        gaps(&c).len(),
+        2,
+        "a Gap of frames that all arrived is no alert"
+    );
     drop(link);
     // Silence: nothing for more than 3 s.
     assert!(
@@ -582,7 +648,7 @@ fn holes_are_alerted_as_loss_gaps_explain_them_and_silence_is_noticed() {
     // It ends when the device speaks again.
     let mut link = Link::connect(&addr);
     link.send(&[dev.frame(dev.sample_body(1))]);
-    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(7));
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(13));
     assert!(c.wait_for(Duration::from_secs(10), |c| c
         .alerts()
         .iter()
@@ -595,6 +661,121 @@ fn holes_are_alerted_as_loss_gaps_explain_them_and_silence_is_noticed() {
 /// else's SQLite) is refused by `serve` and `audit` alike, never taken for
 /// a new empty one; `serve --new` moves it aside, keeps it, and starts a
 /// new one; whatever the umask, the state dir is 0700 and its files 0600.
+#[test]
+fn device_clocks_are_checked_and_numbers_beyond_the_archive_are_refused() {
+    let dir = tempdir("collector-clocks");
+    let state = dir.join("collector");
+    let mut slow = Device::new(21); // an RTC-less board that thinks it is 1970
+    let mut fast = Device::new(22); // a clock set to 2100
+    let mut huge = Device::new(23); // sequence numbers past 2^63
+    for (d, name) in [
+        (&slow, "rtc-less"),
+        (&fast, "far-ahead"),
+        (&huge, "huge-seq"),
+    ] {
+        enroll(&state, &d.public_key(), name);
+    }
+    let c = Collector::start_plain(
+        &state,
+        &["--clock-skew-s", "60", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let addr = c.plain.clone().unwrap();
+    let metrics = c.metrics.clone().unwrap();
+
+    // Behind: a steady stream whose times run at the right rate from 1970.
+    // Judged on live frames only, so the first ones raise nothing.
+    let epoch_offset = now_ms() - 1_000;
+    let mut link = Link::connect(&addr);
+    let hello = slow.hello_body();
+    link.send(&[slow.frame_dated(hello, now_ms() - epoch_offset)]);
+    let mut acked = None;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1_100));
+        let f = slow.frame_dated(slow.sample_body(1), now_ms() - epoch_offset);
+        link.send(&[f]);
+        acked = link.ack(Duration::from_secs(5)).map(|a| a.seq);
+    }
+    assert_eq!(acked, Some(5), "frames of a wrong clock are kept and acked");
+    assert!(c.wait_for(Duration::from_secs(10), |c| c
+        .alerts()
+        .iter()
+        .any(
+            |a| a["rule"] == "device.clock-skew" && a["device"] == slow.id().as_str()
+        )));
+    let a = c
+        .alerts()
+        .into_iter()
+        .find(|a| a["rule"] == "device.clock-skew" && a["device"] == slow.id().as_str())
+        .unwrap();
+    assert_eq!(a["evidence"]["direction"], "behind", "{a:#}");
+    let skew = a["evidence"]["skew_s"].as_i64().unwrap();
+    let expected = -i64::try_from(epoch_offset / 1000).unwrap();
+    assert!((skew - expected).abs() <= 5, "{skew} vs {expected}");
+    assert!(a["evidence"]["device_time"]
+        .as_str()
+        .unwrap()
+        .starts_with("1970-01-01"));
+
+    // Ahead: 2100, raised at once; an absurd time is refused (never acked).
+    let in_2100 = 4_102_444_800_000;
+    let mut link = Link::connect(&addr);
+    let hello = fast.hello_body();
+    link.send(&[fast.frame_dated(hello, in_2100)]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(0));
+    let f = fast.frame_dated(fast.sample_body(1), u64::MAX);
+    link.send(&[f]);
+    assert_eq!(
+        link.ack(Duration::from_secs(2)),
+        None,
+        "a time past 9999 is not acked"
+    );
+    let ahead = c
+        .alerts()
+        .into_iter()
+        .find(|a| a["rule"] == "device.clock-skew" && a["device"] == fast.id().as_str())
+        .expect("a clock in 2100 is raised at its first frame");
+    assert_eq!(ahead["evidence"]["direction"], "ahead");
+
+    // 2^63 and 2^63 + 1 fit no SQLite integer: refused with a reason, and
+    // the archive (and `audit`) is untouched.
+    let mut link = Link::connect(&addr);
+    let hello = huge.hello_body();
+    link.send(&[huge.frame(hello)]);
+    assert_eq!(link.ack(Duration::from_secs(5)).map(|a| a.seq), Some(0));
+    huge.seq = 1 << 63;
+    let (a, b) = (
+        huge.frame(huge.sample_body(1)),
+        huge.frame(huge.sample_body(1)),
+    );
+    link.send(&[a, b]);
+    assert_eq!(link.ack(Duration::from_secs(2)), None);
+    assert!(c.wait_for(Duration::from_secs(10), |_| {
+        let body = vigil_tests::collector::scrape(&metrics);
+        body.lines()
+            .any(|l| l == "vigil_collector_frames_rejected_total{reason=\"out_of_range\"} 3")
+    }));
+    let refused: Vec<Value> = c
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "transport.out-of-range")
+        .collect();
+    assert_eq!(refused.len(), 2, "one alert per device: {refused:#?}");
+    assert!(refused.iter().any(|a| a["evidence"]["seen"]
+        .as_str()
+        .unwrap()
+        .contains("beyond 2^63-1")));
+    assert_eq!(stored_frames(&c, &huge.id()), 1, "only the Hello");
+    assert_eq!(stored_frames(&c, &fast.id()), 1, "only the Hello");
+    drop(link);
+    c.stop();
+    let audit = vigil_tests::collector::cli(&state, &["audit"]);
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+}
+
 #[test]
 fn an_unusable_archive_is_refused_and_the_state_dir_is_private() {
     use std::os::unix::fs::PermissionsExt;
@@ -723,4 +904,588 @@ fn an_unusable_archive_is_refused_and_the_state_dir_is_private() {
     assert_eq!(mode(&real), 0o700);
     assert_eq!(mode(&real.join("vigil.sqlite")), 0o600);
     assert_eq!(cli(&real, &["audit"]).status.code(), Some(0));
+}
+
+#[test]
+fn serve_tells_the_service_manager_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempdir("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let env_notify = format!("NOTIFY_SOCKET={}", path.display());
+    let c = Collector::start_with(
+        &["env", &env_notify, "WATCHDOG_USEC=1000000"],
+        &dir.join("collector"),
+        &[
+            "--plain-listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--no-tls",
+        ],
+    );
+    let mut buf = [0u8; 256];
+    let mut next = || -> String {
+        let n = sock.recv(&mut buf).expect("no notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.starts_with("READY=1\n"), "{first}");
+    // WatchdogSec=1s: a ping each half second while the writer ticks.
+    for _ in 0..3 {
+        let m = next();
+        assert_eq!(m, "WATCHDOG=1");
+    }
+    assert_eq!(c.stop(), Some(0));
+    let mut last = Vec::new();
+    loop {
+        let m = next();
+        let stopping = m == "STOPPING=1";
+        last.push(m);
+        if stopping {
+            break;
+        }
+        assert!(last.len() < 20, "no STOPPING=1: {last:?}");
+    }
+}
+
+/// Acked means durable, and what is not is named: frames acked while a
+/// reader pins the WAL (no checkpoint can copy them into the database),
+/// a SIGKILL, one byte of the WAL changed. SQLite's recovery silently cuts
+/// the WAL at the damaged frame; the ack ledger beside the archive names
+/// the acked frames that went with it as `collector.archive-loss`, once,
+/// the ack moves on (the agent dropped those frames when they were acked)
+/// and no transport alert blames the network. A damaged database page is
+/// refused at open by `quick_check`; `--new` moves it aside.
+#[test]
+fn acked_frames_lost_in_wal_recovery_are_named_as_archive_loss() {
+    let dir = tempdir("collector-wal");
+    let state = dir.join("collector");
+    let mut dev = Device::new(41);
+    enroll(&state, &dev.public_key(), "ct-4");
+    let args = ["--loss-grace-s", "1"];
+    let c = Collector::start_plain(&state, &args);
+    let addr = c.plain.clone().unwrap();
+    let id = dev.id();
+    let mut link = Link::connect(&addr);
+    let hello = dev.hello_body();
+    let mut early = vec![dev.frame(hello)];
+    for _ in 0..9 {
+        early.push(dev.frame(dev.sample_body(1)));
+    }
+    link.send(&early);
+    let acked_to = |link: &mut Link, seq: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while link.ack(Duration::from_secs(5)).map(|a| a.seq) != Some(seq) {
+            assert!(Instant::now() < deadline, "no ack of {seq}");
+        }
+    };
+    acked_to(&mut link, 9);
+    // A reader in another process pins the WAL: from here on nothing is
+    // copied into the database file.
+    let db_path = state.join("vigil.sqlite");
+    let mut reader = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN')\n\
+             n = c.execute('SELECT count(*) FROM frames').fetchone()[0]\n\
+             print(n, flush=True)\n\
+             sys.stdin.read()\n",
+        )
+        .arg(&db_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 holds a read transaction");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(reader.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "10", "the reader sees the first 10 frames");
+    let mut late = Vec::new();
+    for _ in 0..50 {
+        late.push(dev.frame(dev.sample_body(1)));
+    }
+    link.send(&late);
+    acked_to(&mut link, 59);
+    drop(link);
+    // Both die without closing (a closing last connection would copy the
+    // WAL back); then one byte of the WAL's first frame changes.
+    c.kill();
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let wal = state.join("vigil.sqlite-wal");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    assert!(bytes.len() > 32 + 24 + 200, "the WAL holds frames");
+    bytes[32 + 24 + 100] ^= 0xff;
+    std::fs::write(&wal, &bytes).unwrap();
+
+    let c = Collector::start_plain(&state, &args);
+    let loss = c
+        .alert("collector.archive-loss")
+        .expect("archive loss alerted");
+    let ev = &loss["evidence"];
+    let kept = stored_frames(&c, &id);
+    eprintln!(
+        "WAL damaged: {kept} frames survived, {} named lost",
+        ev["lost_frames"]
+    );
+    assert!(kept <= 10, "{kept} frames survived the damaged WAL");
+    assert_eq!(loss["device"], id.as_str(), "{loss:#}");
+    assert_eq!(loss["severity"], "high");
+    assert_eq!(ev["missing_to"], 59, "{loss:#}");
+    assert_eq!(ev["missing_from"], kept, "{loss:#}");
+    assert_eq!(ev["lost_frames"], 60 - kept, "{loss:#}");
+    assert!(
+        c.log().contains("archive loss: device"),
+        "logged as an error:\n{}",
+        c.log()
+    );
+    // The ack moves on: the device's next frame is acked at once.
+    let addr = c.plain.clone().unwrap();
+    let mut link = Link::connect(&addr);
+    link.send(&[dev.frame(dev.sample_body(1))]);
+    assert_eq!(link.ack(Duration::from_secs(10)).map(|a| a.seq), Some(60));
+    drop(link);
+    // Named once: a restart finds the ledger and the archive agreeing.
+    assert_eq!(c.stop(), Some(0));
+    let c = Collector::start_plain(&state, &args);
+    let mut link = Link::connect(c.plain.as_deref().unwrap());
+    link.send(&[dev.frame(dev.sample_body(1))]);
+    assert_eq!(link.ack(Duration::from_secs(10)).map(|a| a.seq), Some(61));
+    drop(link);
+    let losses: Vec<Value> = c
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "collector.archive-loss")
+        .collect();
+    assert_eq!(losses.len(), 1, "{losses:#?}");
+    assert_eq!(losses[0]["count"], 1, "{losses:#?}");
+    let transport = vigil_tests::collector::transport_alerts(&state);
+    assert!(transport.is_empty(), "{transport:#?}");
+    // `audit` takes the named loss as explained.
+    let audit = c.cli(&["audit"]);
+    assert_eq!(
+        audit.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+    assert_eq!(c.stop(), Some(0));
+
+    // A damaged page of the database itself: refused at open, naming it.
+    let mut bytes = std::fs::read(&db_path).unwrap();
+    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    let page = if page == 1 { 65_536 } else { page };
+    assert!(bytes.len() >= 3 * page);
+    // Page 2's b-tree header: its page type and cell count.
+    for b in &mut bytes[page..page + 8] {
+        *b = 0xee;
+    }
+    std::fs::write(&db_path, &bytes).unwrap();
+    let _ = std::fs::remove_file(state.join("vigil.sqlite-wal"));
+    let _ = std::fs::remove_file(state.join("vigil.sqlite-shm"));
+    let out = Command::new(binary("vigil-collector"))
+        .args(["serve", "--state-dir"])
+        .arg(&state)
+        .args([
+            "--no-tls",
+            "--plain-listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        (err.contains("quick_check") || err.contains("malformed")) && err.contains("--new"),
+        "{err}"
+    );
+    // --new: moved aside (kept), a new archive and a new ledger begin, and
+    // the old ledger is not taken for loss in the new archive.
+    let mut new_args = args.to_vec();
+    new_args.push("--new");
+    let c = Collector::start_plain(&state, &new_args);
+    assert!(c.alert("collector.archive-loss").is_none());
+    assert!(c.log().contains("moved aside"), "{}", c.log());
+    assert_eq!(c.stop(), Some(0));
+}
+
+/// Enrollment cannot be jammed: a flood of junk self-signed Hellos (new
+/// keys, so each is a valid would-be device) from 3 addresses as fast as
+/// they connect (120 each) and from 40 more one each, beside a genuine new device
+/// that starts once the flood is under way: it still shows as pending.
+/// Each address keeps at most 4 pending (the newest replace the oldest),
+/// and the pressure is one `enrollment.unknown-pressure` alert.
+#[test]
+fn a_junk_hello_flood_does_not_keep_a_genuine_device_from_pending() {
+    use std::net::Ipv4Addr;
+    let dir = tempdir("collector-enroll-flood");
+    let state = dir.join("collector");
+    // 30 a minute from one address (the default is 4): the pending cap per
+    // address, not the budget, is what holds the heavy flooders then.
+    let c = Collector::start_plain(&state, &["--unknown-per-address-per-minute", "30"]);
+    let addr = c.plain.clone().unwrap();
+    let junk = |src: u8, n: u32| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            for i in 0..n {
+                let mut k = [0xa5u8; 32];
+                k[0] = src;
+                k[1..5].copy_from_slice(&i.to_le_bytes());
+                let mut d = Device::from_key(SigningKey::from_bytes(&k));
+                let mut l = Link::connect_from(&addr, Ipv4Addr::new(127, 0, 0, src));
+                let h = d.hello_body();
+                l.send(&[d.frame(h)]);
+                l.closed(Duration::from_secs(10));
+            }
+        })
+    };
+    let mut floods: Vec<_> = (2..=4).map(|a| junk(a, 120)).collect();
+    floods.extend((10..50).map(|a| junk(a, 1)));
+    assert!(
+        c.wait_for(Duration::from_secs(60), |c| c
+            .alert("enrollment.unknown-pressure")
+            .is_some()),
+        "no pressure alert under the flood"
+    );
+    let mut genuine = Device::new(77);
+    let started = Instant::now();
+    let mut l = Link::connect_from(&addr, Ipv4Addr::new(127, 0, 0, 9));
+    let h = genuine.hello_body();
+    l.send(&[genuine.frame(h)]);
+    assert!(
+        l.closed(Duration::from_secs(10)),
+        "told it is pending and closed"
+    );
+    let id = genuine.id();
+    assert!(
+        c.wait_for(Duration::from_secs(30), |c| c
+            .device(&id)
+            .is_some_and(|d| d["state"] == "pending")),
+        "the genuine device is not pending under the flood"
+    );
+    let took = started.elapsed();
+    for f in floods {
+        f.join().unwrap();
+    }
+    let pending: Vec<Value> = c
+        .devices()
+        .into_iter()
+        .filter(|d| d["state"] == "pending")
+        .collect();
+    // Where each pending device's Hello came from, as the archive has it.
+    let mut by_address: std::collections::BTreeMap<String, usize> = Default::default();
+    let peers: Vec<String> = db(&c)
+        .prepare("SELECT peer FROM devices WHERE state = 'pending'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(peers.len(), pending.len());
+    for peer in peers {
+        let a = peer
+            .rsplit_once(':')
+            .map_or(peer.clone(), |(a, _)| a.to_string());
+        *by_address.entry(a).or_default() += 1;
+    }
+    let pressure = c.alert("enrollment.unknown-pressure").unwrap();
+    eprintln!(
+        "flood of 400 junk Hellos from 43 addresses: the genuine device pending {took:.1?} after it connected; \
+         {} pending in all, per flooding address {:?}; pressure alert count {}, top {}",
+        pending.len(),
+        (2..=4)
+            .map(|a| by_address.get(&format!("127.0.0.{a}")).copied().unwrap_or(0))
+            .collect::<Vec<_>>(),
+        pressure["count"],
+        pressure["evidence"]["top"]
+    );
+    assert!(pending.iter().any(|d| d["id"] == id.as_str()));
+    assert!(
+        c.log().contains("replaced by"),
+        "no pending device was replaced by a newer one from its address:\n{}",
+        c.log()
+    );
+    assert!(
+        by_address.values().all(|&n| n <= 4),
+        "an address holds more than 4 pending: {by_address:?}"
+    );
+    assert_eq!(pressure["severity"], "medium");
+    assert_eq!(c.cli(&["audit"]).status.code(), Some(0));
+    assert_eq!(c.stop(), Some(0));
+}
+
+/// Fair share: one enrolled device flooding on 8 connections as fast as
+/// they take frames, beside a bystander sending a frame every 50 ms. The
+/// flooder's connections share one budget (`device_frames_per_s`, 500 by
+/// default): it is slowed, not dropped, raises one `device.flood`, and
+/// stores at most about its budget; every bystander frame is acked (its
+/// ack p99 is printed, before and under the flood); and 64 connections at
+/// most are taken from one address.
+#[test]
+fn a_flooding_device_is_held_to_its_budget_and_bystanders_are_served() {
+    use std::io::{Read, Write};
+    const FLOOD: Duration = Duration::from_secs(10);
+    let dir = tempdir("collector-flood");
+    let state = dir.join("collector");
+    let mut flooder = Device::new(51);
+    let mut bystander = Device::new(52);
+    enroll(&state, &flooder.public_key(), "compromised");
+    enroll(&state, &bystander.public_key(), "bystander");
+    let c = Collector::start_plain(
+        &state,
+        &[
+            "--max-connections-per-address",
+            "64",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = c.plain.clone().unwrap();
+    let metrics = c.metrics.clone().unwrap();
+    let metric = |name: &str| vigil_tests::collector::metric(&metrics, name);
+    let metrics_db = state.join("vigil.sqlite");
+    let archive_bytes = || {
+        ["", "-wal"]
+            .iter()
+            .map(|s| {
+                let mut p = metrics_db.clone().into_os_string();
+                p.push(s);
+                std::fs::metadata(p).map_or(0, |m| m.len())
+            })
+            .sum::<u64>()
+    };
+    // The bystander's ack latency: a frame every 50 ms, each waited for.
+    let probe = |link: &mut Link, dev: &mut Device, until: Instant| -> Vec<Duration> {
+        let mut lat = Vec::new();
+        while Instant::now() < until {
+            let f = dev.frame(dev.sample_body(1));
+            let seq = dev.seq - 1;
+            link.send(&[f]);
+            let l = link
+                .ack_of(seq, Duration::from_secs(30))
+                .unwrap_or_else(|| panic!("bystander frame {seq} not acked"));
+            lat.push(l);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        lat
+    };
+    let p99 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[(v.len() * 99 / 100).min(v.len() - 1)]
+    };
+    let mut by = Link::connect(&addr);
+    let h = bystander.hello_body();
+    by.send(&[bystander.frame(h)]);
+    assert!(by.ack_of(0, Duration::from_secs(10)).is_some());
+    let quiet = probe(
+        &mut by,
+        &mut bystander,
+        Instant::now() + Duration::from_secs(3),
+    );
+
+    // The flood: frames signed beforehand, dealt round-robin to 8
+    // connections (each in order), written as fast as they are taken.
+    let h = flooder.hello_body();
+    let mut first = Link::connect(&addr);
+    first.send(&[flooder.frame(h)]);
+    assert!(first.ack_of(0, Duration::from_secs(10)).is_some());
+    drop(first);
+    let mut lanes: Vec<Vec<u8>> = vec![Vec::new(); 8];
+    for i in 0..8 * 2500 {
+        let f = flooder.frame(flooder.sample_body(1));
+        lanes[i % 8].extend_from_slice(&vigil_protocol::frame::to_wire(&f).unwrap());
+    }
+    eprintln!(
+        "flood frames: {} bytes each on the wire",
+        lanes.iter().map(Vec::len).sum::<usize>() / (8 * 2500)
+    );
+    let bytes_before = archive_bytes();
+    let stored_before = stored_frames(&c, &flooder.id());
+    let began = Instant::now();
+    let until = began + FLOOD;
+    let floods: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                let mut r = s.try_clone().unwrap();
+                let drain = std::thread::spawn(move || {
+                    let mut b = [0u8; 4096];
+                    while matches!(r.read(&mut b), Ok(n) if n > 0) {}
+                });
+                s.set_write_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let mut at = 0;
+                while at < lane.len() && Instant::now() < until {
+                    let end = (at + 8192).min(lane.len());
+                    match s.write(&lane[at..end]) {
+                        Ok(n) => at += n,
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(e) => {
+                            eprintln!("flood lane: {e} after {at} bytes");
+                            break;
+                        }
+                    }
+                }
+                // Everything may sit in the socket buffers by now: the
+                // flood lasts until the deadline, then ends abruptly.
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                let _ = drain.join();
+            })
+        })
+        .collect();
+    let loaded = probe(&mut by, &mut bystander, until);
+    for f in floods {
+        f.join().unwrap();
+    }
+    let secs = began.elapsed().as_secs_f64();
+    let stored = stored_frames(&c, &flooder.id()) - stored_before;
+    let grew = archive_bytes().saturating_sub(bytes_before);
+    let flood = c
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "device.flood")
+        .collect::<Vec<_>>();
+    eprintln!(
+        "flooder on 8 connections for {secs:.1} s: {stored} frames stored ({:.0}/s, budget 500/s), \
+         archive +{:.1} MiB ({:.1} GiB/h at that rate); bystander ack p99 {:.1?} quiet ({} frames), \
+         {:.1?} under the flood ({} frames); device.flood alerts {}",
+        stored as f64 / secs,
+        grew as f64 / 1_048_576.0,
+        grew as f64 / secs * 3600.0 / 1_073_741_824.0,
+        p99(quiet.clone()),
+        quiet.len(),
+        p99(loaded.clone()),
+        loaded.len(),
+        flood.len()
+    );
+    // At most the budget for each second begun, plus one read (16 KiB,
+    // 128 of these frames) per connection taken before the budget ran out:
+    // a loaded machine only lowers it.
+    let bound = 500.0 * (secs.ceil() + 1.0) + 8.0 * 128.0;
+    assert!(
+        (stored as f64) <= bound,
+        "{stored} frames stored in {secs:.1} s (at most {bound})"
+    );
+    assert!(stored > 0, "the flooder was throttled, not cut off");
+    assert_eq!(flood.len(), 1, "{flood:#?}");
+    assert_eq!(flood[0]["device"], flooder.id().as_str());
+    assert!(!loaded.is_empty());
+
+    // One address: the 65th connection at once is refused, the 64 before
+    // it are kept.
+    drop(by);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("vigil_collector_connections_open") > 0.0 {
+        assert!(Instant::now() < deadline, "connections still open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused0 = metric("vigil_collector_connections_refused_total");
+    let held: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let closed = matches!(extra.read(&mut b), Ok(0) | Err(_));
+    let _ = extra.write_all(b"x");
+    assert!(closed, "a 65th connection from one address was kept");
+    assert_eq!(
+        metric("vigil_collector_connections_refused_total") - refused0,
+        1.0,
+        "exactly the 65th refused"
+    );
+    drop(held);
+    assert_eq!(c.cli(&["audit"]).status.code(), Some(0));
+    assert_eq!(c.stop(), Some(0));
+}
+
+/// A manifest the device checked before and its next Hello no longer
+/// names (a configuration edited to drop it, the file removed before the
+/// agent started) is alerted, baseline or not; a new version of the same
+/// manifest is not, an older one than the highest seen is a rollback.
+#[test]
+fn a_manifest_no_longer_in_force_is_alerted() {
+    use vigil_protocol::body::{Class, ManifestVersion};
+    let dir = tempdir("collector-manifest-gone");
+    let state = dir.join("collector");
+    let mut dev = Device::new(61);
+    enroll(&state, &dev.public_key(), "mri-1");
+    let c = Collector::start_plain(&state, &[]);
+    let addr = c.plain.clone().unwrap();
+    let hello = |dev: &Device, versions: &[(&str, u64)]| {
+        let mut h = dev.hello_body();
+        if let vigil_protocol::Body::Hello(h) = &mut h {
+            h.manifests = versions
+                .iter()
+                .map(|(scope, version)| ManifestVersion {
+                    class: Class::Firmware,
+                    issuer: "Acme Imaging".try_into().unwrap(),
+                    scope: (*scope).try_into().unwrap(),
+                    version: *version,
+                })
+                .collect();
+        }
+        h
+    };
+    let boot = |dev: &mut Device, versions: &[(&str, u64)]| {
+        dev.boot += 1;
+        dev.seq = 0;
+        let h = hello(dev, versions);
+        let f = dev.frame(h);
+        let mut l = Link::connect(&addr);
+        l.send(&[f]);
+        assert_eq!(l.ack(Duration::from_secs(10)).map(|a| a.seq), Some(0));
+    };
+    boot(&mut dev, &[("xray-fw", 3), ("ai-model", 7)]);
+    // A new firmware version, the model still there: nothing.
+    boot(&mut dev, &[("xray-fw", 4), ("ai-model", 7)]);
+    assert!(c.alert("integrity.manifest-missing").is_none());
+    // The model's manifest is gone.
+    boot(&mut dev, &[("xray-fw", 4)]);
+    let a = c
+        .alert("integrity.manifest-missing")
+        .expect("the missing manifest alerted");
+    assert_eq!(a["severity"], "high");
+    assert_eq!(a["device"], dev.id().as_str());
+    assert_eq!(a["evidence"]["scope"], "ai-model", "{a:#}");
+    assert_eq!(a["evidence"]["issuer"], "Acme Imaging");
+    let gone: Vec<Value> = c
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "integrity.manifest-missing")
+        .collect();
+    assert_eq!(gone.len(), 1, "only the model's: {gone:#?}");
+    // An older firmware manifest than before (the device's own rollback
+    // record deleted, say): a rollback the collector sees for itself.
+    assert!(c.alert("integrity.manifest-rollback").is_none());
+    boot(&mut dev, &[("xray-fw", 2)]);
+    let r = c
+        .alert("integrity.manifest-rollback")
+        .expect("the rollback alerted");
+    assert_eq!(r["evidence"]["version"], 2, "{r:#}");
+    assert_eq!(r["evidence"]["previous_version"], 4, "{r:#}");
+    // Version 3 after 2 is still below the highest seen: alerted too.
+    boot(&mut dev, &[("xray-fw", 3)]);
+    let rollbacks = c
+        .alerts()
+        .into_iter()
+        .filter(|a| a["rule"] == "integrity.manifest-rollback")
+        .count();
+    assert_eq!(rollbacks, 2);
+    assert_eq!(c.stop(), Some(0));
 }

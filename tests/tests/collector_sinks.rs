@@ -283,6 +283,101 @@ fn metrics_pass_promtool_and_count_what_happened() {
     assert_eq!(c.stop(), Some(0));
 }
 
+/// One raw exchange with the metrics listener: `parts` written with a
+/// pause between them, the whole response read.
+fn raw(addr: &str, parts: &[&[u8]]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        s.write_all(p).unwrap();
+    }
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r
+}
+
+/// Connections waiting in the accept queue of the IPv4 listener on
+/// `port` (`rx_queue` of a LISTEN row of /proc/net/tcp).
+fn accept_backlog(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        if local_port != port || *f.get(3)? != "0A" {
+            return None;
+        }
+        u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+    })
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn metrics_answer_head_and_split_requests_and_idle_scrapers_hold_no_more_than_their_slots() {
+    let dir = tempdir("metrics-http");
+    let c = Collector::start_plain(&dir.join("collector"), &["--metrics-listen", "127.0.0.1:0"]);
+    let m = c.metrics.clone().unwrap();
+    let head = raw(&m, &[b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let (h, body) = head.split_once("\r\n\r\n").unwrap();
+    assert!(body.is_empty(), "HEAD sent a body: {body}");
+    let length: usize = h
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 100, "{h}");
+    // The request line in one segment, the headers in a second.
+    let split = raw(&m, &[b"GET /metrics HTTP/1.1\r\n", b"Host: x\r\n\r\n"]);
+    assert!(split.starts_with("HTTP/1.1 200 OK\r\n"), "{split}");
+    assert!(
+        split.contains("vigil_collector_frames_stored_total"),
+        "{split}"
+    );
+    let post = raw(
+        &m,
+        &[b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n"],
+    );
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    assert!(raw(&m, &[b"GET / HTTP/1.1\r\n\r\n"]).starts_with("HTTP/1.1 404"));
+    // 200 connections that never send a request: the collector holds at
+    // most its scrape slots (16) of them, not 200 descriptors.
+    let before = open_fds(c.pid());
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&m).unwrap())
+        .collect();
+    // Once the listener's accept queue is empty, every one of them has been
+    // accepted (and, beyond the slots, closed at once).
+    let port: u16 = m.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        c.wait_for(Duration::from_secs(30), |_| accept_backlog(port) == Some(0)),
+        "the metrics listener never drained its accept queue"
+    );
+    let held = open_fds(c.pid());
+    assert!(
+        held <= before + 16 + 2,
+        "{held} descriptors open with 200 idle scrapers (was {before})"
+    );
+    drop(idle);
+    // Slots come back when idle peers go: a real scrape works again.
+    assert!(
+        c.wait_for(Duration::from_secs(10), |_| {
+            let mut s = std::net::TcpStream::connect(&m).unwrap();
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            r.starts_with("HTTP/1.1 200")
+        }),
+        "no scrape answered after the idle peers left"
+    );
+    assert_eq!(c.stop(), Some(0));
+}
+
 #[test]
 fn tls12_clients_idle_handshakes_and_excess_connections_are_refused() {
     let dir = tempdir("limits");

@@ -392,6 +392,32 @@ fn every_kind_of_tampering_is_found_and_named() {
         ),
         "{out}"
     );
+
+    // A 4 GiB sparse file in the model's place: another size, so modified
+    // without being read (it was hashed in full, 15.6 s, before).
+    let model_file = root.join("opt/model/chest-xray.onnx");
+    std::fs::remove_file(&model_file).unwrap();
+    std::fs::File::create(&model_file)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let o = agent(&[
+        "manifest",
+        "verify",
+        "--public-key",
+        s(&pk),
+        "--root",
+        s(&root),
+        s(&model),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    eprintln!("4 GiB sparse model: verified in {:?}", started.elapsed());
+    assert!(
+        out.contains("modified /opt/model/chest-xray.onnx: sha256 ")
+            && out.contains("another size found (not hashed)"),
+        "{out}"
+    );
 }
 
 /// Writes sysctls, socket tables, SSH and account files for a posture
@@ -724,6 +750,88 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     assert!(std::fs::read_to_string(dir.join("state/manifest-versions"))
         .unwrap()
         .starts_with("3\t"));
+
+    // Integrity cannot be switched off quietly: a deleted signature, and a
+    // FIFO in place of the signature, the manifest or a trust key, are each
+    // a finding naming the file, and the pass ends (a FIFO opened for
+    // reading would block until a writer came: `timeout` would kill it).
+    let bounded = |config: &Path| -> (i32, Value) {
+        let o = Command::new("timeout")
+            .args([
+                "60",
+                s(&binary("vigil-agent")),
+                "check",
+                "--config",
+                s(config),
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(124), "check hung");
+        let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!("check --json: {e}: {}", String::from_utf8_lossy(&o.stderr))
+        });
+        (o.status.code().unwrap(), v)
+    };
+    let fifo = |p: &Path| {
+        let _ = std::fs::remove_file(p);
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    };
+    let kinds_at = |v: &Value| -> Vec<(String, String)> {
+        v["integrity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["findings"].as_array().unwrap().iter())
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_string(),
+                    f["path"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let sig = dir.join("firmware.manifest.minisig");
+    let kept = std::fs::read(&sig).unwrap();
+    std::fs::remove_file(&sig).unwrap();
+    let (code, v) = bounded(&config);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        kinds_at(&v),
+        vec![("missing".into(), s(&sig).to_string())],
+        "{v}"
+    );
+    fifo(&sig);
+    let (code, v) = bounded(&config);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        kinds_at(&v),
+        vec![("type-changed".into(), s(&sig).to_string())],
+        "{v}"
+    );
+    std::fs::remove_file(&sig).unwrap();
+    std::fs::write(&sig, &kept).unwrap();
+    let manifest = std::fs::read(&m).unwrap();
+    fifo(&m);
+    let (code, v) = bounded(&config);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        kinds_at(&v),
+        vec![("type-changed".into(), s(&m).to_string())],
+        "{v}"
+    );
+    std::fs::remove_file(&m).unwrap();
+    std::fs::write(&m, &manifest).unwrap();
+    assert_eq!(bounded(&config).0, 0, "put back, clean again");
+    let key = dir.join("trust/vendor.pub");
+    fifo(&key);
+    let (code, v) = bounded(&config);
+    assert_eq!(code, 2, "an unusable trust key is an error: {v}");
+    assert_eq!(
+        kinds_at(&v),
+        vec![("untrusted-key".into(), s(&dir.join("trust")).to_string())],
+        "and a finding the collector sees: {v}"
+    );
 
     // A trust directory that cannot be read is an error (exit 2).
     std::fs::remove_dir_all(dir.join("trust")).unwrap();

@@ -311,6 +311,29 @@ fn attacks_raise_their_alerts_within_two_intervals_and_benign_replay_raises_none
         "{shown:#}"
     );
 
+    // The approved baseline as a MUD file the network team can load: valid
+    // against the MUD and ACL YANG models, with the device's flows in it.
+    let mud = c.cli(&["policy", "scanner", "--format", "mud"]);
+    assert!(
+        mud.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mud.stderr)
+    );
+    let mud_file = dir.join("scanner.mud.json");
+    std::fs::write(&mud_file, &mud.stdout).unwrap();
+    let doc: Value = serde_json::from_slice(&mud.stdout).unwrap();
+    let aces = doc["ietf-access-control-list:acls"]["acl"].to_string();
+    for port in ["11112", "7443", "104"] {
+        assert!(
+            aces.contains(&format!("\"port\":{port}")),
+            "no ACE for port {port}: {doc:#}"
+        );
+    }
+    match vigil_tests::yang::available() {
+        Ok(_) => vigil_tests::yang::validate_mud(&mud_file).unwrap(),
+        Err(why) => vigil_tests::cannot_run(&why),
+    }
+
     // The same benign activity again, as long: nothing may be raised.
     let approved = max_id(&c);
     benign(&net, &c, PHASE);

@@ -1,11 +1,12 @@
-//! The soak, fast-forwarded: the real agent's test clock
-//! (`--test-clock START:FACTOR`) starts `VIGIL_SOAK_HOURS` ago and runs
-//! `VIGIL_SOAK_FACTOR` times faster than real time, so that many hours of
-//! 1 s samples (10 per frame, sockets every 10 s, sessions every 5 s, all
-//! in the clock's seconds) go through the real collector over TLS. The
-//! collector keeps `VIGIL_SOAK_RETENTION_DAYS` of raw samples and rolls up
-//! every 10 s. Every second the test counts the agent's and the collector's
-//! resident memory, threads and open files.
+//! The soak, fast-forwarded: the real agent's and the real collector's
+//! test clocks (`--test-clock START:FACTOR` on both) start
+//! `VIGIL_SOAK_HOURS` ago and run `VIGIL_SOAK_FACTOR` times faster than
+//! real time, so that many hours of 1 s samples (10 per frame, sockets
+//! every 10 s, sessions every 5 s, all in the clock's seconds) go through
+//! the real collector over TLS. The collector keeps
+//! `VIGIL_SOAK_RETENTION_DAYS` of raw samples by its own (fast) clock and
+//! rolls up every 10 s of real time. Every second the test counts the
+//! agent's and the collector's resident memory, threads and open files.
 //!
 //! CI runs 30 hours at 500x (216 s) against a 1-day retention. The month,
 //! with the release binaries (they keep up with about 1000x on this 2-core
@@ -62,21 +63,48 @@ fn a_fast_forwarded_month_keeps_memory_flat_storage_in_retention_and_leaks_nothi
     let (agent_dir, state) = (dir.join("agent"), dir.join("collector"));
     std::fs::create_dir_all(&agent_dir).unwrap();
     let retention = retention_days.to_string();
-    let serve_args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--retention-days",
-        &retention,
-        "--rollup-every-s",
-        "10",
-        "--baseline-period-s",
-        "3600",
-    ];
-    let c = Collector::start(&state, &serve_args);
+    // One fast clock for both: `clock(t)` is where it stands at real time t.
+    // The binaries are built first: a build after the clock started would
+    // put the collector's clock behind the agent's by as long.
+    let (collector_bin, _) = (binary("vigil-collector"), binary("vigil-agent"));
+    assert!(collector_bin.exists());
+    let start_ms = wall_ms() - span_ms;
+    let began_clock = Instant::now();
+    let clock = |t: Instant| start_ms + (t - began_clock).as_millis() as u64 * factor;
+    let serve_args = |at: Instant| {
+        let mut a: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--retention-days",
+            &retention,
+            "--rollup-every-s",
+            "10",
+            "--baseline-period-s",
+            "3600",
+            // The agent's clock starts after the collector's: however long
+            // its start takes (a second is 500 s of the clock) is not skew.
+            "--clock-skew-s",
+            "86400",
+            // The agent sends what it has about once a real second (500 s
+            // of the clock): that is not silence, and a hole in the stream
+            // is given as long as it would have at real speed.
+            "--silence-s",
+            "604800",
+            "--loss-grace-s",
+            "86400",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(["--test-clock".into(), format!("{}:{factor}", clock(at))]);
+        a
+    };
+    let args = serve_args(Instant::now());
+    let c = Collector::start(&state, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let key = keygen(&agent_dir);
     c.enroll(&key, "soak", "");
     let id = vigil_protocol::DeviceId::of(&key).to_string();
-    let start_ms = wall_ms() - span_ms;
+    // The agent's clock starts where the collector's stands.
+    let agent_start_ms = clock(Instant::now());
     let mut cmd = std::process::Command::new(binary("vigil-agent"));
     cmd.arg("run")
         .arg("--state-dir")
@@ -84,7 +112,7 @@ fn a_fast_forwarded_month_keeps_memory_flat_storage_in_retention_and_leaks_nothi
         .args(["--collector", c.tls.as_deref().unwrap()])
         .args(["--pin", c.pin.as_deref().unwrap()])
         .args(["--interval-ms", "1000", "--batch", "10"])
-        .args(["--test-clock", &format!("{start_ms}:{factor}")]);
+        .args(["--test-clock", &format!("{agent_start_ms}:{factor}")]);
     let agent = Agent::spawn_logged(cmd, &dir.join("agent.log"));
     let agent_pid = agent.0.id();
 
@@ -194,15 +222,16 @@ fn a_fast_forwarded_month_keeps_memory_flat_storage_in_retention_and_leaks_nothi
     let before = rollups(&c);
     assert!(before > 0, "no roll-up while the soak ran:\n{}", c.log());
     assert_eq!(c.stop(), Some(0));
-    let before_restart = wall_ms();
-    let c = Collector::start(&state, &serve_args);
+    let before_restart = clock(Instant::now());
+    let args = serve_args(Instant::now());
+    let c = Collector::start(&state, &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         c.wait_for(Duration::from_secs(20), |c| rollups(c) > before),
         "no roll-up at start:\n{}",
         c.log()
     );
     assert_eq!(c.stop(), Some(0));
-    let after_restart = wall_ms();
+    let after_restart = clock(Instant::now());
     let retention_ms = retention_days * DAY_MS;
 
     let db = rusqlite::Connection::open(state.join("vigil.sqlite")).unwrap();
@@ -228,24 +257,43 @@ fn a_fast_forwarded_month_keeps_memory_flat_storage_in_retention_and_leaks_nothi
         ago(raw_last),
         db_bytes as f64 / 1_048_576.0
     );
-    // Raw samples: exactly the retention period (a frame carries 10 s).
+    // Raw samples: exactly the retention period, by the collector's
+    // receive time. The agent sends what it has about once a real second,
+    // so frames arrive in bursts up to `gap` of the clock apart, each
+    // holding samples up to `lag` older than its arrival.
     let cutoff_lo = before_restart - retention_ms;
     let cutoff_hi = after_restart - retention_ms;
+    let (kept_first, lag, _) = q(
+        "SELECT min(received_ms), max(received_ms - time_ms), 0 FROM frames WHERE kind = 'samples'",
+    );
+    let (gap, _, _) = q(
+        "SELECT max(received_ms - prev), 0, 0 FROM (SELECT received_ms,
+            lag(received_ms) OVER (ORDER BY received_ms) AS prev FROM frames WHERE kind = 'samples')",
+    );
+    eprintln!(
+        "receive: bursts up to {:.1} s of the clock apart, samples up to {:.1} s old on arrival",
+        gap as f64 / 1000.0,
+        lag as f64 / 1000.0
+    );
     assert!(
-        raw_first as u64 + 15_000 >= cutoff_lo && raw_first as u64 <= cutoff_hi + 15_000,
-        "oldest raw sample {raw_first} not at the retention cutoff {cutoff_lo}..{cutoff_hi}"
+        kept_first as u64 >= cutoff_lo && kept_first as u64 <= cutoff_hi + gap as u64,
+        "oldest raw frame received at {kept_first}, not at the retention cutoff {cutoff_lo}..{cutoff_hi}"
+    );
+    assert!(
+        raw_first as u64 + 15_000 + lag as u64 >= cutoff_lo,
+        "a raw sample dated {raw_first} is older than the cutoff {cutoff_lo} and its arrival"
     );
     // Minutes: from the soak's start to the cutoff, none missing.
     assert!(
-        (first_minute as u64).abs_diff(start_ms) < 120_000,
-        "first minute {first_minute}, soak began {start_ms}"
+        (first_minute as u64).abs_diff(agent_start_ms) < 120_000,
+        "first minute {first_minute}, soak began {agent_start_ms}"
     );
     assert_eq!(
         minutes,
         (last_minute - first_minute) / 60_000 + 1,
         "a minute is missing between the first and the last rolled up"
     );
-    assert!(last_minute as u64 + 120_000 >= cutoff_lo);
+    assert!(last_minute as u64 + 120_000 + lag as u64 >= cutoff_lo);
     // At most a sample per second of the clock, raw or rolled up, each
     // once: none made up. A tick the agent could not make in time is
     // skipped, never made up in a burst, and how many it can make at 500x
@@ -256,7 +304,7 @@ fn a_fast_forwarded_month_keeps_memory_flat_storage_in_retention_and_leaks_nothi
     // the ratio is printed, and the agent's cost is measured in
     // `tests/bench/agent-footprint.sh`, not here.
     let samples = (raw + rolled) as u64;
-    let seconds = (raw_last as u64 - start_ms) / 1000;
+    let seconds = (raw_last as u64 - agent_start_ms) / 1000;
     eprintln!(
         "samples: {samples} for {seconds} s of the clock ({:.1} %)",
         100.0 * samples as f64 / seconds as f64
@@ -287,6 +335,18 @@ fn a_fast_forwarded_month_keeps_memory_flat_storage_in_retention_and_leaks_nothi
     assert!(received > high, "{received} frames received for 0..={high}");
     let transport = transport_alerts(&state);
     assert!(transport.is_empty(), "{transport:#?}");
+    let alerts: Vec<Value> =
+        serde_json::from_slice(&cli(&state, &["alerts", "--json"]).stdout).unwrap();
+    let clock_or_silence: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| {
+            matches!(
+                a["rule"].as_str(),
+                Some("device.clock-skew" | "device.silence")
+            )
+        })
+        .collect();
+    assert!(clock_or_silence.is_empty(), "{clock_or_silence:#?}");
     let audit = cli(&state, &["audit"]);
     assert!(
         audit.status.success(),

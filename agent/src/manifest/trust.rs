@@ -39,8 +39,9 @@ impl Keys {
             .collect();
         names.sort();
         for p in names {
-            let text =
-                std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let text = read_regular(&p, MAX_SMALL)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|(_, why)| anyhow::anyhow!("{why}"))?;
             let k = PublicKey::parse(&text).map_err(|e| {
                 anyhow::anyhow!("{}: not a minisign public key ({e:?})", p.display())
             })?;
@@ -160,12 +161,48 @@ pub enum Refused {
     Finding(Box<Report>),
 }
 
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::File::open(path)?;
+/// Largest signature or trust key read.
+const MAX_SMALL: u64 = 64 << 10;
+
+/// Reads a regular file of at most `max` bytes without following a
+/// symlink and without blocking on a FIFO or device put in its place: the
+/// type is checked on the open descriptor before a byte is read. On
+/// failure, the finding it is (missing, not a regular file, unreadable)
+/// and why.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, (FindingKind, String)> {
+    let why = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            let kind = match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::NotFound, _) => FindingKind::Missing,
+                (_, Some(libc::ELOOP)) => FindingKind::TypeChanged,
+                _ => FindingKind::Unreadable,
+            };
+            (kind, why(&e))
+        })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| (FindingKind::Unreadable, why(&e)))?;
+    if !meta.is_file() {
+        return Err((FindingKind::TypeChanged, why(&"not a regular file")));
+    }
+    if meta.len() > max {
+        return Err((
+            FindingKind::Unreadable,
+            why(&format!("{} bytes, more than {max}", meta.len())),
+        ));
+    }
     let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_MANIFEST + 1), &mut out)?;
-    if out.len() as u64 > MAX_MANIFEST {
-        return Err(std::io::Error::other("larger than 64 MiB"));
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, max + 1), &mut out)
+        .map_err(|e| (FindingKind::Unreadable, why(&e)))?;
+    if out.len() as u64 > max {
+        return Err((
+            FindingKind::Unreadable,
+            why(&format!("more than {max} bytes")),
+        ));
     }
     Ok(out)
 }
@@ -179,34 +216,45 @@ pub fn sig_path(manifest: &Path) -> PathBuf {
 
 /// Reads, authenticates and rollback-checks one manifest.
 pub fn open(path: &Path, keys: &Keys, versions: &mut Versions) -> Result<Manifest, Refused> {
-    let bytes =
-        read_limited(path).map_err(|e| Refused::Unusable(format!("{}: {e}", path.display())))?;
-    let sp = sig_path(path);
-    let sig_text = std::fs::read_to_string(&sp)
-        .map_err(|e| Refused::Unusable(format!("{}: {e}", sp.display())))?;
-    // Parsed before it is trusted only to name it in a finding.
-    let unverified = Manifest::parse(&bytes);
-    let named = match &unverified {
-        Ok(m) => version_of(m),
-        Err(_) => ManifestVersion {
-            class: Class::Config,
-            issuer: fit("unknown"),
-            scope: fit(&path.display().to_string()),
-            version: 0,
-        },
+    // A manifest or signature that is missing, replaced by something that
+    // is not a regular file, or unreadable is a finding sent on, never
+    // only a local error: deleting a `.minisig` must not switch the check
+    // off quietly.
+    let unknown = ManifestVersion {
+        class: Class::Config,
+        issuer: fit("unknown"),
+        scope: fit(&path.display().to_string()),
+        version: 0,
     };
-    let finding = |kind: FindingKind| {
-        let manifest = named.clone();
+    let refused = |named: &ManifestVersion, at: &Path, kind: FindingKind| {
         Refused::Finding(Box::new(Report {
             source: path.to_path_buf(),
-            manifest,
+            manifest: named.clone(),
             checked: 0,
             findings: vec![Found {
-                path: std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec(),
+                path: std::os::unix::ffi::OsStrExt::as_bytes(at.as_os_str()).to_vec(),
                 kind,
             }],
         }))
     };
+    let bytes = read_regular(path, MAX_MANIFEST).map_err(|(kind, why)| {
+        log::error!("integrity: {why}");
+        refused(&unknown, path, kind)
+    })?;
+    // Parsed before it is trusted only to name it in a finding.
+    let unverified = Manifest::parse(&bytes);
+    let named = match &unverified {
+        Ok(m) => version_of(m),
+        Err(_) => unknown.clone(),
+    };
+    let sp = sig_path(path);
+    let sig_text = read_regular(&sp, MAX_SMALL)
+        .map_err(|(kind, why)| {
+            log::error!("integrity: {why}");
+            refused(&named, &sp, kind)
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned())?;
+    let finding = |kind: FindingKind| refused(&named, path, kind);
     let sig = SignatureFile::parse(&sig_text).map_err(|_| finding(FindingKind::BadSignature))?;
     let key = keys
         .0

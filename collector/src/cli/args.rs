@@ -142,6 +142,9 @@ pub enum Command {
         #[command(subcommand)]
         command: BaselineCommand,
     },
+    /// Network policy from an approved baseline: an RFC 8520 MUD file, an
+    /// nftables ruleset for the gateway in front of the device, or JSON.
+    Policy(Policy),
     /// The access record (every session the devices reported), and the
     /// access windows opened by hand.
     #[command(args_conflicts_with_subcommands = true)]
@@ -199,12 +202,24 @@ pub struct Serve {
     /// Alert an unexplained sequence hole after N s [default: 120].
     #[arg(long, value_name = "N")]
     pub loss_grace_s: Option<String>,
+    /// Alert a device clock more than N s from the collector's [default: 300].
+    #[arg(long, value_name = "N")]
+    pub clock_skew_s: Option<String>,
     /// Most connections at once.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
     /// Most frames per second per connection.
     #[arg(long, value_name = "N")]
     pub frames_per_s: Option<String>,
+    /// Most connections at once from one address [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<String>,
+    /// Most frames per second from one device, all its connections together [default: 500].
+    #[arg(long, value_name = "N")]
+    pub device_frames_per_s: Option<String>,
+    /// Most bytes per second from one device, all its connections together [default: 262144].
+    #[arg(long, value_name = "N")]
+    pub device_bytes_per_s: Option<String>,
     /// Close a connection idle for N s.
     #[arg(long, value_name = "N")]
     pub idle_timeout_s: Option<String>,
@@ -214,9 +229,15 @@ pub struct Serve {
     /// Hellos a minute from keys nobody enrolled.
     #[arg(long, value_name = "N")]
     pub unknown_per_minute: Option<String>,
+    /// Hellos a minute from one address for keys nobody enrolled [default: 4].
+    #[arg(long, value_name = "N")]
+    pub unknown_per_address_per_minute: Option<String>,
     /// Most devices pending approval.
     #[arg(long, value_name = "N")]
     pub max_pending: Option<String>,
+    /// Most devices pending from one address; a newer one replaces its oldest [default: 4].
+    #[arg(long, value_name = "N")]
+    pub max_pending_per_address: Option<String>,
     /// JSON lines to PATH (- for stdout; repeatable).
     #[arg(long, value_name = "PATH")]
     pub sink_json: Vec<String>,
@@ -244,6 +265,10 @@ pub struct Serve {
     /// disk.read_bytes or a prefix like disk.*).
     #[arg(long, value_name = "M")]
     pub unwatched_metric: Vec<String>,
+    /// Soak tests only: the collector's clock starts at START_MS and runs
+    /// FACTOR times faster.
+    #[arg(long, value_name = "START_MS:FACTOR", hide = true)]
+    pub test_clock: Option<String>,
 }
 
 /// `--from T --to T`: a time range, both ends optional.
@@ -307,6 +332,43 @@ pub enum BaselineCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+/// `policy`: what an approved baseline allows, as network policy.
+#[derive(Debug, Args)]
+pub struct Policy {
+    /// The device whose approved baseline it is (or --model).
+    #[arg(
+        value_name = "DEVICE",
+        required_unless_present = "model",
+        conflicts_with = "model"
+    )]
+    pub device: Option<String>,
+    /// A model's fleet baseline instead of one device's.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// mud (RFC 8520), nftables (for the gateway) or json.
+    #[arg(long, value_enum)]
+    pub format: PolicyFormat,
+    /// The device's address as the gateway sees it (repeatable) [default:
+    /// where the collector last saw the device, or the model's devices, connect from].
+    #[arg(long, value_name = "ADDR")]
+    pub address: Vec<String>,
+    /// A network whose endpoints are allowed as the whole network, not one
+    /// address each (repeatable; e.g. pacs=10.20.0.0/24).
+    #[arg(long, value_name = "NAME=PREFIX")]
+    pub network: Vec<String>,
+    /// Where the MUD file will be published [default: a placeholder under
+    /// mud.vigil.invalid].
+    #[arg(long, value_name = "URL")]
+    pub mud_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyFormat {
+    Mud,
+    Nftables,
+    Json,
 }
 
 /// `access` without a command: the access record.

@@ -7,6 +7,7 @@
 mod access;
 pub mod args;
 mod baseline;
+mod policy;
 pub mod quickstart;
 mod serve;
 pub mod views;
@@ -118,6 +119,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let now = clock::now_ms();
     match cli.command {
         Command::Serve(s) => {
+            if let Some(spec) = &s.test_clock {
+                clock::set_test_clock(spec)?;
+            }
             let cfg = serve::config(config(g)?, &s)?;
             let (_tx, rx) = tokio::sync::watch::channel(false);
             // Machine-readable lines for scripts and tests, then `ready`.
@@ -279,6 +283,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Baseline { command } => baseline::run(g, command, now),
         Command::Access { command, record } => access::run(g, command, &record, now),
+        Command::Policy(p) => policy::run(g, &p, now),
         Command::Detect(d) => detect(&d),
     }
 }

@@ -85,6 +85,9 @@ pub fn config(mut cfg: Config, a: &Serve) -> anyhow::Result<Config> {
     if let Some(v) = number("loss-grace-s", &a.loss_grace_s)? {
         cfg.loss_grace_s = v;
     }
+    if let Some(v) = number("clock-skew-s", &a.clock_skew_s)? {
+        cfg.clock_skew_s = v;
+    }
     if let Some(v) = number("max-connections", &a.max_connections)? {
         cfg.limits.max_connections = v;
     }
@@ -117,6 +120,27 @@ pub fn config(mut cfg: Config, a: &Serve) -> anyhow::Result<Config> {
         .extend(a.unwatched_metric.iter().cloned());
     if let Some(v) = number("max-pending", &a.max_pending)? {
         cfg.limits.max_pending = v;
+    }
+    if let Some(v) = number(
+        "max-connections-per-address",
+        &a.max_connections_per_address,
+    )? {
+        cfg.limits.max_connections_per_address = v;
+    }
+    if let Some(v) = number("device-frames-per-s", &a.device_frames_per_s)? {
+        cfg.limits.device_frames_per_s = v;
+    }
+    if let Some(v) = number("device-bytes-per-s", &a.device_bytes_per_s)? {
+        cfg.limits.device_bytes_per_s = v;
+    }
+    if let Some(v) = number("max-pending-per-address", &a.max_pending_per_address)? {
+        cfg.limits.max_pending_per_address = v;
+    }
+    if let Some(v) = number(
+        "unknown-per-address-per-minute",
+        &a.unknown_per_address_per_minute,
+    )? {
+        cfg.limits.unknown_per_address_per_minute = v;
     }
     for v in &a.sink_json {
         cfg.sinks.push(Sink::Json { path: v.into() });

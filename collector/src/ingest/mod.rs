@@ -6,6 +6,8 @@
 //! verified, runs detection and raises alerts, and answers with acks once
 //! the transaction is durable.
 
+pub mod ledger;
+pub mod skew;
 pub mod tls;
 pub mod writer;
 
@@ -39,11 +41,57 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub jobs: mpsc::Sender<Job>,
     pub limits: Limits,
-    unknown: Mutex<(Instant, u32)>,
+    unknown: Mutex<Unknown>,
     /// When each refused key's alert was last raised: a revoked agent that
     /// reconnects in a loop updates its alert once a minute, not once per
     /// attempt (every refusal is still counted in the metrics).
     refused: Mutex<HashMap<DeviceId, Instant>>,
+    /// Each device's frames and bytes in the current second, over all its
+    /// connections (`device_frames_per_s`, `device_bytes_per_s`).
+    budgets: Mutex<HashMap<DeviceId, Budget>>,
+    /// Connections open per address (`max_connections_per_address`).
+    per_address: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// One device's use of its budget in the current one-second window.
+struct Budget {
+    window: Instant,
+    frames: u32,
+    bytes: u64,
+    /// When `device.flood` was last raised for it.
+    alerted: Option<Instant>,
+}
+
+/// Devices whose budgets are tracked; beyond, idle ones are forgotten.
+const BUDGETS: usize = 65_536;
+/// `device.flood` is raised again at most this often per device.
+const FLOOD_RAISE_EVERY: Duration = Duration::from_secs(60);
+
+/// Hello checks for keys nobody enrolled, in the current minute.
+struct Unknown {
+    window: Instant,
+    /// Charged to the shared budget (`unknown_per_minute`).
+    shared: u32,
+    /// Addresses' first attempts of the minute (outside the shared budget,
+    /// up to ten times it).
+    firsts: u32,
+    refused: u32,
+    by_address: HashMap<String, u32>,
+    /// The pressure alert was raised in this window.
+    alerted: bool,
+}
+
+/// Addresses counted per minute; beyond, new ones share the budget only.
+const UNKNOWN_ADDRESSES: usize = 4096;
+
+/// An address without its port (`serial:PATH` stays whole).
+pub fn address_of(peer: &str) -> &str {
+    match peer.rsplit_once(':') {
+        Some((a, port)) if !peer.starts_with("serial:") && port.parse::<u16>().is_ok() => {
+            a.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => peer,
+    }
 }
 
 /// A refused key's alert is raised again at most this often.
@@ -63,9 +111,111 @@ impl Ctx {
             metrics,
             jobs,
             limits,
-            unknown: Mutex::new((Instant::now(), 0)),
+            unknown: Mutex::new(Unknown {
+                window: Instant::now(),
+                shared: 0,
+                firsts: 0,
+                refused: 0,
+                by_address: HashMap::new(),
+                alerted: false,
+            }),
             refused: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            per_address: Arc::default(),
         }
+    }
+
+    /// How long a connection of `device` must wait before it reads again:
+    /// `None` while the device is within its budget. Checked before each
+    /// read, so a device on many connections takes at most one read each
+    /// beyond its budget, and pays that off in the seconds after.
+    fn device_wait(&self, device: DeviceId) -> Option<Duration> {
+        let (fl, bl) = (
+            self.limits.device_frames_per_s,
+            self.limits.device_bytes_per_s,
+        );
+        let mut all = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        let b = all.get_mut(&device)?;
+        let now = Instant::now();
+        let secs = now.duration_since(b.window).as_secs();
+        if secs > 0 {
+            b.window += Duration::from_secs(secs);
+            let k = u32::try_from(secs).unwrap_or(u32::MAX);
+            b.frames = b.frames.saturating_sub(fl.saturating_mul(k));
+            b.bytes = b.bytes.saturating_sub(bl.saturating_mul(secs));
+        }
+        (b.frames >= fl || b.bytes >= bl)
+            .then(|| Duration::from_secs(1).saturating_sub(now.duration_since(b.window)))
+    }
+
+    /// Charges `frames` and `bytes` to `device`'s budget; how long its
+    /// connection must pause when the device is over it (all its
+    /// connections share one budget). The first excess of a minute raises
+    /// `device.flood`.
+    fn device_budget(
+        &self,
+        device: DeviceId,
+        frames: usize,
+        bytes: usize,
+        peer: &str,
+        now_ms: u64,
+    ) -> Option<Duration> {
+        let (fl, bl) = (
+            self.limits.device_frames_per_s,
+            self.limits.device_bytes_per_s,
+        );
+        let mut all = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if all.len() >= BUDGETS && !all.contains_key(&device) {
+            all.retain(|_, b| now.duration_since(b.window) < Duration::from_secs(2));
+        }
+        let b = all.entry(device).or_insert(Budget {
+            window: now,
+            frames: 0,
+            bytes: 0,
+            alerted: None,
+        });
+        // Each second that began pays one budget off what was taken: what
+        // went over (frames already read when the budget ran out, on every
+        // connection of the device) is owed to the next seconds, so over
+        // time the device gets its budget, no more.
+        let secs = now.duration_since(b.window).as_secs();
+        if secs > 0 {
+            b.window += Duration::from_secs(secs);
+            let k = u32::try_from(secs).unwrap_or(u32::MAX);
+            b.frames = b.frames.saturating_sub(fl.saturating_mul(k));
+            b.bytes = b.bytes.saturating_sub(bl.saturating_mul(secs));
+        }
+        b.frames = b
+            .frames
+            .saturating_add(u32::try_from(frames).unwrap_or(u32::MAX));
+        b.bytes = b
+            .bytes
+            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if b.frames <= fl && b.bytes <= bl {
+            return None;
+        }
+        // Paused to the second's end; `device_wait` holds every connection
+        // of the device before its next read while it still owes.
+        let pause = Duration::from_secs(1).saturating_sub(now.duration_since(b.window));
+        log::debug!(
+            "device {device} over its budget ({} frames, {} bytes owed this second): its connection from {peer} waits {pause:?}",
+            b.frames,
+            b.bytes
+        );
+        let raise = b
+            .alerted
+            .map_or(true, |t| now.duration_since(t) >= FLOOD_RAISE_EVERY);
+        if raise {
+            b.alerted = Some(now);
+            let ev = json!({"peer": peer, "frames_in_second": b.frames, "bytes_in_second": b.bytes,
+                            "device_frames_per_s": fl, "device_bytes_per_s": bl,
+                            "expected": format!("at most {fl} frames and {bl} bytes a second"),
+                            "seen": format!("{} frames, {} bytes within a second: its connections are slowed", b.frames, b.bytes)});
+            drop(all);
+            self.raise(Raise::new(alert::FLOOD, device.to_string(), "", ev, now_ms));
+        }
+        Some(pause)
     }
 
     /// Whether a refusal of `device` now should raise (update) its alert.
@@ -87,14 +237,68 @@ impl Ctx {
         true
     }
 
-    /// Counts one unknown-device attempt; `false` beyond the per-minute limit.
-    fn unknown_allowed(&self) -> bool {
+    /// Counts one unknown-device attempt from `peer`; `false` when it is
+    /// beyond its address's budget or the shared one. An address's first
+    /// attempt of a minute is allowed whatever the others did (up to ten
+    /// times the shared budget), so a flood from some addresses cannot keep
+    /// a genuine new device from showing as pending. The first refusal of
+    /// a minute raises `enrollment.unknown-pressure`.
+    fn unknown_allowed(&self, peer: &str, now_ms: u64) -> bool {
+        let limits = &self.limits;
         let mut u = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
-        if u.0.elapsed() >= Duration::from_secs(60) {
-            *u = (Instant::now(), 0);
+        if u.window.elapsed() >= Duration::from_secs(60) {
+            u.window = Instant::now();
+            (u.shared, u.firsts, u.refused, u.alerted) = (0, 0, 0, false);
+            u.by_address.clear();
         }
-        u.1 = u.1.saturating_add(1);
-        u.1 <= self.limits.unknown_per_minute
+        let addr = address_of(peer);
+        let room = u.by_address.len() < UNKNOWN_ADDRESSES;
+        let n = match u.by_address.get_mut(addr) {
+            Some(c) => {
+                *c = c.saturating_add(1);
+                Some(*c)
+            }
+            None if room => {
+                u.by_address.insert(addr.to_string(), 1);
+                Some(1)
+            }
+            None => None,
+        };
+        let allowed = match n {
+            Some(1) => {
+                u.firsts = u.firsts.saturating_add(1);
+                u.firsts <= limits.unknown_per_minute.saturating_mul(10)
+            }
+            Some(n) if n > limits.unknown_per_address_per_minute => false,
+            _ => {
+                u.shared = u.shared.saturating_add(1);
+                u.shared <= limits.unknown_per_minute
+            }
+        };
+        if !allowed {
+            u.refused = u.refused.saturating_add(1);
+            if !u.alerted {
+                u.alerted = true;
+                let mut top: Vec<(&String, &u32)> = u.by_address.iter().collect();
+                top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                let top: Vec<serde_json::Value> = top
+                    .iter()
+                    .take(5)
+                    .map(|(a, n)| json!({"address": a, "attempts": n}))
+                    .collect();
+                let ev = json!({
+                    "peer": peer, "addresses": u.by_address.len(), "top": top,
+                    "unknown_per_minute": limits.unknown_per_minute,
+                    "unknown_per_address_per_minute": limits.unknown_per_address_per_minute,
+                    "expected": "a few Hellos a minute from keys nobody enrolled",
+                    "seen": format!("{} unknown-key attempts this minute, refused from here on beyond the budgets",
+                                    u.shared.saturating_add(u.firsts)),
+                });
+                drop(u);
+                self.raise(Raise::new(alert::UNKNOWN_PRESSURE, "", "", ev, now_ms));
+            }
+        }
+        allowed
     }
 
     /// Hands an alert to the writer without waiting; when the writer is
@@ -231,6 +435,17 @@ impl Session {
             match ctx.registry.get(&h.device) {
                 Some((key, DeviceState::Approved)) => match sf.verify(&key) {
                     Ok(v) => {
+                        if let Some(seen) = out_of_range(&h) {
+                            reject(m, &self.peer, "out_of_range", Some(&h));
+                            let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq, "time_ms": h.time_ms,
+                                            "expected": format!("a sequence number up to 2^63-1 and a time before {}", alert::rfc3339(MAX_TIME_MS)),
+                                            "seen": seen});
+                            self.raise(
+                                &mut fed,
+                                Raise::new(alert::OUT_OF_RANGE, h.device.to_string(), "", ev, now),
+                            );
+                            continue;
+                        }
                         if !self.order.admit(&h) {
                             reject(m, &self.peer, "replay", Some(&h));
                             let ev = json!({"peer": &*self.peer, "boot": h.boot, "seq": h.seq,
@@ -286,7 +501,7 @@ impl Session {
                 }
                 None => {
                     reject(m, &self.peer, "unknown_device", Some(&h));
-                    if !ctx.unknown_allowed() {
+                    if !ctx.unknown_allowed(&self.peer, now) {
                         fed.close = true;
                         break;
                     }
@@ -312,6 +527,24 @@ impl Session {
             }
         }
         fed
+    }
+}
+
+/// The latest frame time the archive holds: 9999-12-31T23:59:59.999Z
+/// (RFC 3339 and SQLite's date functions end there).
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
+
+/// Why a verified frame cannot be archived as it is: SQLite integers are
+/// i64, so a larger sequence number would be clamped and collide with
+/// another frame's (and break `audit` for ever), and a time past year 9999
+/// has no calendar form. `None` when it fits.
+pub fn out_of_range(h: &vigil_protocol::Header) -> Option<String> {
+    if i64::try_from(h.seq).is_err() {
+        Some(format!("sequence number {} beyond 2^63-1", h.seq))
+    } else if h.time_ms > MAX_TIME_MS {
+        Some(format!("frame time {} ms, after the year 9999", h.time_ms))
+    } else {
+        None
     }
 }
 
@@ -426,9 +659,18 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let idle = Duration::from_secs(ctx.limits.idle_timeout_s);
     let mut deadline = tokio::time::Instant::now() + idle;
     let mut completed = 0;
-    loop {
+    'conn: loop {
         if *stop.borrow() {
             break;
+        }
+        // The device's connections share its budget: none reads while it
+        // owes (the idle deadline moves with the wait).
+        while let Some(wait) = session.device.and_then(|d| ctx.device_wait(d)) {
+            tokio::select! {
+                () = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+                _ = stop.changed() => break 'conn,
+            }
+            deadline += wait;
         }
         let n = tokio::select! {
             r = tokio::time::timeout_at(deadline, s.read(&mut buf)) => match r {
@@ -473,20 +715,35 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if close {
             break;
         }
-        if let Some(pause) = pace.take(frames) {
+        let device_pause = session
+            .device
+            .filter(|_| frames > 0)
+            .and_then(|d| ctx.device_budget(d, frames, n, &peer, now_ms()));
+        if device_pause.is_some() {
+            ctx.metrics.reject("device_rate_limited");
+        }
+        let pause = pace.take(frames);
+        if pause.is_some() {
             ctx.metrics.reject("rate_limited");
+        }
+        if let Some(pause) = pause.max(device_pause) {
             tokio::time::sleep(pause).await;
         }
     }
     let _ = s.shutdown().await;
 }
 
-/// Counts an open connection; decrements on drop.
-pub struct Open(Arc<Metrics>);
+/// Counts an open connection, overall and for its address; decrements on
+/// drop.
+pub struct Open {
+    metrics: Arc<Metrics>,
+    per_address: Arc<Mutex<HashMap<String, u32>>>,
+    address: String,
+}
 
 impl Open {
-    /// `None` at the connection limit.
-    pub fn try_new(ctx: &Ctx) -> Option<Open> {
+    /// `None` at the connection limit, or at its address's.
+    pub fn try_new(ctx: &Ctx, peer: &std::net::SocketAddr) -> Option<Open> {
         let m = &ctx.metrics;
         let n = m.connections_open.fetch_add(1, Relaxed);
         if usize::try_from(n).unwrap_or(usize::MAX) >= ctx.limits.max_connections {
@@ -494,14 +751,43 @@ impl Open {
             m.connections_refused.fetch_add(1, Relaxed);
             return None;
         }
+        let address = peer.ip().to_string();
+        {
+            let mut per = ctx
+                .per_address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let c = per.entry(address.clone()).or_insert(0);
+            if *c >= ctx.limits.max_connections_per_address {
+                drop(per);
+                m.connections_open.fetch_sub(1, Relaxed);
+                m.connections_refused.fetch_add(1, Relaxed);
+                return None;
+            }
+            *c += 1;
+        }
         m.connections_total.fetch_add(1, Relaxed);
-        Some(Open(Arc::clone(m)))
+        Some(Open {
+            metrics: Arc::clone(m),
+            per_address: Arc::clone(&ctx.per_address),
+            address,
+        })
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Relaxed);
+        self.metrics.connections_open.fetch_sub(1, Relaxed);
+        let mut per = self
+            .per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = per.get_mut(&self.address) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                per.remove(&self.address);
+            }
+        }
     }
 }
 
@@ -513,6 +799,7 @@ pub async fn listen(
     ctx: Arc<Ctx>,
     stop: watch::Receiver<bool>,
 ) {
+    let mut accept_pause = Duration::ZERO;
     loop {
         let mut stop_rx = stop.clone();
         let accepted = tokio::select! {
@@ -522,12 +809,22 @@ pub async fn listen(
         let (tcp, addr) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                log::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors (EMFILE, ENFILE) or memory: back off,
+                // doubling to a second, and say so once per run.
+                if accept_pause == Duration::ZERO {
+                    log::warn!("accept: {e}; backing off");
+                }
+                accept_pause =
+                    (accept_pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tokio::time::sleep(accept_pause).await;
                 continue;
             }
         };
-        let Some(open) = Open::try_new(&ctx) else {
+        if accept_pause != Duration::ZERO {
+            log::info!("accepting connections again");
+            accept_pause = Duration::ZERO;
+        }
+        let Some(open) = Open::try_new(&ctx, &addr) else {
             drop(tcp);
             continue;
         };
@@ -699,6 +996,58 @@ mod tests {
         }
         let (jobs, _) = mpsc::channel(1);
         Ctx::new(registry, Arc::default(), jobs, Limits::default())
+    }
+
+    #[test]
+    fn unknown_keys_are_budgeted_per_address_and_every_address_gets_a_first_try() {
+        assert_eq!(address_of("10.0.0.7:40000"), "10.0.0.7");
+        assert_eq!(address_of("[fd00::7]:40000"), "fd00::7");
+        assert_eq!(address_of("serial:/dev/ttyUSB0"), "serial:/dev/ttyUSB0");
+        let (jobs, mut alerts) = mpsc::channel(16);
+        let limits = Limits {
+            unknown_per_minute: 6,
+            unknown_per_address_per_minute: 3,
+            ..Limits::default()
+        };
+        let c = Ctx::new(Registry::default(), Arc::default(), jobs, limits);
+        // One address floods: its first three go, then it is refused.
+        let flood: Vec<bool> = (0..10)
+            .map(|p| c.unknown_allowed(&format!("10.0.0.66:{}", 1000 + p), 0))
+            .collect();
+        assert_eq!(flood.iter().filter(|a| **a).count(), 3, "{flood:?}");
+        assert!(
+            matches!(alerts.try_recv(), Ok(Job::Raise(r)) if r.rule.id == "enrollment.unknown-pressure")
+        );
+        // Many addresses exhaust the shared budget with second tries...
+        for a in 0..20 {
+            c.unknown_allowed(&format!("10.0.1.{a}:1"), 0);
+            c.unknown_allowed(&format!("10.0.1.{a}:2"), 0);
+        }
+        assert!(!c.unknown_allowed("10.0.1.0:3", 0));
+        // ...and still a new address's first attempt goes through.
+        assert!(c.unknown_allowed("10.0.2.9:5000", 0));
+        // The pressure alert is raised once a minute, not per refusal.
+        assert!(alerts.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_device_over_its_budget_waits_on_every_connection_and_is_alerted_once() {
+        let (jobs, mut alerts) = mpsc::channel(16);
+        let limits = Limits {
+            device_frames_per_s: 10,
+            device_bytes_per_s: 1_000_000,
+            ..Limits::default()
+        };
+        let c = Ctx::new(Registry::default(), Arc::default(), jobs, limits);
+        let (d, other) = (DeviceId([1; 8]), DeviceId([2; 8]));
+        assert!(c.device_budget(d, 10, 100, "a:1", 0).is_none());
+        assert!(c.device_wait(d).is_some(), "at the budget: wait");
+        assert!(c.device_budget(d, 5, 100, "a:2", 0).is_some());
+        assert!(c.device_budget(d, 5, 100, "a:3", 0).is_some());
+        assert!(matches!(alerts.try_recv(), Ok(Job::Raise(r)) if r.rule.id == "device.flood"));
+        assert!(alerts.try_recv().is_err(), "once, not per excess");
+        assert!(c.device_wait(other).is_none(), "another device is not held");
+        assert!(c.device_budget(other, 3, 100, "b:1", 0).is_none());
     }
 
     /// Frame 1 with one bit of its device id flipped, as a noisy line does.

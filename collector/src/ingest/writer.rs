@@ -58,15 +58,19 @@ pub struct Reply {
 pub struct Settings {
     pub silence_ms: u64,
     pub loss_grace_ms: u64,
+    pub clock_skew_ms: u64,
     pub retention_ms: u64,
     pub rollup_every: Duration,
     /// Signed checkpoints of the hash chain to the sinks this often.
     pub checkpoint_every: Duration,
     pub checkpoint_key: vigil_protocol::SigningKey,
     pub max_pending: u32,
+    pub max_pending_per_address: u32,
     pub policy: Policy,
     pub tuning: Tuning,
     pub access: crate::access::Policy,
+    /// The ack ledger (`ledger.rs`) beside the archive.
+    pub ack_ledger: std::path::PathBuf,
 }
 
 /// A device's baseline as the writer holds it.
@@ -153,6 +157,31 @@ struct DeviceTrack {
     track: Option<Track>,
     layout: Layout,
     boot_id: Option<String>,
+    /// The manifests in force as the device's last `Hello` named them:
+    /// (class, issuer, scope, highest version seen).
+    manifests: Option<Vec<(String, String, String, u64)>>,
+    clock: super::skew::ClockWatch,
+}
+
+/// The manifests a stored `Hello` (as JSON) names.
+fn hello_manifests(h: &serde_json::Value) -> Vec<(String, String, String, u64)> {
+    let f = |m: &serde_json::Value, k: &str| {
+        m.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string()
+    };
+    h.get("manifests")
+        .and_then(|m| m.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    let version = m
+                        .get("version")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0);
+                    (f(m, "class"), f(m, "issuer"), f(m, "scope"), version)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub struct Writer {
@@ -171,6 +200,9 @@ pub struct Writer {
     failure_said: Option<Instant>,
     /// When the current run of failed transactions began.
     failing_since_ms: u64,
+    ledger: super::ledger::Ledger,
+    /// A ledger write failed and was logged (once per run of failures).
+    ledger_failing: bool,
 }
 
 /// Most frames taken into one transaction.
@@ -183,7 +215,11 @@ impl Writer {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Result<Writer, store::StoreError> {
+        let opened = super::ledger::Ledger::open(&settings.ack_ledger, &store.archive_id()?)
+            .map_err(|e| store::StoreError::Refused(format!("ack ledger {e}")))?;
         let mut w = Writer {
+            ledger: opened.ledger,
+            ledger_failing: false,
             store,
             registry,
             metrics,
@@ -198,7 +234,136 @@ impl Writer {
             failing_since_ms: 0,
         };
         w.refresh_registry()?;
+        w.reconcile(&opened.acked, opened.fresh, &opened.bad_slots)?;
         Ok(w)
+    }
+
+    /// Compares what the ledger says was acknowledged with what the
+    /// archive holds: an ack the archive no longer backs is archive loss,
+    /// alerted once, and the track moves past it (the agent dropped those
+    /// frames when it was acked: waiting for them would hold every later
+    /// ack and blame the transport). A new ledger is filled from the
+    /// archive.
+    fn reconcile(
+        &mut self,
+        acked: &[super::ledger::Acked],
+        fresh: bool,
+        bad_slots: &[i64],
+    ) -> Result<(), store::StoreError> {
+        use super::ledger::Acked;
+        if !bad_slots.is_empty() {
+            log::warn!(
+                "ack ledger {}: slots of devices {bad_slots:?} do not check out; they are rewritten at the next ack",
+                self.settings.ack_ledger.display()
+            );
+        }
+        let now = now_ms();
+        let tx = self.store.transaction()?;
+        let mut lost_devices = 0;
+        for a in acked {
+            let id = a.device.to_string();
+            let Some(d) = self.devices.get_mut(&a.device) else {
+                // The device's enrollment is gone with the frames.
+                log::error!(
+                    "archive loss: device {id} was acknowledged up to {}/{} but the archive no longer knows it",
+                    a.boot,
+                    a.seq
+                );
+                let ev = json!({"boot": a.boot, "missing_from": 0, "missing_to": a.seq,
+                                "expected": "the device and every frame acknowledged to it",
+                                "seen": "the device is not in the archive"});
+                raise(
+                    &tx,
+                    &self.metrics,
+                    Raise::new(
+                        alert::ARCHIVE_LOSS,
+                        id.clone(),
+                        format!("{}/{}", a.boot, a.seq),
+                        ev,
+                        now,
+                    ),
+                )?;
+                lost_devices += 1;
+                continue;
+            };
+            let behind = match &d.track {
+                None => true,
+                Some(t) => {
+                    t.boot < a.boot || (t.boot == a.boot && t.acked.map_or(true, |s| s < a.seq))
+                }
+            };
+            let t = d.track.get_or_insert_with(Track::default);
+            if !behind {
+                continue;
+            }
+            if t.boot != a.boot {
+                *t = Track {
+                    boot: a.boot,
+                    high: a.seq,
+                    ..Track::default()
+                };
+            }
+            let from = t.acked.map_or(0, |s| s.saturating_add(1));
+            let count = a.seq.saturating_add(1).saturating_sub(from);
+            let (stored, _) = store::stored_of(&tx, d.num, a.boot, &[(from, count)])?;
+            let missing = count.saturating_sub(stored);
+            log::error!(
+                "archive loss: device {id} was acknowledged up to {}/{} but the archive holds it only to {};                  {missing} acknowledged frames are gone (a damaged WAL cut off in recovery, or an older archive restored)",
+                a.boot,
+                a.seq,
+                from.checked_sub(1).map_or("before its first frame".into(), |s| s.to_string())
+            );
+            let ev = json!({"boot": a.boot, "missing_from": from, "missing_to": a.seq,
+                            "lost_frames": missing, "acked_seq": a.seq,
+                            "archive_acked_seq": t.acked,
+                            "expected": "every acknowledged frame in the archive",
+                            "seen": format!("{missing} acknowledged frames of boot {} missing after recovery", a.boot)});
+            raise(
+                &tx,
+                &self.metrics,
+                Raise::new(
+                    alert::ARCHIVE_LOSS,
+                    id.clone(),
+                    format!("{}/{from}", a.boot),
+                    ev,
+                    now,
+                ),
+            )?;
+            mark(t, from, count);
+            t.high = t.high.max(a.seq);
+            if !has_hole(t) {
+                t.hole_since_ms = None;
+            }
+            store::update_device(&tx, &id, 0, 0, t, None, "")?;
+            lost_devices += 1;
+        }
+        tx.commit()?;
+        // The ledger from here on: every device's ack as the archive (now
+        // reconciled) has it.
+        let in_ledger: std::collections::HashSet<DeviceId> =
+            acked.iter().map(|a| a.device).collect();
+        for (device, d) in &self.devices {
+            if let Some((t, seq)) = d.track.as_ref().and_then(|t| Some((t, t.acked?))) {
+                if fresh || !in_ledger.contains(device) || lost_devices > 0 {
+                    let a = Acked {
+                        num: d.num,
+                        device: *device,
+                        boot: t.boot,
+                        seq,
+                    };
+                    if let Err(e) = self.ledger.record(&a) {
+                        log::warn!("ack ledger {}: {e}", self.settings.ack_ledger.display());
+                    }
+                }
+            }
+        }
+        if lost_devices == 0 {
+            log::debug!(
+                "ack ledger {}: every acknowledged frame is in the archive",
+                self.settings.ack_ledger.display()
+            );
+        }
+        Ok(())
     }
 
     /// Re-reads who is trusted when an admin command changed it.
@@ -224,6 +389,8 @@ impl Writer {
                         .and_then(|h| h.get("kernel_boot_id"))
                         .and_then(|b| b.as_str())
                         .map(str::to_string),
+                    manifests: d.hello.as_ref().map(hello_manifests),
+                    clock: Default::default(),
                 });
             }
         }
@@ -256,6 +423,9 @@ impl Writer {
                 self.commit(jobs);
             }
             if tick {
+                self.metrics
+                    .writer_ticks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let rollup =
                     last_rollup.map_or(true, |t| t.elapsed() >= self.settings.rollup_every);
                 if rollup {
@@ -314,6 +484,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes the committed acks to the ledger; a failure is logged once
+    /// per run (the acks still go: they are durable in the archive, only
+    /// the check of a later recovery is weaker meanwhile).
+    fn record_acks(&mut self, acks: &[super::ledger::Acked]) {
+        let failed = acks.iter().find_map(|a| self.ledger.record(a).err());
+        match failed {
+            Some(e) if !self.ledger_failing => {
+                log::error!(
+                    "ack ledger {}: {e}; acks go on, but archive loss in a later recovery may go unnamed",
+                    self.settings.ack_ledger.display()
+                );
+                self.ledger_failing = true;
+            }
+            None if self.ledger_failing => {
+                log::info!(
+                    "ack ledger {}: writes resumed",
+                    self.settings.ack_ledger.display()
+                );
+                self.ledger_failing = false;
+            }
+            _ => {}
+        }
+    }
+
     /// Seals what was stored since the last seal into the hash chain; with
     /// `checkpoint`, also signs its head and queues that to the sinks.
     fn seal(&mut self, checkpoint: bool) -> Result<(), store::StoreError> {
@@ -331,6 +525,7 @@ impl Writer {
     fn commit(&mut self, jobs: Vec<Job>) {
         let started = Instant::now();
         let mut replies = Vec::with_capacity(jobs.len());
+        let mut acks = Vec::new();
         let result = (|| -> Result<(), store::StoreError> {
             let tx = self.store.transaction()?;
             let mut touched = HashMap::new();
@@ -378,6 +573,33 @@ impl Writer {
                             replies.push((reply, Reply::default()));
                             continue;
                         }
+                        // The newest per address: a newer key from an
+                        // address at its limit replaces that address's
+                        // oldest, so one address cannot fill the set.
+                        let address = super::address_of(&peer);
+                        let same = store::pending_from(&tx, address)?;
+                        let mut pending = pending;
+                        if same.len() >= self.settings.max_pending_per_address as usize {
+                            if let Some(oldest) = same.first() {
+                                store::drop_pending(&tx, oldest)?;
+                                store::resolve_rule_emitted(
+                                    &tx,
+                                    oldest,
+                                    alert::PENDING_DEVICE.id,
+                                    now,
+                                )?;
+                                if let Some(d) = DeviceId::from_hex(oldest) {
+                                    self.registry.remove(&d);
+                                }
+                                pending = pending.saturating_sub(1);
+                                log::info!(
+                                    "pending device {oldest} from {address} replaced by {id}: {} pending from that address at most",
+                                    self.settings.max_pending_per_address
+                                );
+                            }
+                        }
+                        // The oldest overall: a full set refuses newcomers
+                        // from other addresses, never evicts a waiting one.
                         if u32::try_from(pending).unwrap_or(u32::MAX) >= self.settings.max_pending {
                             let ev = json!({"peer": &*peer, "device": id, "pending": pending,
                                             "limit": self.settings.max_pending});
@@ -415,11 +637,19 @@ impl Writer {
             // One row update per device per transaction, however many
             // batches it sent.
             for (device, t) in touched {
-                let track = self
+                let (num, track) = self
                     .devices
                     .get(&device)
-                    .and_then(|d| d.track.clone())
+                    .map(|d| (d.num, d.track.clone().unwrap_or_default()))
                     .unwrap_or_default();
+                if let Some(seq) = track.acked {
+                    acks.push(super::ledger::Acked {
+                        num,
+                        device,
+                        boot: track.boot,
+                        seq,
+                    });
+                }
                 store::update_device(
                     &tx,
                     &device.to_string(),
@@ -435,6 +665,8 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                // Committed: the ledger first, then the acks.
+                self.record_acks(&acks);
                 self.metrics.observe_commit(started.elapsed());
                 if self.failed_commits > 0 {
                     log::info!(
@@ -655,6 +887,10 @@ fn finding(k: &FindingKind) -> serde_json::Value {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let meta = |m: &vigil_protocol::body::FileMeta| json!({"mode": format!("{:o}", m.mode), "uid": m.uid, "gid": m.gid});
     match k {
+        // All zeros: the agent did not hash it, its size already differed.
+        FindingKind::Modified { expected, actual } if actual.iter().all(|&b| b == 0) => {
+            json!({"kind": "modified", "expected_sha256": hex(expected), "actual_sha256": null, "seen": "another size (not hashed)"})
+        }
         FindingKind::Modified { expected, actual } => {
             json!({"kind": "modified", "expected_sha256": hex(expected), "actual_sha256": hex(actual)})
         }
@@ -782,6 +1018,8 @@ fn ingest(
             track: None,
             layout: Layout::default(),
             boot_id: None,
+            manifests: None,
+            clock: Default::default(),
         });
     }
     let Some(d) = devices.get_mut(&device) else {
@@ -793,6 +1031,28 @@ fn ingest(
     for buf in frames {
         let v = buf.frame();
         let h = *v.header();
+        if let Some(s) = d
+            .clock
+            .observe(h.time_ms, received_ms, settings.clock_skew_ms)
+        {
+            let skew_s = s.ahead_ms / 1000;
+            let ev = json!({"boot": h.boot, "seq": h.seq,
+                            "device_time": alert::rfc3339(h.time_ms), "received": alert::rfc3339(received_ms),
+                            "skew_s": skew_s, "direction": s.direction(),
+                            "expected": format!("a clock within {} s of the collector's", settings.clock_skew_ms / 1000),
+                            "seen": format!("the device's clock {} s {}", skew_s.unsigned_abs(), s.direction())});
+            raise(
+                tx,
+                metrics,
+                Raise::new(
+                    alert::CLOCK_SKEW,
+                    id.clone(),
+                    s.direction(),
+                    ev,
+                    received_ms,
+                ),
+            )?;
+        }
         let highest = d.track.as_ref().map(|t| Position {
             boot: t.boot,
             seq: t.high,
@@ -940,17 +1200,87 @@ fn ingest(
                     }
                 }
                 d.boot_id = Some(boot_id);
+                // A manifest the device named before and names no more:
+                // its integrity is no longer checked there, whatever the
+                // baseline's phase (a configuration edited to drop it, a
+                // manifest removed before the agent started).
+                let now_named = hello_manifests(&store::hello_json(hello));
+                for (class, issuer, scope, was) in d.manifests.iter().flatten() {
+                    let now = now_named
+                        .iter()
+                        .find(|(_, i, s, _)| i == issuer && s == scope);
+                    // An older version than the device ran before: a
+                    // rollback, whatever the device's own record says (it
+                    // can be deleted or edited on the device).
+                    if let Some((_, _, _, v)) = now.filter(|(_, _, _, v)| v < was) {
+                        let ev = json!({"class": class, "issuer": issuer, "scope": scope, "boot": h.boot,
+                                        "version": v, "previous_version": was,
+                                        "expected": format!("version {was} or later"),
+                                        "seen": format!("the device runs version {v} of the {class} manifest of {issuer} ({scope}), after {was}")});
+                        raise(
+                            tx,
+                            metrics,
+                            Raise::new(
+                                alert::MANIFEST_ROLLBACK,
+                                id.clone(),
+                                format!("{issuer}/{scope}/{v}"),
+                                ev,
+                                received_ms,
+                            ),
+                        )?;
+                    }
+                    if now.is_some() {
+                        continue;
+                    }
+                    let ev = json!({"class": class, "issuer": issuer, "scope": scope, "boot": h.boot,
+                                    "expected": "every manifest the device checked before",
+                                    "seen": format!("the device's Hello no longer names the {class} manifest of {issuer} ({scope})")});
+                    raise(
+                        tx,
+                        metrics,
+                        Raise::new(
+                            alert::MANIFEST_GONE,
+                            id.clone(),
+                            format!("{issuer}/{scope}"),
+                            ev,
+                            received_ms,
+                        ),
+                    )?;
+                }
+                // The highest version seen stays the reference (a second
+                // Hello of the old version is not a new rollback).
+                let mut next = now_named;
+                for old in d.manifests.iter().flatten() {
+                    if let Some(m) = next.iter_mut().find(|m| m.1 == old.1 && m.2 == old.2) {
+                        m.3 = m.3.max(old.3);
+                    }
+                }
+                d.manifests = Some(next);
                 latest_hello = Some(hello.clone());
             }
             Some(Body::Gap(g)) => {
                 for r in &g.ranges {
                     mark(t, r.first, r.count);
                 }
+                // The agent names what its queue evicted unacknowledged;
+                // what of it arrived before is not lost.
+                let ranges: Vec<_> = g.ranges.iter().map(|r| (r.first, r.count)).collect();
+                let (arrived, arrived_samples) = store::stored_of(tx, d.num, h.boot, &ranges)?;
+                let lost = g.frames().saturating_sub(arrived);
+                if lost == 0 {
+                    log::info!(
+                        "device {id}: a Gap named {} frames, all of them already stored",
+                        g.frames()
+                    );
+                    continue;
+                }
+                let lost_samples = g.samples.saturating_sub(arrived_samples);
                 let ev = json!({
                     "boot": h.boot, "reason": format!("{:?}", g.reason), "kind": g.kind.name(),
-                    "dropped_frames": g.frames(), "dropped_samples": g.samples,
-                    "ranges": g.ranges.iter().map(|r| json!([r.first, r.count])).collect::<Vec<_>>(),
-                    "expected": "no telemetry dropped", "seen": format!("the agent dropped {} samples in {} frames", g.samples, g.frames()),
+                    "dropped_frames": lost, "dropped_samples": lost_samples,
+                    "named_frames": g.frames(), "named_but_stored": arrived,
+                    "ranges": ranges.iter().map(|&(a, n)| json!([a, n])).collect::<Vec<_>>(),
+                    "expected": "no telemetry dropped", "seen": format!("the agent dropped {lost_samples} samples in {lost} frames"),
                 });
                 raise(
                     tx,

@@ -39,11 +39,22 @@ impl Store {
         // (device, boot) -> the ranges its Gaps name, [first, end).
         let mut gaps: BTreeMap<(String, u32), Vec<(u64, u64)>> = BTreeMap::new();
         while let Some(r) = rows.next()? {
-            let device: String = r.get(0)?;
-            let boot = u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX);
-            let seq = u(r.get(2)?);
             let frame_id: i64 = r.get(4)?;
             report.frames += 1;
+            // A row written by something else than this collector (any
+            // type fits any SQLite column) is one problem, not the end of
+            // the audit.
+            let key = (
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1).ok().and_then(|b| u32::try_from(b).ok()),
+                r.get::<_, i64>(2).ok().and_then(|s| u64::try_from(s).ok()),
+            );
+            let (Ok(device), Some(boot), Some(seq)) = key else {
+                report.problems.push(format!(
+                    "frame row {frame_id}: device, boot or sequence is not a value this collector writes"
+                ));
+                continue;
+            };
             let at = format!("frame {device}/{boot}/{seq}");
             // Whatever was written into the column, audit it as bytes.
             let bytes = super::chain::blob(r.get_ref(3)?);
@@ -146,14 +157,19 @@ impl Store {
         gaps: &BTreeMap<(String, u32), Vec<(u64, u64)>>,
         report: &mut AuditReport,
     ) -> Result<()> {
-        // Loss the collector already alerted on: (device, boot) -> ranges.
+        // Loss the collector already alerted on, in transit or in its own
+        // archive's recovery: (device, boot) -> ranges.
         let mut alerted: BTreeMap<(String, u32), Vec<(u64, u64)>> = BTreeMap::new();
         let mut st = self
             .conn
-            .prepare("SELECT device, evidence FROM alerts WHERE rule = ?1")?;
-        let rows = st.query_map([crate::alert::SEQUENCE_LOSS.id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
+            .prepare("SELECT device, evidence FROM alerts WHERE rule IN (?1, ?2)")?;
+        let rows = st.query_map(
+            [
+                crate::alert::SEQUENCE_LOSS.id,
+                crate::alert::ARCHIVE_LOSS.id,
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
         for row in rows {
             let (device, ev) = row?;
             let ev: Value = serde_json::from_str(&ev).unwrap_or(Value::Null);

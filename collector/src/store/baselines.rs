@@ -75,6 +75,18 @@ impl Store {
         fleet_baseline(&self.conn, model)
     }
 
+    /// A model's fleet baseline with when it was imported.
+    pub fn fleet_baseline_row(&self, model: &str) -> Result<Option<(String, u64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT body, imported_ms FROM fleet_baselines WHERE model = ?1",
+                params![model],
+                |r| Ok((r.get::<_, String>(0)?, u(r.get(1)?))),
+            )
+            .optional()?)
+    }
+
     /// Stores a fleet baseline for `model` and puts every device of that
     /// model into monitoring against it (`bodies` gives each device's new
     /// baseline body). Recorded in the admin log.

@@ -9,7 +9,7 @@ impl Store {
         let mut st = self.conn.prepare(
             "SELECT d.id, d.public_key, d.name, d.model, d.state, d.created_ms, t.last_seen_ms,
                     coalesce(t.frames_received, 0), t.boot, t.high_seq, t.acked_seq, t.above, t.hole_since_ms, d.hello,
-                    (SELECT count(*) FROM alerts a WHERE a.device = d.id AND a.state != 'resolved'), d.num
+                    (SELECT count(*) FROM alerts a WHERE a.device = d.id AND a.state != 'resolved'), d.num, d.peer
              FROM devices d LEFT JOIN tracks t ON t.device = d.id ORDER BY d.name, d.id",
         )?;
         let rows = st.query_map([], |r| {
@@ -36,6 +36,7 @@ impl Store {
                     .get::<_, Option<String>>(13)?
                     .and_then(|h| serde_json::from_str(&h).ok()),
                 open_alerts: u(r.get(14)?),
+                peer: r.get(16)?,
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -176,6 +177,33 @@ pub fn insert_pending(
             hello_json(hello).to_string(),
             peer
         ],
+    )?;
+    bump_registry(tx)?;
+    Ok(())
+}
+
+/// Pending devices whose `Hello` came from `address` (no port), oldest first.
+pub fn pending_from(tx: &Connection, address: &str) -> Result<Vec<String>> {
+    let mut st = tx.prepare_cached(
+        "SELECT id, coalesce(peer, '') FROM devices WHERE state = 'pending' ORDER BY created_ms, num",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut ids = Vec::new();
+    for r in rows {
+        let (id, peer) = r?;
+        if crate::ingest::address_of(&peer) == address {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Forgets a pending device (never approved, so nothing of it is stored).
+pub fn drop_pending(tx: &Connection, id: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM devices WHERE id = ?1 AND state = 'pending'
+           AND NOT EXISTS (SELECT 1 FROM frames f WHERE f.device = devices.num)",
+        [id],
     )?;
     bump_registry(tx)?;
     Ok(())

@@ -173,9 +173,12 @@ impl Store {
         row.map(|(key, v)| self.with_network(key, v)).transpose()
     }
 
-    /// Rolls raw samples older than `cutoff_ms` up into per-minute
-    /// aggregates and deletes them with their `Samples` frames. Security
-    /// frames, socket changes and alerts are kept.
+    /// Rolls raw samples received before `cutoff_ms` up into per-minute
+    /// aggregates (the minutes of the device's own times) and deletes them
+    /// with their `Samples` frames. Security frames, socket changes and
+    /// alerts are kept. Age is the collector's receive time, never the
+    /// device's clock: a device dated 1970 would have its samples rolled
+    /// up on arrival, one dated 2100 never.
     pub fn roll_up(&mut self, cutoff_ms: u64) -> Result<u64> {
         let tx = self.transaction()?;
         tx.execute(
@@ -190,7 +193,7 @@ impl Store {
                 coalesce(sum((SELECT sum(rx_bytes) FROM sample_net n WHERE n.frame = s.frame AND n.idx = s.idx)), 0),
                 coalesce(sum((SELECT sum(tx_bytes) FROM sample_net n WHERE n.frame = s.frame AND n.idx = s.idx)), 0)
              FROM frames f JOIN samples s ON s.frame = f.id
-             WHERE f.kind = 'samples' AND f.time_ms < ?1 AND f.id < (SELECT max(id) FROM frames)
+             WHERE f.kind = 'samples' AND f.received_ms < ?1 AND f.id < (SELECT max(id) FROM frames)
              GROUP BY f.device, s.time_ms / 60000
              ON CONFLICT(device, minute_ms) DO UPDATE SET
                 samples = samples + excluded.samples, cpu_busy = cpu_busy + excluded.cpu_busy,
@@ -210,12 +213,10 @@ impl Store {
         // The newest frame is never rolled up (a device clock in the past
         // can make it old): SQLite would give its id to the next frame,
         // and frame ids must only grow for the chain and `retired`.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = crate::clock::now_ms();
         super::chain::retire(
             &tx,
-            "kind = 'samples' AND time_ms < ?1 AND id < (SELECT max(id) FROM frames)",
+            "kind = 'samples' AND received_ms < ?1 AND id < (SELECT max(id) FROM frames)",
             i(cutoff_ms),
             now,
         )?;
@@ -223,14 +224,14 @@ impl Store {
             tx.execute(
                 &format!(
                     "DELETE FROM {table} WHERE frame IN
-                     (SELECT id FROM frames WHERE kind = 'samples' AND time_ms < ?1 AND id < (SELECT max(id) FROM frames))"
+                     (SELECT id FROM frames WHERE kind = 'samples' AND received_ms < ?1 AND id < (SELECT max(id) FROM frames))"
                 ),
                 [i(cutoff_ms)],
             )?;
         }
         // Security frames and their rows are kept.
         let frames = tx.execute(
-            "DELETE FROM frames WHERE kind = 'samples' AND time_ms < ?1 AND id < (SELECT max(id) FROM frames)",
+            "DELETE FROM frames WHERE kind = 'samples' AND received_ms < ?1 AND id < (SELECT max(id) FROM frames)",
             [i(cutoff_ms)],
         )?;
         tx.commit()?;
@@ -299,6 +300,31 @@ pub fn store_frame(
         rows.insert(tx, tx.last_insert_rowid())?;
     }
     Ok(true)
+}
+
+/// Of the frames a Gap names, those already in the archive: (frames,
+/// samples in them). An agent names every frame its queue evicted before
+/// an ack covered it, and some of those did reach the collector first.
+pub fn stored_of(
+    tx: &Connection,
+    num: i64,
+    boot: u32,
+    ranges: &[(u64, u64)],
+) -> Result<(u64, u64)> {
+    let mut st = tx.prepare_cached(
+        "SELECT count(*), coalesce(sum((SELECT count(*) FROM samples s WHERE s.frame = f.id)), 0)
+         FROM frames f WHERE f.device = ?1 AND f.boot = ?2 AND f.seq >= ?3 AND f.seq < ?4",
+    )?;
+    let (mut frames, mut samples) = (0, 0);
+    for &(first, count) in ranges {
+        let (f, s): (i64, i64) = st.query_row(
+            params![num, boot, i(first), i(first.saturating_add(count))],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        frames += u(f);
+        samples += u(s);
+    }
+    Ok((frames, samples))
 }
 
 /// Interface and disk names from the Hello in force.

@@ -22,8 +22,11 @@ pub mod registry;
 
 pub use alerts::{admin, raise, resolve_rule, resolve_rule_emitted};
 pub use baselines::{baseline_row, ensure_baseline, save_baseline, BaselineRow};
-pub use devices::{device_num, device_state, insert_pending, silent_devices, update_device};
-pub use frames::{store_frame, Layout};
+pub use devices::{
+    device_num, device_state, drop_pending, hello_json, insert_pending, pending_from,
+    silent_devices, update_device,
+};
+pub use frames::{store_frame, stored_of, Layout};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -102,6 +105,8 @@ pub struct Device {
     pub track: Option<Track>,
     pub hello: Option<Value>,
     pub open_alerts: u64,
+    /// Where its last `Hello` came from (`ADDR:PORT`, or a serial port).
+    pub peer: Option<String>,
 }
 
 /// Where a device's sequence space stands, persisted with every batch.
@@ -387,6 +392,51 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
     }
 
+    /// This archive's identity (made once, at the first `serve`): what the
+    /// ack ledger beside it is bound to, so a new archive is not mistaken
+    /// for one that lost frames.
+    pub fn archive_id(&self) -> Result<[u8; 16]> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('archive_id', lower(hex(randomblob(16))))",
+            [],
+        )?;
+        let hex: String =
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = 'archive_id'", [], |r| {
+                    r.get(0)
+                })?;
+        let mut id = [0u8; 16];
+        let ok = hex.len() == 32
+            && id.iter_mut().enumerate().all(|(i, b)| {
+                hex.get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map(|v| *b = v)
+                    .is_some()
+            });
+        if !ok {
+            return Err(StoreError::Refused(format!(
+                "meta.archive_id is `{hex}`, not 32 hex digits"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// `PRAGMA quick_check`: every page and index entry readable and well
+    /// formed (not that indexes match their tables: `integrity_check`). The
+    /// problems it names, none for a sound archive.
+    pub fn quick_check(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("PRAGMA quick_check(20)")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        let mut problems = Vec::new();
+        for r in rows {
+            let r = r?;
+            if r != "ok" {
+                problems.push(r);
+            }
+        }
+        Ok(problems)
+    }
+
     // ---- devices and enrollment -------------------------------------
 
     /// Bumped by every change to who is trusted; `serve` polls it.
@@ -453,7 +503,13 @@ mod tests {
             .to_vec()
     }
 
+    /// Stores a frame received at the device's own time (a good clock).
     fn put(store: &mut Store, key: &SigningKey, bytes: &[u8]) -> bool {
+        let time = SignedFrame::parse(bytes).unwrap().header().time_ms;
+        put_received(store, key, bytes, time)
+    }
+
+    fn put_received(store: &mut Store, key: &SigningKey, bytes: &[u8], received_ms: u64) -> bool {
         let id = DeviceId::of(&key.verifying_key()).to_string();
         let num = store.find_device(&id).unwrap().num;
         let v = SignedFrame::parse(bytes)
@@ -462,7 +518,8 @@ mod tests {
             .unwrap();
         let body = v.body().unwrap();
         let tx = store.transaction().unwrap();
-        let fresh = store_frame(&tx, num, &v, Some(&body), &Layout::default(), 0).unwrap();
+        let fresh =
+            store_frame(&tx, num, &v, Some(&body), &Layout::default(), received_ms).unwrap();
         tx.commit().unwrap();
         fresh
     }
@@ -551,6 +608,45 @@ mod tests {
             .unwrap();
         assert_eq!(max_after, max_before + 1);
         assert_eq!(store.roll_up(u64::MAX / 4).unwrap(), 1);
+        let report = store.audit().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn roll_up_goes_by_the_collectors_receive_time_not_the_device_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("a.sqlite")).unwrap();
+        let key = SigningKey::from_bytes(&[6; 32]);
+        store
+            .enroll(&key.verifying_key(), "dev", "", "test", 0)
+            .unwrap();
+        let day = 86_400_000;
+        let now = 20_000 * day; // 2024-10
+                                // Dated 1970 by a device without an RTC, received today: kept.
+        assert!(put_received(&mut store, &key, &frame(&key, 0, 60_000), now));
+        // Dated 2100, received 40 days ago: old enough to roll up.
+        assert!(put_received(
+            &mut store,
+            &key,
+            &frame(&key, 1, 47_482 * day),
+            now - 40 * day
+        ));
+        // The newest frame, so neither of the above is kept for its id.
+        assert!(put_received(&mut store, &key, &frame(&key, 2, now), now));
+        assert_eq!(store.roll_up(now - 30 * day).unwrap(), 1);
+        let left: Vec<i64> = store
+            .conn
+            .prepare("SELECT seq FROM frames ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            left,
+            [0, 2],
+            "the 1970 frame stays, the one from 2100 is rolled up"
+        );
         let report = store.audit().unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }

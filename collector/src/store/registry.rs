@@ -30,6 +30,13 @@ impl Registry {
             .insert(id, (key, state));
     }
 
+    pub fn remove(&self, id: &DeviceId) {
+        self.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
     /// Replaces everything with the archive's view.
     pub fn replace(&self, devices: &[Device]) {
         let map = devices

@@ -46,7 +46,7 @@ do_install() {
         ${@bb.utils.contains('DISTRO_FEATURES', 'sysvinit', '', '--no-sysvinit', d)}
 }
 
-FILES:${PN} += "${systemd_system_unitdir}/vigil-agent.service"
+FILES:${PN} += "${systemd_system_unitdir}/vigil-agent.service ${nonarch_libdir}/sysusers.d/vigil-agent.conf"
 CONFFILES:${PN} = "${sysconfdir}/vigil/agent.toml"
 # Built by Vigil's release (static, stripped, its own linker flags).
 INSANE_SKIP:${PN} = "already-stripped ldflags"

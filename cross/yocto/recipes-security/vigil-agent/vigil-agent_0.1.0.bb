@@ -36,7 +36,7 @@ do_install() {
         ${@bb.utils.contains('DISTRO_FEATURES', 'sysvinit', '', '--no-sysvinit', d)}
 }
 
-FILES:${PN} += "${systemd_system_unitdir}/vigil-agent.service"
+FILES:${PN} += "${systemd_system_unitdir}/vigil-agent.service ${nonarch_libdir}/sysusers.d/vigil-agent.conf"
 CONFFILES:${PN} = "${sysconfdir}/vigil/agent.toml"
 
 # The vendor's build host signs manifests with the same binary.
