@@ -84,15 +84,7 @@ struct Unknown {
 /// Addresses counted per minute; beyond, new ones share the budget only.
 const UNKNOWN_ADDRESSES: usize = 4096;
 
-/// An address without its port (`serial:PATH` stays whole).
-pub fn address_of(peer: &str) -> &str {
-    match peer.rsplit_once(':') {
-        Some((a, port)) if !peer.starts_with("serial:") && port.parse::<u16>().is_ok() => {
-            a.trim_start_matches('[').trim_end_matches(']')
-        }
-        _ => peer,
-    }
-}
+pub use crate::store::address_of;
 
 /// A refused key's alert is raised again at most this often.
 const REFUSED_RAISE_EVERY: Duration = Duration::from_secs(60);

@@ -191,7 +191,7 @@ pub fn pending_from(tx: &Connection, address: &str) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     for r in rows {
         let (id, peer) = r?;
-        if crate::ingest::address_of(&peer) == address {
+        if address_of(&peer) == address {
             ids.push(id);
         }
     }
@@ -296,4 +296,14 @@ pub fn hello_json(h: &Hello) -> Value {
             "class": m.class.name(), "issuer": m.issuer.as_str(), "scope": m.scope.as_str(), "version": m.version,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// An address without its port (`serial:PATH` stays whole).
+pub fn address_of(peer: &str) -> &str {
+    match peer.rsplit_once(':') {
+        Some((a, port)) if !peer.starts_with("serial:") && port.parse::<u16>().is_ok() => {
+            a.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => peer,
+    }
 }

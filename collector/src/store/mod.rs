@@ -23,7 +23,7 @@ pub mod registry;
 pub use alerts::{admin, raise, resolve_rule, resolve_rule_emitted};
 pub use baselines::{baseline_row, ensure_baseline, save_baseline, BaselineRow};
 pub use devices::{
-    device_num, device_state, drop_pending, hello_json, insert_pending, pending_from,
+    address_of, device_num, device_state, drop_pending, hello_json, insert_pending, pending_from,
     silent_devices, update_device,
 };
 pub use frames::{store_frame, stored_of, Layout};
