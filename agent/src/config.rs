@@ -150,6 +150,52 @@ pub struct Collector {
     /// Plain TCP without TLS. For lab use only; warned about at every connect.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// Other collectors, tried in order when this one cannot be reached or
+    /// stops acknowledging (`[[collector.failover]]`).
+    #[serde(default)]
+    pub failover: Vec<Failover>,
+    /// Seconds on a failover collector before the agent tries the first one
+    /// again (between frames, nothing lost: 10..86400, default 300).
+    #[serde(default = "default_failback_s")]
+    pub failback_s: u64,
+}
+
+/// A failover collector: its own address, and its own pin or server name
+/// where it has its own certificate (the CA file and `insecure_plaintext`
+/// are the primary's).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    pub address: String,
+    pub server_name: Option<String>,
+    pub pin_sha256: Option<String>,
+}
+
+impl Collector {
+    /// Every collector to try, the primary first, each with the TLS
+    /// settings it is checked with.
+    pub fn endpoints(&self) -> Vec<Collector> {
+        let mut all = vec![Collector {
+            failover: Vec::new(),
+            ..self.clone()
+        }];
+        for f in &self.failover {
+            all.push(Collector {
+                address: f.address.clone(),
+                server_name: f.server_name.clone(),
+                pin_sha256: f.pin_sha256.clone().or_else(|| self.pin_sha256.clone()),
+                ca_file: self.ca_file.clone(),
+                insecure_plaintext: self.insecure_plaintext,
+                failover: Vec::new(),
+                failback_s: self.failback_s,
+            });
+        }
+        all
+    }
+}
+
+pub fn default_failback_s() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -354,12 +400,44 @@ impl Config {
             _ => {}
         }
         if let Some(c) = &self.collector {
-            if c.address
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+            let host_port = |a: &str| {
+                a.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_some()
+            };
+            if !host_port(&c.address) {
                 return Err(invalid("collector.address", "must be host:port"));
+            }
+            if c.failover.iter().any(|f| !host_port(&f.address)) {
+                return Err(invalid("collector.failover.address", "must be host:port"));
+            }
+            if c.failover.len() > 8 {
+                return Err(invalid(
+                    "collector.failover",
+                    "at most 8 failover collectors",
+                ));
+            }
+            if c.failover.iter().any(|f| {
+                f.pin_sha256
+                    .as_deref()
+                    .is_some_and(|p| parse_pin(p).is_none())
+            }) {
+                return Err(invalid(
+                    "collector.failover.pin_sha256",
+                    "must be 64 hex digits (colons allowed)",
+                ));
+            }
+            if c.failover.iter().any(|f| f.pin_sha256.is_some()) && c.pin_sha256.is_none() {
+                return Err(invalid(
+                    "collector.failover.pin_sha256",
+                    "a failover pin needs a pinned primary (pin_sha256), not a CA file",
+                ));
+            }
+            if !(10..=86_400).contains(&c.failback_s) {
+                return Err(invalid(
+                    "collector.failback_s",
+                    "must be between 10 and 86400",
+                ));
             }
             let pinned = c.pin_sha256.is_some();
             let ca = c.ca_file.is_some();
@@ -427,6 +505,33 @@ mod tests {
     }
 
     #[test]
+    fn failover_collectors_inherit_what_they_do_not_set() {
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        let c = parse(&format!(
+            "[collector]\naddress = \"c:7443\"\npin_sha256 = \"{a}\"\n\
+             [[collector.failover]]\naddress = \"d:7443\"\npin_sha256 = \"{b}\"\n\
+             [[collector.failover]]\naddress = \"e:7443\"\n"
+        ))
+        .unwrap();
+        let all = c.collector.unwrap().endpoints();
+        let got: Vec<_> = all
+            .iter()
+            .map(|e| (e.address.as_str(), e.pin_sha256.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("c:7443", Some(a.as_str())),
+                ("d:7443", Some(b.as_str())),
+                ("e:7443", Some(a.as_str()))
+            ]
+        );
+        assert!(all
+            .iter()
+            .all(|e| e.failover.is_empty() && e.failback_s == 300));
+    }
+
+    #[test]
     fn good_configs_parse_and_bad_ones_name_the_field() {
         let pin = "ab".repeat(32);
         let c = parse(&format!(
@@ -453,6 +558,14 @@ mod tests {
                 "collector.pin_sha256",
             ),
             ("", "collector"),
+            (
+                "[collector]\naddress = \"c:1\"\ninsecure_plaintext = true\n[[collector.failover]]\naddress = \"d\"\n",
+                "collector.failover.address",
+            ),
+            (
+                "[collector]\naddress = \"c:1\"\ninsecure_plaintext = true\nfailback_s = 1\n",
+                "collector.failback_s",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(field), "{text:?}: {err}");

@@ -55,9 +55,14 @@ pub enum Link {
 }
 
 impl Link {
-    /// Opens the link the configuration names, connecting for at most
-    /// `connect` (`CONNECT_TIMEOUT`, less while stopping).
-    pub fn open(cfg: &Config, connect_within: Duration) -> Result<Link, LinkError> {
+    /// Opens the link the configuration names (for TCP, its collector
+    /// `endpoint`: 0 the primary, then the failovers in order), connecting
+    /// for at most `connect` (`CONNECT_TIMEOUT`, less while stopping).
+    pub fn open(
+        cfg: &Config,
+        endpoint: usize,
+        connect_within: Duration,
+    ) -> Result<Link, LinkError> {
         if let Some(s) = &cfg.serial {
             let device = s.device.display().to_string();
             let port = serialport::new(device.clone(), s.baud)
@@ -69,7 +74,10 @@ impl Link {
         let c = cfg
             .collector
             .as_ref()
+            .map(Collector::endpoints)
+            .and_then(|mut all| (endpoint < all.len()).then(|| all.swap_remove(endpoint)))
             .ok_or_else(|| LinkError::Tls("no [collector] configured".into()))?;
+        let c = &c;
         let tcp = connect(&c.address, connect_within)?;
         tcp.set_nodelay(true).ok();
         tcp.set_read_timeout(Some(POLL)).ok();

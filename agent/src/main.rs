@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vigil_agent::config::{Collector, Config, Serial};
+use vigil_agent::config::{Collector, Config, Failover, Serial};
 use vigil_agent::sample::reading;
 use vigil_agent::{identity, logger, stream};
 
@@ -52,6 +52,11 @@ run options (each overrides the same setting in --config):
   --ca-file FILE           or verify it against these CA certificates (PEM)
   --server-name NAME       name to verify with --ca-file (default: the host)
   --insecure-plaintext     plain TCP, no TLS (lab use only)
+  --failover HOST:PORT     another collector, tried in order when one cannot be
+                           reached or stops acknowledging (repeatable)
+  --failover-pin SHA256    the pin of the --failover just before it (default: --pin)
+  --failback-s N           seconds on a failover collector before trying the
+                           first again (default 300)
   --serial DEVICE          stream over a serial port instead
   --baud N                 serial speed (default 115200)
   --test-clock START_MS:FACTOR
@@ -300,6 +305,8 @@ fn collector(cfg: &mut Config) -> &mut Collector {
         pin_sha256: None,
         ca_file: None,
         insecure_plaintext: false,
+        failover: Vec::new(),
+        failback_s: vigil_agent::config::default_failback_s(),
     })
 }
 
@@ -353,6 +360,20 @@ fn run_config(p: &mut lexopt::Parser) -> Result<Option<(Config, Option<PathBuf>)
             "pin" => collector(&mut cfg).pin_sha256 = Some(v),
             "ca-file" => collector(&mut cfg).ca_file = Some(v.into()),
             "server-name" => collector(&mut cfg).server_name = Some(v),
+            "failover" => collector(&mut cfg).failover.push(Failover {
+                address: v,
+                server_name: None,
+                pin_sha256: None,
+            }),
+            "failover-pin" => match collector(&mut cfg).failover.last_mut() {
+                Some(f) => f.pin_sha256 = Some(v),
+                None => {
+                    return Err(Failure::Usage(
+                        "--failover-pin: give --failover first".into(),
+                    ))
+                }
+            },
+            "failback-s" => collector(&mut cfg).failback_s = num(&name, &v)?,
             "insecure-plaintext" => collector(&mut cfg).insecure_plaintext = true,
             "serial" => {
                 cfg.serial

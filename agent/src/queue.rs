@@ -153,6 +153,8 @@ pub struct Queue {
     refused: heapless::Vec<Dropped, 4>,
     /// Highest sequence sent on the current connection.
     sent: Option<u64>,
+    /// Highest sequence an ack released (on any connection).
+    acked: Option<u64>,
     stats: QueueStats,
 }
 
@@ -180,6 +182,7 @@ impl Queue {
             dropped: Dropped::default(),
             refused: heapless::Vec::new(),
             sent: None,
+            acked: None,
             stats: QueueStats::default(),
         }
     }
@@ -319,7 +322,15 @@ impl Queue {
             self.security.pop_front();
             n += 1;
         }
+        if n > 0 {
+            self.acked = Some(self.acked.map_or(upto, |a| a.max(upto)));
+        }
         n
+    }
+
+    /// The highest sequence an ack released frames up to, if any did.
+    pub fn acked_through(&self) -> Option<u64> {
+        self.acked
     }
 
     /// A new connection: everything unacknowledged is sent again, oldest first.

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeSet;
 
-use vigil_protocol::body::{Body, Sessions, Sockets, MAX_SESSION_EVENTS, MAX_SOCKET_CHANGES};
+use vigil_protocol::body::{
+    Body, BodyKind, Sessions, Sockets, MAX_SESSION_EVENTS, MAX_SOCKET_CHANGES,
+};
 use vigil_protocol::cobs::FrameDecoder;
 use vigil_protocol::{
     to_wire, DeviceId, Downlink, Frame, Header, Sample, Samples, SigningKey, Standing, VERSION,
@@ -33,6 +35,12 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// device's frames unacked), up to `RESEND_MAX`.
 const RESEND_AFTER: Duration = Duration::from_secs(3);
 const RESEND_MAX: Duration = Duration::from_secs(60);
+/// With failover collectors configured, one that has acknowledged nothing
+/// for this long while frames wait is left for the next (a hung host whose
+/// kernel still takes bytes, a stalled process): the bound on detecting a
+/// hung collector when its socket buffers are large, and well above an
+/// ack's round trip on a loaded collector.
+const ACK_SILENCE: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// After a session that ended without an ack releasing anything (refused:
@@ -95,6 +103,10 @@ struct Signer {
 struct State {
     queue: Queue,
     signer: Signer,
+    /// This boot's signed Hello (its sequence number and bytes), kept after
+    /// it is acknowledged: a collector the agent fails over to gets it
+    /// first, as it gets nothing of this boot otherwise.
+    hello: Option<(u64, Vec<u8>)>,
 }
 
 struct Shared {
@@ -209,7 +221,12 @@ impl State {
         s.next_seq += 1;
         loop {
             match self.queue.push(header.seq, kind, samples, &bytes) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if kind == BodyKind::Hello {
+                        self.hello = Some((header.seq, bytes.to_vec()));
+                    }
+                    return Ok(());
+                }
                 Err(PushError::GapFull) => {
                     if !self.report_gap("so far") {
                         return Err(Some(PushError::GapFull));
@@ -230,6 +247,33 @@ impl State {
 }
 
 impl State {
+    /// For a collector other than the one that acknowledged last: this
+    /// boot's Hello (when it was acknowledged, so it is no longer queued)
+    /// to send first, and a `Gap` queued that names every frame after it
+    /// acknowledged so far as acknowledged `Elsewhere` (what this collector
+    /// holds of them stays; the rest is at the other collector).
+    fn announce_elsewhere(&mut self) -> Option<Vec<u8>> {
+        let (hello_seq, bytes) = self.hello.clone()?;
+        let upto = self.queue.acked_through().filter(|&u| u >= hello_seq)?;
+        if upto > hello_seq {
+            let mut ranges = heapless::Vec::new();
+            let _ = ranges.push(vigil_protocol::body::SeqRange {
+                first: hello_seq + 1,
+                count: upto - hello_seq,
+            });
+            let gap = vigil_protocol::body::Gap {
+                reason: vigil_protocol::body::GapReason::Elsewhere,
+                kind: BodyKind::Hello,
+                samples: 0,
+                ranges,
+            };
+            if !self.enqueue(Body::Gap(gap), 0) {
+                log::error!("the Gap naming frames acknowledged elsewhere could not be queued");
+            }
+        }
+        Some(bytes)
+    }
+
     /// `enqueue` for reports that cannot wait (integrity, posture,
     /// sessions). When the security ring is full (the collector has been
     /// away long: about 14 hours of hourly guard passes), the frame is lost,
@@ -312,6 +356,7 @@ pub fn run(cfg: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
                 next_seq: 0,
                 clock: Clock::new(cfg.test_clock),
             },
+            hello: None,
         }),
         config: Mutex::new(cfg),
         wake: Condvar::new(),
@@ -712,6 +757,19 @@ const REFUSED_PENDING: &str =
 const REFUSED_REVOKED: &str =
     "the collector has revoked this device's key: nothing it sends is stored";
 
+/// Why a session on a failover collector ended: time to try the first
+/// collector again.
+const FAILING_BACK: &str = "failing back";
+
+/// The collectors the configuration names (their addresses, primary
+/// first); one unnamed entry for a serial line.
+fn endpoints(cfg: &Config) -> Vec<String> {
+    cfg.collector.as_ref().map_or_else(
+        || vec![String::new()],
+        |c| c.endpoints().into_iter().map(|e| e.address).collect(),
+    )
+}
+
 fn link_loop(shared: &Shared) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
@@ -720,6 +778,12 @@ fn link_loop(shared: &Shared) {
     let mut refused = NO_PROGRESS_MIN;
     // Why sessions end without progress, since they started to: said once.
     let mut last_reason: Option<String> = None;
+    // The collector to try next: 0 the primary, then the failovers. A
+    // round that reaches none of them waits its backoff, then starts again
+    // from the primary.
+    let mut at = 0usize;
+    // The collector that acknowledged last.
+    let mut acked_by: Option<usize> = None;
     loop {
         // Connect with something to send: the first frame (Hello) then
         // leaves at once, not after a read timeout on an idle link. A
@@ -734,6 +798,32 @@ fn link_loop(shared: &Shared) {
             }
         }
         let cfg = shared.config();
+        let names = endpoints(&cfg);
+        let n = names.len();
+        if at >= n {
+            at = 0; // a reload named fewer collectors
+        }
+        let failback = (at > 0).then(|| {
+            Duration::from_secs(
+                cfg.collector
+                    .as_ref()
+                    .map_or(crate::config::default_failback_s(), |c| c.failback_s),
+            )
+        });
+        // Moves on to the next collector; false when that starts a new
+        // round (back at the primary).
+        // Said at WARN when `loud` (a lost link, a first failure, once a
+        // minute while collectors stay down), else at DEBUG.
+        let next = |at: &mut usize, why: &str, loud: bool| {
+            *at = (*at + 1) % n;
+            let to = names.get(*at).map_or("", String::as_str);
+            if loud {
+                log::warn!("{why}: trying the collector at {to}");
+            } else {
+                log::debug!("{why}: trying the collector at {to}");
+            }
+            *at != 0
+        };
         shared.reconnect.store(false, Ordering::SeqCst);
         // While stopping, connecting and the handshake get only what is
         // left of the flush budget.
@@ -741,36 +831,68 @@ fn link_loop(shared: &Shared) {
             Some(d) => d.saturating_duration_since(Instant::now()),
             None => crate::link::CONNECT_TIMEOUT,
         };
-        let opened = Link::open(&cfg, within).and_then(|mut l| {
+        let opened = Link::open(&cfg, at, within).and_then(|mut l| {
             l.handshake(within)
                 .map_err(|e| crate::link::LinkError::Tls(e.to_string()))?;
             Ok(l)
         });
         match opened {
             Ok(mut link) => {
+                let to = names.get(at).map_or("", String::as_str);
                 if last_reason.is_some() {
-                    log::debug!("connected");
+                    log::debug!("connected {to}");
                 } else if failures > 0 {
-                    log::info!("connected after {failures} failed attempts");
+                    log::info!("connected {to} after {failures} failed attempts");
                 } else {
-                    log::info!("connected");
+                    log::info!("connected {to}");
                 }
                 failures = 0;
                 last_warn = None;
                 backoff = BACKOFF_MIN;
                 let mut progressed = false;
-                let result = session(shared, &mut link, &mut flush_deadline, &mut progressed);
+                let mut on = Session {
+                    flush_deadline: &mut flush_deadline,
+                    progressed: &mut progressed,
+                    others: n > 1,
+                    failback,
+                    elsewhere: acked_by.is_some_and(|i| i != at),
+                };
+                let result = session(shared, &mut link, &mut on);
+                if progressed {
+                    acked_by = Some(at);
+                }
                 if let Ok(()) = result {
                     return;
                 }
                 let e = result.err().map(|e| e.to_string()).unwrap_or_default();
+                if e == FAILING_BACK {
+                    log::info!(
+                        "trying the first collector again after {} s on {to}",
+                        failback.unwrap_or_default().as_secs()
+                    );
+                    at = 0;
+                    continue;
+                }
                 if progressed {
-                    log::warn!("link lost: {e}");
+                    if n > 1 {
+                        next(&mut at, &format!("link to {to} lost: {e}"), true);
+                    } else {
+                        log::warn!("link lost: {e}");
+                    }
                     refused = NO_PROGRESS_MIN;
                     last_reason = None;
                     continue;
                 }
                 if shared.stop.load(Ordering::SeqCst) {
+                    if n > 1 {
+                        at = (at + 1) % n;
+                    }
+                    continue;
+                }
+                // Another collector may take what this one refuses: the
+                // wait is for a round that made no progress anywhere.
+                let loud = last_reason.is_none();
+                if n > 1 && next(&mut at, &format!("{to} acknowledged nothing ({e})"), loud) {
                     continue;
                 }
                 let wait = jitter(refused);
@@ -803,7 +925,15 @@ fn link_loop(shared: &Shared) {
             }
             Err(e) => {
                 failures += 1;
-                if shared.stop.load(Ordering::SeqCst) {
+                let stopping = shared.stop.load(Ordering::SeqCst);
+                let loud = last_warn.is_none_or_elapsed(Duration::from_secs(60));
+                if n > 1 && next(&mut at, &format!("cannot reach the collector: {e}"), loud) {
+                    if loud {
+                        last_warn = Some(Instant::now());
+                    }
+                    continue;
+                }
+                if stopping {
                     log::warn!("stopping without a collector to flush to: {e}");
                     return;
                 }
@@ -820,26 +950,50 @@ fn link_loop(shared: &Shared) {
     }
 }
 
+/// What one session needs from the link loop, and tells it.
+struct Session<'a> {
+    flush_deadline: &'a mut Option<Instant>,
+    /// Set when an ack released any frame.
+    progressed: &'a mut bool,
+    /// Other collectors are configured: one that stops acknowledging is
+    /// left after `ACK_SILENCE` instead of being waited on.
+    others: bool,
+    /// On a failover collector: how long before trying the first again.
+    failback: Option<Duration>,
+    /// Another collector acknowledged frames of this boot since this one
+    /// last did: it gets the Hello again and a Gap naming them `Elsewhere`.
+    elsewhere: bool,
+}
+
 /// One connection: resend everything unacked, then send new frames as they
-/// come and apply acks. `Ok` means stopped cleanly; `Err` means reconnect;
-/// `progressed` says whether an ack released any frame.
-fn session(
-    shared: &Shared,
-    link: &mut Link,
-    flush_deadline: &mut Option<Instant>,
-    progressed: &mut bool,
-) -> std::io::Result<()> {
-    let (device, boot) = {
+/// come and apply acks. `Ok` means stopped cleanly; `Err` means reconnect.
+fn session(shared: &Shared, link: &mut Link, on: &mut Session<'_>) -> std::io::Result<()> {
+    let flush_deadline = &mut *on.flush_deadline;
+    let progressed = &mut *on.progressed;
+    let started = Instant::now();
+    let (device, boot, hello) = {
         let mut st = shared.lock();
         st.queue.rewind();
         while st.report_gap("while disconnected") {}
-        (st.signer.device, st.signer.boot)
+        let hello = if on.elsewhere {
+            st.announce_elsewhere()
+        } else {
+            None
+        };
+        (st.signer.device, st.signer.boot, hello)
     };
     link.write_all(&[0])?; // end whatever garbage preceded us on the line
+    if let Some(h) = hello {
+        let wire = to_wire(&h).ok_or_else(|| std::io::Error::other("frame too large"))?;
+        link.write_all(&wire)?;
+    }
     let mut out = Vec::with_capacity(vigil_protocol::MAX_FRAME_LEN);
     let mut rbuf = [0u8; 512];
     let mut acks = FrameDecoder::<{ vigil_protocol::frame::MAX_DOWNLINK_LEN }>::new();
     let mut progress = Instant::now();
+    // The last ack that released a frame, or the last moment nothing was
+    // outstanding: what `ACK_SILENCE` runs from.
+    let mut acked_at = Instant::now();
     let mut resend_after = RESEND_AFTER;
     loop {
         // The flush budget runs from the stop request, whatever this
@@ -894,6 +1048,7 @@ fn session(
                     log::debug!("ack {}: {released} frames released", a.seq);
                     if released > 0 {
                         progress = Instant::now();
+                        acked_at = progress;
                         resend_after = RESEND_AFTER;
                         *progressed = true;
                     }
@@ -910,8 +1065,24 @@ fn session(
         {
             let mut st = shared.lock();
             let outstanding = st.queue.stats().frames;
+            if on.others && outstanding > 0 && acked_at.elapsed() >= ACK_SILENCE {
+                return Err(std::io::Error::other(format!(
+                    "no acknowledgement for {} s with {outstanding} frames outstanding \
+                     (a hung or overloaded collector)",
+                    ACK_SILENCE.as_secs()
+                )));
+            }
+            // Failing back waits for a moment with nothing outstanding (a
+            // minute at most): the first collector then gets no resend.
+            if on.failback.is_some_and(|f| {
+                let on_for = started.elapsed();
+                on_for >= f && (outstanding == 0 || on_for >= f + Duration::from_secs(60))
+            }) {
+                return Err(std::io::Error::other(FAILING_BACK));
+            }
             if outstanding == 0 {
                 progress = Instant::now();
+                acked_at = progress;
             } else if progress.elapsed() >= resend_after {
                 log::info!(
                     "no ack progress for {} s: sending the {outstanding} unacknowledged frames again",
@@ -956,6 +1127,7 @@ mod tests {
                     next_seq: 0,
                     clock: Clock::new(None),
                 },
+                hello: None,
             }),
             config: Mutex::new(Config::default()),
             wake: Condvar::new(),

@@ -319,6 +319,10 @@ pub enum GapReason {
     QueueFull,
     /// A frame could not be encoded (too large) and was replaced by this record.
     Unencodable,
+    /// Acknowledged by another collector (stored there, or explained by a
+    /// Gap there): sent to a collector the agent fails over to, which never
+    /// saw them. Nothing was dropped; `kind` is `Hello` and `samples` 0.
+    Elsewhere,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

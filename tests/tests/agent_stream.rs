@@ -224,6 +224,102 @@ fn a_hung_collector_is_left_and_everything_arrives_on_a_new_connection() {
     );
 }
 
+/// Two collectors: the first hangs (it stops reading; its socket buffers
+/// are far from full, so no write stalls), the agent leaves it once it has
+/// acknowledged nothing for 15 s and streams to the failover; after
+/// `--failback-s` there it tries the first again (which behaves on a new
+/// connection). Every sequence number reaches one of the two or a Gap.
+#[test]
+fn a_hung_collector_is_left_for_the_failover_and_the_first_is_tried_again() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempdir("failover");
+    let key = keygen(&dir);
+    let first = listen(
+        key,
+        Policy {
+            hang_after: Some(5),
+            ..Policy::default()
+        },
+        true,
+    );
+    let second = listen(key, Policy::default(), true);
+    let agent = start_tls(
+        &dir,
+        &first,
+        &[
+            "--interval-ms",
+            "500",
+            "--batch",
+            "1",
+            "--failover",
+            &second.address,
+            "--failover-pin",
+            &second.pin,
+            "--failback-s",
+            "10",
+        ],
+    );
+    let deadline = Duration::from_secs(120);
+    assert!(
+        first
+            .log
+            .wait_for(deadline, |_| first.log.hung.load(SeqCst) == 1),
+        "the first collector never hung"
+    );
+    let hung_at = Instant::now();
+    let failed_over = second.log.wait_for(deadline, |f| !f.is_empty());
+    let failover_took = hung_at.elapsed();
+    // Failing back: a second connection to the first collector, and frames
+    // on it.
+    let on_first = first.log.frames().len();
+    let failed_back = first.log.wait_for(deadline, |f| {
+        first.log.connections.load(SeqCst) >= 2 && f.len() > on_first
+    });
+    let (code, stderr) = agent.stop();
+    assert!(
+        failed_over,
+        "nothing reached the failover collector: {stderr}"
+    );
+    assert!(
+        failed_back,
+        "the agent never tried the first collector again: {stderr}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("no acknowledgement for 15 s")
+            && stderr.contains(&format!("trying the collector at {}", second.address)),
+        "the agent did not say why it left the first collector: {stderr}"
+    );
+    assert!(
+        stderr.contains("trying the first collector again after 10 s"),
+        "{stderr}"
+    );
+    // Nothing lost between them: every sequence number is at one of the
+    // two collectors or named by a Gap.
+    let mut covered = Vec::new();
+    for f in first.log.frames().iter().chain(second.log.frames().iter()) {
+        covered.push(f.seq);
+        if let Body::Gap(g) = &f.body {
+            for r in &g.ranges {
+                covered.extend(r.first..r.first + r.count);
+            }
+        }
+    }
+    covered.sort_unstable();
+    covered.dedup();
+    let high = covered.last().copied().unwrap_or(0);
+    assert!(high > 10, "too few frames to say anything: {stderr}");
+    assert_eq!(
+        covered,
+        (0..=high).collect::<Vec<_>>(),
+        "every sequence number reached a collector or a Gap"
+    );
+    eprintln!(
+        "hung collector left and the failover receiving {failover_took:.1?} after the hang \
+         (15 s of ack silence, then one connect)"
+    );
+}
+
 /// SIGTERM while every connection hangs: the agent stops within its 5 s
 /// flush budget (plus its own start-up of the stop), not when the peer
 /// lets it.

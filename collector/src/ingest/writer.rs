@@ -1262,6 +1262,25 @@ fn ingest(
                 for r in &g.ranges {
                     mark(t, r.first, r.count);
                 }
+                // An agent that failed over names what another collector
+                // acknowledged: nothing was dropped, and what of it this
+                // archive holds stays.
+                if g.reason == vigil_protocol::body::GapReason::Elsewhere {
+                    log::info!(
+                        "device {id}: boot {} frames {} were acknowledged by another collector",
+                        h.boot,
+                        g.ranges
+                            .iter()
+                            .map(|r| format!(
+                                "{}..={}",
+                                r.first,
+                                r.first.saturating_add(r.count).saturating_sub(1)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    continue;
+                }
                 // The agent names what its queue evicted unacknowledged;
                 // what of it arrived before is not lost.
                 let ranges: Vec<_> = g.ranges.iter().map(|r| (r.first, r.count)).collect();

@@ -341,6 +341,20 @@ pub fn every_body() -> Vec<(&'static str, Body)> {
         ("gap", Body::Gap(gap())),
         ("heartbeat", Body::Heartbeat(heartbeat())),
         ("sessions", Body::Sessions(sessions())),
+        // Later additions to existing enums, each after the bodies.
+        (
+            "gap-elsewhere",
+            Body::Gap(Gap {
+                reason: GapReason::Elsewhere,
+                kind: BodyKind::Hello,
+                samples: 0,
+                ranges: HVec::from_slice(&[SeqRange {
+                    first: 1,
+                    count: 41,
+                }])
+                .unwrap(),
+            }),
+        ),
     ]
 }
 
