@@ -1489,3 +1489,120 @@ fn a_manifest_no_longer_in_force_is_alerted() {
     assert_eq!(rollbacks, 2);
     assert_eq!(c.stop(), Some(0));
 }
+
+/// Two real collectors, each with its own archive, the device enrolled at
+/// both: the first is stopped with SIGSTOP (a hung host: its kernel still
+/// takes bytes), the agent leaves it for the failover, then comes back to
+/// it after `--failback-s`. Each archive names what the other acknowledged
+/// (a Gap `Elsewhere`), so neither raises a loss and both audit clean.
+#[test]
+fn an_agent_fails_over_to_a_second_collector_and_back_and_both_archives_audit_clean() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = tempdir("collector-failover");
+    let agent_dir = dir.join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let key = keygen(&agent_dir);
+    let id = vigil_protocol::DeviceId::of(&key).to_string();
+    let (sa, sb) = (dir.join("a"), dir.join("b"));
+    enroll(&sa, &vigil_tests::key_text(&key), "mri-01");
+    enroll(&sb, &vigil_tests::key_text(&key), "mri-01");
+    let a = Collector::start(&sa, &["--listen", "127.0.0.1:0"]);
+    let b = Collector::start(&sb, &["--listen", "127.0.0.1:0"]);
+    let log = dir.join("agent.log");
+    let mut cmd = Command::new(binary("vigil-agent"));
+    cmd.arg("run").args([
+        "--state-dir",
+        agent_dir.to_str().unwrap(),
+        "--collector",
+        a.tls.as_deref().unwrap(),
+        "--pin",
+        a.pin.as_deref().unwrap(),
+        "--failover",
+        b.tls.as_deref().unwrap(),
+        "--failover-pin",
+        b.pin.as_deref().unwrap(),
+        "--failback-s",
+        "10",
+        "--interval-ms",
+        "200",
+        "--batch",
+        "1",
+    ]);
+    let agent = Agent::spawn_logged(cmd, &log);
+    let samples = |c: &Collector| {
+        let out = c.cli(&[
+            "export",
+            "--device",
+            &id,
+            "--format",
+            "json",
+            "--from",
+            "2020-01-01",
+        ]);
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).map_or(0, |r| r.len())
+    };
+    let deadline = Duration::from_secs(90);
+    assert!(
+        a.wait_for(deadline, |c| samples(c) >= 5),
+        "nothing at the first collector: {}",
+        a.log()
+    );
+    kill(Pid::from_raw(a.pid() as i32), Signal::SIGSTOP).unwrap();
+    let hung_at = Instant::now();
+    let failed_over = b.wait_for(deadline, |c| samples(c) >= 5);
+    let took = hung_at.elapsed();
+    kill(Pid::from_raw(a.pid() as i32), Signal::SIGCONT).unwrap();
+    assert!(
+        failed_over,
+        "nothing reached the failover collector: {}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        b.log()
+    );
+    // Back to the first: the agent says so, and the first stores samples
+    // made after it did.
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let back = a.wait_for(deadline, |_| {
+        agent_log().contains("trying the first collector again")
+    });
+    assert!(
+        back,
+        "the agent never tried the first collector again: {}",
+        agent_log()
+    );
+    let at_back = samples(&a);
+    assert!(
+        a.wait_for(deadline, |c| samples(c) >= at_back + 10),
+        "the first collector stored nothing after the failback: {}\n{}",
+        agent_log(),
+        a.log()
+    );
+    let (code, text) = agent.stop();
+    assert_eq!(code, Some(0), "{text}");
+    let text = agent_log();
+    assert!(text.contains("0 frames left unacknowledged"), "{text}");
+    assert!(text.contains("no acknowledgement for 15 s"), "{text}");
+    assert!(
+        b.log().contains("were acknowledged by another collector"),
+        "{}",
+        b.log()
+    );
+    for c in [&a, &b] {
+        let transport = vigil_tests::collector::transport_alerts(&c.state);
+        assert!(transport.is_empty(), "{transport:?}");
+        let out = c.cli(&["audit"]);
+        assert!(
+            out.status.success(),
+            "audit of {}: {}{}",
+            c.state.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "first collector stopped (SIGSTOP): the failover stored samples {took:.1?} later \
+         (15 s of ack silence, then one connect); {} samples at the first, {} at the failover",
+        samples(&a),
+        samples(&b)
+    );
+}
