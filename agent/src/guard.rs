@@ -55,13 +55,15 @@ impl Guard {
     /// (signature and version only: cheap), so the first `Hello` names
     /// the manifests in force.
     pub fn new(cfg: &Config, config_path: Option<&Path>, persist: bool) -> Guard {
-        let versions = if persist {
-            Versions::load(&cfg.state_dir).unwrap_or_else(|e| {
-                log::error!("{e}: starting with no rollback record");
-                Versions::none()
-            })
-        } else {
-            Versions::none()
+        // The record is signed by the device key; without one (`check` on
+        // a machine where the agent never ran) it is kept in memory.
+        let key = crate::identity::load(&cfg.state_dir).ok();
+        let versions = match key.filter(|_| persist) {
+            Some(key) => {
+                let first_run = crate::identity::current_boot(&cfg.state_dir) <= 1;
+                Versions::load(&cfg.state_dir, &key, first_run)
+            }
+            None => Versions::none(),
         };
         let mut g = Guard {
             cfg: cfg.clone(),
@@ -94,6 +96,7 @@ impl Guard {
         Vec<String>,
     ) {
         let (mut ok, mut refused, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        self.versions.recheck();
         if self.cfg.integrity.manifests.is_empty() {
             return (ok, refused, errors);
         }
@@ -157,12 +160,17 @@ impl Guard {
         out.reports.extend(refused);
         out.errors.extend(errors);
         let threads = crate::manifest::workers(self.cfg.integrity.threads);
+        let lost = self.versions.lost();
         for (path, m) in ok {
             if only_config && trust::class_of(&m) != Class::Config {
                 continue;
             }
+            let mut findings = crate::manifest::check(&self.cfg.root, &m, threads);
+            // Rollback protection is off while the record is lost: no
+            // manifest report is clean until an operator acts.
+            findings.extend(lost.clone());
             out.reports.push(Report {
-                findings: crate::manifest::check(&self.cfg.root, &m, threads),
+                findings,
                 checked: u32::try_from(m.entries.len()).unwrap_or(u32::MAX),
                 manifest: trust::version_of(&m),
                 source: path,

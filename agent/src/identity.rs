@@ -118,6 +118,14 @@ pub fn describe(key: &VerifyingKey) -> String {
     format!("device {}\nkey {pk}\n", DeviceId::of(key))
 }
 
+/// The boot counter as it stands (0 when there is none or it is unreadable).
+pub fn current_boot(state_dir: &Path) -> u32 {
+    fs::read_to_string(state_dir.join(BOOT_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Increments and persists the boot counter (write, fsync, rename) before
 /// anything is sent, so each agent start has a new, larger sequence space.
 pub fn next_boot(state_dir: &Path) -> Result<u32, IdentityError> {

@@ -35,6 +35,9 @@ usage:
                                          write MANIFEST.minisig (minisign format)
   vigil-agent manifest verify --public-key FILE --root DIR [--threads N] [--json] MANIFEST
                                          check the tree: exit 0 clean, 1 findings, 2 error
+  vigil-agent manifest reset-record [--state-dir DIR]
+                                         after a rollback record was lost or tampered
+                                         with: a new, empty one signed by the device key
   vigil-agent --version | --help
 
 run options (each overrides the same setting in --config):
@@ -412,7 +415,7 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
         Some(Long("help") | Short('h')) => return help(),
         _ => {
             return Err(Failure::Usage(
-                "manifest: keygen, build, sign or verify".into(),
+                "manifest: keygen, build, sign, verify or reset-record".into(),
             ))
         }
     };
@@ -444,6 +447,7 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
             Long("model") => "model",
             Long("threads") => "threads",
             Long("out") => "out",
+            Long("state-dir") => "state-dir",
             Value(v) => {
                 free.push(PathBuf::from(v));
                 continue;
@@ -472,6 +476,22 @@ fn manifest_cmd(p: &mut lexopt::Parser) -> Result<ExitCode, Failure> {
         None => manifest::workers(0),
     };
     match sub.as_str() {
+        "reset-record" => {
+            let dir = PathBuf::from(
+                o.get("state-dir")
+                    .cloned()
+                    .unwrap_or_else(|| Config::default().state_dir.display().to_string()),
+            );
+            let key = identity::load(&dir).map_err(|e| Failure::Runtime(e.into()))?;
+            let path = vigil_agent::manifest::trust::Versions::reset(&dir, &key)
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", dir.display())))?;
+            outln!(
+                "{}: a new, empty rollback record signed by the device key (the old one, if any, \
+                 is beside it as manifest-versions.lost); the next run records the manifests it accepts",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         "keygen" => {
             let id = tool::keygen(
                 std::path::Path::new(&need("secret-key")?),

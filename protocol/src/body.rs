@@ -260,6 +260,10 @@ pub enum FindingKind {
         accepted: u64,
         offered: u64,
     },
+    /// A validly signed manifest of another class, issuer or scope than the
+    /// one this manifest file was first accepted as (the report names what
+    /// it is now): it cannot stand in for it.
+    ScopeChanged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

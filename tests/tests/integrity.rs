@@ -675,6 +675,8 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     std::fs::copy(&pk, dir.join("trust/vendor.pub")).unwrap();
     let m = dir.join("firmware.manifest");
     let config = device_config(&dir, &root, &[&m], "");
+    // The device key signs the rollback record.
+    vigil_tests::keygen(&dir.join("state"));
     let firmware = |version| {
         let extra = [
             "--include",
@@ -693,7 +695,13 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     assert_eq!(integrity_findings(&v), vec![], "{v}");
     assert_eq!(code, 0, "{v}");
     let record = std::fs::read_to_string(dir.join("state/manifest-versions")).unwrap();
-    assert_eq!(record, "2\tAcme Imaging\txray-fw\n");
+    assert!(
+        record.starts_with(&format!(
+            "vigil-agent manifest-versions 1\nv\t2\tAcme Imaging\txray-fw\np\t{}\tfirmware\tAcme Imaging\txray-fw\nsig\t",
+            s(&m)
+        )),
+        "{record}"
+    );
 
     // An older, validly signed manifest: refused, and the record stays.
     firmware(1);
@@ -747,9 +755,95 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     firmware(3);
     sign(&sk, &m);
     assert_eq!(check_json(&config).0, 0);
-    assert!(std::fs::read_to_string(dir.join("state/manifest-versions"))
+    let record_path = dir.join("state/manifest-versions");
+    assert!(std::fs::read_to_string(&record_path)
         .unwrap()
-        .starts_with("3\t"));
+        .contains("\nv\t3\tAcme Imaging\txray-fw\n"));
+
+    // Another validly signed manifest (a model's, of another scope, a
+    // higher version) in the firmware manifest's place: refused.
+    let good = std::fs::read(&m).unwrap();
+    let good_sig = std::fs::read(dir.join("firmware.manifest.minisig")).unwrap();
+    build(
+        &root,
+        &m,
+        "model",
+        9,
+        &[
+            "--include",
+            "/usr",
+            "--issuer",
+            "Acme Imaging",
+            "--scope",
+            "tumour-net",
+        ],
+    );
+    sign(&sk, &m);
+    let (code, v) = check_json(&config);
+    assert_eq!(
+        integrity_findings(&v)
+            .iter()
+            .map(|f| f.0.as_str())
+            .collect::<Vec<_>>(),
+        ["scope-changed"],
+        "{v}"
+    );
+    assert_eq!(code, 1);
+    std::fs::write(&m, &good).unwrap();
+    std::fs::write(dir.join("firmware.manifest.minisig"), &good_sig).unwrap();
+    assert_eq!(check_json(&config).0, 0, "put back, clean again");
+
+    // The rollback record itself: once the agent has run (boot counter 2),
+    // a deleted or hand-edited record is a finding naming it on every
+    // manifest, left as found, until an operator resets it.
+    std::fs::write(dir.join("state/boot"), "2\n").unwrap();
+    let record = std::fs::read_to_string(&record_path).unwrap();
+    let kinds_of = |v: &Value| -> Vec<(String, String)> {
+        v["integrity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["findings"].as_array().unwrap().iter())
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_string(),
+                    f["path"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    std::fs::remove_file(&record_path).unwrap();
+    let (code, v) = check_json(&config);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        kinds_of(&v),
+        vec![("missing".into(), s(&record_path).to_string())],
+        "{v}"
+    );
+    assert!(
+        !record_path.exists(),
+        "a lost record is not silently recreated"
+    );
+    std::fs::write(&record_path, record.replace("v\t3\t", "v\t1\t")).unwrap();
+    let (code, v) = check_json(&config);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        kinds_of(&v),
+        vec![("bad-signature".into(), s(&record_path).to_string())],
+        "{v}"
+    );
+    let o = agent(&[
+        "manifest",
+        "reset-record",
+        "--state-dir",
+        s(&dir.join("state")),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.join("state/manifest-versions.lost").exists());
+    assert_eq!(check_json(&config).0, 0, "after the operator's reset");
+    assert!(std::fs::read_to_string(&record_path)
+        .unwrap()
+        .contains("\nv\t3\t"));
 
     // Integrity cannot be switched off quietly: a deleted signature, and a
     // FIFO in place of the signature, the manifest or a trust key, are each

@@ -422,6 +422,9 @@ pub fn describe(f: &Found) -> String {
         FindingKind::Rollback { accepted, offered } => {
             format!("rollback {path}: version {offered} offered, {accepted} accepted before")
         }
+        FindingKind::ScopeChanged => format!(
+            "scope-changed {path}: signed, but of another class or scope than first accepted here"
+        ),
     }
 }
 
@@ -437,5 +440,6 @@ pub fn kind_name(k: &FindingKind) -> &'static str {
         FindingKind::BadSignature => "bad-signature",
         FindingKind::UntrustedKey => "untrusted-key",
         FindingKind::Rollback { .. } => "rollback",
+        FindingKind::ScopeChanged => "scope-changed",
     }
 }

@@ -906,6 +906,9 @@ fn finding(k: &FindingKind) -> serde_json::Value {
         FindingKind::Rollback { accepted, offered } => {
             json!({"kind": "rollback", "accepted_version": accepted, "offered_version": offered})
         }
+        FindingKind::ScopeChanged => {
+            json!({"kind": "scope-changed", "expected": "the class and scope this manifest file was first accepted as", "seen": "a validly signed manifest of another class or scope"})
+        }
     }
 }
 

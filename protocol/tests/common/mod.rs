@@ -355,6 +355,19 @@ pub fn every_body() -> Vec<(&'static str, Body)> {
                 .unwrap(),
             }),
         ),
+        (
+            "integrity-scope-changed",
+            Body::Integrity(Integrity {
+                manifest: hello().manifests[0].clone(),
+                checked: 0,
+                continued: false,
+                findings: HVec::from_slice(&[Finding {
+                    kind: FindingKind::ScopeChanged,
+                    path: HVec::from_slice(b"/etc/vigil/firmware.manifest").unwrap(),
+                }])
+                .unwrap(),
+            }),
+        ),
     ]
 }
 
