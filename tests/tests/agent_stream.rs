@@ -61,6 +61,24 @@ fn samples_in(frames: &[Received]) -> usize {
         .sum()
 }
 
+/// Every sequence number that arrived or that a Gap names, sorted and
+/// once each, and how many the Gaps named.
+fn covered_by(frames: &[Received]) -> (Vec<u64>, u64) {
+    let mut covered: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    let mut gapped = 0;
+    for f in frames {
+        if let Body::Gap(g) = &f.body {
+            for r in &g.ranges {
+                covered.extend(r.first..r.first + r.count);
+                gapped += r.count;
+            }
+        }
+    }
+    covered.sort_unstable();
+    covered.dedup();
+    (covered, gapped)
+}
+
 fn assert_contiguous(frames: &[Received]) {
     let mut seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
     seqs.sort_unstable();
@@ -198,18 +216,7 @@ fn a_hung_collector_is_left_and_everything_arrives_on_a_new_connection() {
     // Every sequence number arrived, or the queue overflowed while the
     // writes stalled and a Gap names it.
     let frames = server.log.frames();
-    let mut covered: Vec<u64> = frames.iter().map(|f| f.seq).collect();
-    let mut gapped = 0;
-    for f in &frames {
-        if let Body::Gap(g) = &f.body {
-            for r in &g.ranges {
-                covered.extend(r.first..r.first + r.count);
-                gapped += r.count;
-            }
-        }
-    }
-    covered.sort_unstable();
-    covered.dedup();
+    let (covered, gapped) = covered_by(&frames);
     let high = covered.last().copied().unwrap_or(0);
     assert_eq!(
         covered,
@@ -296,17 +303,9 @@ fn a_hung_collector_is_left_for_the_failover_and_the_first_is_tried_again() {
     );
     // Nothing lost between them: every sequence number is at one of the
     // two collectors or named by a Gap.
-    let mut covered = Vec::new();
-    for f in first.log.frames().iter().chain(second.log.frames().iter()) {
-        covered.push(f.seq);
-        if let Body::Gap(g) = &f.body {
-            for r in &g.ranges {
-                covered.extend(r.first..r.first + r.count);
-            }
-        }
-    }
-    covered.sort_unstable();
-    covered.dedup();
+    let mut frames = first.log.frames();
+    frames.extend(second.log.frames());
+    let (covered, _) = covered_by(&frames);
     let high = covered.last().copied().unwrap_or(0);
     assert!(high > 10, "too few frames to say anything: {stderr}");
     assert_eq!(

@@ -797,8 +797,7 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     // a deleted or hand-edited record is a finding naming it on every
     // manifest, left as found, until an operator resets it.
     std::fs::write(dir.join("state/boot"), "2\n").unwrap();
-    let record = std::fs::read_to_string(&record_path).unwrap();
-    let kinds_of = |v: &Value| -> Vec<(String, String)> {
+    let kinds_at = |v: &Value| -> Vec<(String, String)> {
         v["integrity"]
             .as_array()
             .unwrap()
@@ -812,11 +811,12 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
             })
             .collect()
     };
+    let record = std::fs::read_to_string(&record_path).unwrap();
     std::fs::remove_file(&record_path).unwrap();
     let (code, v) = check_json(&config);
     assert_eq!(code, 1, "{v}");
     assert_eq!(
-        kinds_of(&v),
+        kinds_at(&v),
         vec![("missing".into(), s(&record_path).to_string())],
         "{v}"
     );
@@ -828,7 +828,7 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     let (code, v) = check_json(&config);
     assert_eq!(code, 1, "{v}");
     assert_eq!(
-        kinds_of(&v),
+        kinds_at(&v),
         vec![("bad-signature".into(), s(&record_path).to_string())],
         "{v}"
     );
@@ -870,20 +870,6 @@ fn the_device_refuses_rollback_untrusted_keys_and_bad_signatures() {
     let fifo = |p: &Path| {
         let _ = std::fs::remove_file(p);
         nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-    };
-    let kinds_at = |v: &Value| -> Vec<(String, String)> {
-        v["integrity"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r["findings"].as_array().unwrap().iter())
-            .map(|f| {
-                (
-                    f["kind"].as_str().unwrap().to_string(),
-                    f["path"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
     };
     let sig = dir.join("firmware.manifest.minisig");
     let kept = std::fs::read(&sig).unwrap();
